@@ -1,0 +1,60 @@
+"""Checkpoints: a versioned dict naming its space, written atomically, read with weights_only=True."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qfa_deploy.errors import QfaError
+
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "atomic_write_bytes", "load_checkpoint", "save_checkpoint"]
+
+CHECKPOINT_FORMAT = "qfa-supernet"
+CHECKPOINT_VERSION = 1
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    """Call ``write(fileobj)`` on a temporary file beside ``path``, fsync, then rename over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: str | Path, space: str, model_state: dict, **extra: Any) -> None:
+    payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "space": space, "model": model_state}
+    payload.update(extra)
+    atomic_write_bytes(Path(path), lambda f: torch.save(payload, f))
+
+
+def load_checkpoint(path: str | Path, expect_space: str | None = None) -> dict:
+    """Load and check a checkpoint; every problem is a one-line QfaError."""
+    path = Path(path)
+    if not path.is_file():
+        raise QfaError(f"{path}: no such checkpoint")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt / foreign files
+        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else exc.__class__.__name__
+        raise QfaError(f"{path}: not a readable checkpoint ({reason})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise QfaError(f"{path}: not a qfa-deploy supernet checkpoint")
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise QfaError(f"{path}: checkpoint format version {payload.get('version')!r}, this tool reads {CHECKPOINT_VERSION}")
+    if expect_space is not None and payload.get("space") != expect_space:
+        raise QfaError(f"{path}: checkpoint is of space {payload.get('space')!r}, expected {expect_space!r}")
+    if not isinstance(payload.get("model"), dict):
+        raise QfaError(f"{path}: checkpoint has no model weights")
+    return payload

@@ -1,0 +1,22 @@
+"""CLI verbs, one module per pipeline stage; ``register_all`` attaches them to the group."""
+
+from __future__ import annotations
+
+import click
+
+__all__ = ["register_all"]
+
+
+def register_all(group: click.Group) -> None:
+    from qfa_deploy.commands import arch_cmds, train_cmds
+
+    for module in (arch_cmds, train_cmds):
+        for command in module.COMMANDS:
+            command.callback = _user_errors(command.callback)
+            group.add_command(command)
+
+
+def _user_errors(callback):
+    from qfa_deploy.cli import user_errors
+
+    return user_errors(callback)

@@ -1,0 +1,89 @@
+"""``sample`` and ``info``: make and inspect arch configs."""
+
+from __future__ import annotations
+
+import random
+
+import click
+
+from qfa_deploy.commands.common import emit_json, write_text_atomic
+from qfa_deploy.errors import QfaError
+
+__all__ = ["COMMANDS"]
+
+
+@click.command()
+@click.option("--space", required=True, help="Search space name (see `qfa-deploy info --space NAME`).")
+@click.option("--seed", type=int, default=None, help="Random subnet from this seed.")
+@click.option("--min", "smallest", is_flag=True, help="The smallest subnet (lowest bits).")
+@click.option("--max", "largest", is_flag=True, help="The largest subnet (highest bits).")
+@click.option("--bits", type=int, default=None, help="With --min/--max: uniform bitwidth for every conv.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write cfg.json here (default: stdout).")
+def sample(space, seed, smallest, largest, bits, output):
+    """Write an arch config (cfg.json) of SPACE."""
+    from qfa_deploy.arch import ArchConfig, sample_arch
+    from qfa_deploy.space import create_space
+
+    sp = create_space(space)
+    if sum([seed is not None, smallest, largest]) > 1:
+        raise QfaError("give at most one of --seed, --min, --max")
+    if bits is not None and bits not in sp.bit_choices:
+        raise QfaError(f"--bits = {bits} is not one of {list(sp.bit_choices)}")
+    if bits is not None and not (smallest or largest):
+        raise QfaError("--bits goes with --min or --max")
+    if smallest:
+        cfg = ArchConfig.smallest(space, bits)
+    elif largest:
+        cfg = ArchConfig.largest(space, bits)
+    else:
+        cfg = sample_arch(space, random.Random(seed))
+    if output:
+        write_text_atomic(output, cfg.to_json())
+    else:
+        click.echo(cfg.to_json(), nl=False)
+
+
+@click.command()
+@click.argument("arch", required=False, type=click.Path(dir_okay=False))
+@click.option("--space", default=None, help="Describe a search space instead of a config.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def info(arch, space, as_json):
+    """Cost of an ARCH config (MACs, BitOPs, parameters, size), or the choices of a --space."""
+    from qfa_deploy.arch import load_arch
+    from qfa_deploy.space import create_space
+
+    if (arch is None) == (space is None):
+        raise QfaError("give an arch config or --space NAME (one of them)")
+    if space is not None:
+        desc = create_space(space).describe()
+        if as_json:
+            emit_json(desc)
+            return
+        click.echo(f"space {desc['name']}: {desc['num_classes']} classes")
+        res = desc["resolutions"]
+        click.echo(f"  resolution   {res[0]}..{res[-1]} ({len(res)} values)")
+        click.echo(f"  stem         {desc['stem']['width']} ch, stride {desc['stem']['stride']}, {desc['stem']['bits']}-bit")
+        for i, s in enumerate(desc["stages"]):
+            click.echo(f"  stage {i}      {s['width']} ch, stride {s['stride']}, {s['act']}, SE={'yes' if s['se'] else 'no'}")
+        click.echo(f"  head         final expand {desc['final_expand_width']}, feature mix {desc['feature_mix_width']}")
+        click.echo(f"  kernel       {desc['kernel_choices']}   expand {desc['expand_choices']}   depth {desc['depth_choices']}")
+        click.echo(f"  bits         {desc['bit_choices']} per conv, weights and activations")
+        click.echo(f"  subnets      {desc['num_subnets']:.3e} (10^{desc['log10_num_subnets']})")
+        return
+    from qfa_deploy.metrics import subnet_cost
+
+    cfg = load_arch(arch)
+    cost = subnet_cost(cfg).to_dict()
+    if as_json:
+        emit_json({"arch": cfg.to_dict(), "digest": cfg.digest(), **cost})
+        return
+    click.echo(f"{cfg.space}  {cfg.short()}")
+    click.echo(f"  MACs        {cost['mflops']:.2f} M")
+    click.echo(f"  BitOPs      {cost['gbitops']:.4f} G")
+    click.echo(f"  parameters  {cost['params']:,}")
+    click.echo(f"  size        {cost['size_kib']:.1f} KiB")
+
+
+
+
+COMMANDS = [sample, info]

@@ -1,0 +1,50 @@
+"""Helpers shared by the CLI verbs: writing files atomically, loading the model, threads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import torch
+
+from qfa_deploy.checkpoint import atomic_write_bytes
+from qfa_deploy.errors import QfaError
+
+__all__ = ["emit_json", "load_supernet", "set_threads", "write_text_atomic"]
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    path = Path(path)
+    if path.is_dir():
+        raise QfaError(f"{path} is a directory")
+    try:
+        atomic_write_bytes(path, lambda f: f.write(text.encode()))
+    except OSError as exc:
+        raise QfaError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def emit_json(data) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def load_supernet(checkpoint: str | None, space: str | None = None):
+    """The supernet of ``checkpoint`` (default: the embedded reference checkpoint)."""
+    from qfa_deploy.checkpoint import load_checkpoint
+    from qfa_deploy.nn.supernet import QFASupernet
+    from qfa_deploy.reference import default_checkpoint
+
+    path = Path(checkpoint) if checkpoint else default_checkpoint()
+    payload = load_checkpoint(path, expect_space=space)
+    net = QFASupernet(payload["space"], act_quantizer=payload.get("act_quantizer", "batchquant"))
+    state = {k: v.float() if v.is_floating_point() else v for k, v in payload["model"].items()}
+    try:
+        net.load_state_dict(state)
+    except RuntimeError:
+        raise QfaError(f"{path}: weights do not match the {payload['space']!r} supernet") from None
+    return net.eval()

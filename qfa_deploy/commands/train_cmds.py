@@ -1,0 +1,75 @@
+"""``train`` and ``eval``: supernet training and per-subnet accuracy."""
+
+from __future__ import annotations
+
+import click
+
+from qfa_deploy.commands.common import emit_json, load_supernet, set_threads
+
+__all__ = ["COMMANDS"]
+
+
+@click.command()
+@click.option("--space", required=True, help="Search space to train.")
+@click.option("--data", "data_dir", default=None, type=click.Path(), help="Data directory (default: the shared CIFAR-10).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory (checkpoint, logs).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out where its checkpoint stopped.")
+@click.option("--fp-epochs", type=float, default=2.0, show_default=True, help="Full-precision warm-start epochs.")
+@click.option("--q-epochs", type=float, default=8.0, show_default=True, help="Mixed-precision epochs.")
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--lr", type=float, default=0.1, show_default=True, help="Peak LR of the warm start.")
+@click.option("--q-lr", type=float, default=0.03, show_default=True, help="Peak LR of the quantized phase.")
+@click.option("--num-random", type=int, default=2, show_default=True, help="Random subnets per step (sandwich rule).")
+@click.option("--checkpoint-every", type=int, default=25, show_default=True, help="Steps between checkpoints.")
+@click.option("--act-quantizer", type=click.Choice(["batchquant", "lsq"]), default="batchquant", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--max-steps", type=int, default=None, help="Stop after this many steps (schedule unchanged).")
+@click.option("--threads", type=int, default=None, help="Torch intra-op threads.")
+def train(space, data_dir, out, resume, fp_epochs, q_epochs, batch_size, lr, q_lr, num_random,
+          checkpoint_every, act_quantizer, seed, max_steps, threads):
+    """Train a supernet (sandwich rule + in-place distillation); torchrun for several processes."""
+    from qfa_deploy.space import create_space
+    from qfa_deploy.train import TrainConfig, train as run
+
+    create_space(space)
+    set_threads(threads)
+    cfg = TrainConfig(
+        space=space, out=out, data_dir=data_dir, fp_epochs=fp_epochs, q_epochs=q_epochs,
+        batch_size=batch_size, lr=lr, q_lr=q_lr, num_random=num_random,
+        checkpoint_every=checkpoint_every, act_quantizer=act_quantizer, seed=seed, max_steps=max_steps,
+    )
+    path = run(cfg, resume=resume)
+    click.echo(f"checkpoint: {path}")
+
+
+@click.command(name="eval")
+@click.option("--checkpoint", default=None, type=click.Path(), help="Supernet checkpoint (default: embedded).")
+@click.option("--arch", "arch_path", required=True, type=click.Path(), help="cfg.json of the subnet.")
+@click.option("--data", "data_dir", default=None, type=click.Path(), help="Data directory.")
+@click.option("--calib-batches", type=int, default=20, show_default=True, help="Calibration batches of 100 validation images.")
+@click.option("--limit", type=int, default=None, help="Evaluate on the first N test images only.")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--threads", type=int, default=None)
+def eval_cmd(checkpoint, arch_path, data_dir, calib_batches, limit, as_json, threads):
+    """Top-1 on the test split of a subnet after per-subnet calibration."""
+    from qfa_deploy.arch import load_arch
+    from qfa_deploy.data import load_splits
+    from qfa_deploy.errors import QfaError
+    from qfa_deploy.evaluate import evaluate_arch
+
+    set_threads(threads)
+    if calib_batches < 1:
+        raise QfaError("--calib-batches must be at least 1")
+    net = load_supernet(checkpoint)
+    cfg = load_arch(arch_path, expect_space=net.space.name)
+    splits = load_splits(net.space, data_dir)
+    test = splits.test.subset(limit) if limit else splits.test
+    top1 = evaluate_arch(net, cfg, splits.val, test, calib_batches)
+    result = {"arch": cfg.short(), "digest": cfg.digest(), "top1": top1, "images": len(test), "calib_batches": calib_batches}
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(f"top-1 {100 * top1:.2f}% on {len(test)} test images ({cfg.short()})")
+
+
+COMMANDS = [train, eval_cmd]

@@ -1,0 +1,44 @@
+"""Top-1 accuracy of a subnet after per-subnet calibration."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from qfa_deploy.arch import ArchConfig
+from qfa_deploy.calibrate import calibrate
+from qfa_deploy.data import ArraySource, resize
+from qfa_deploy.extract import StaticSubnet, extract
+from qfa_deploy.nn.supernet import QFASupernet
+
+__all__ = ["accuracy", "calibrated_subnet", "evaluate_arch"]
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, source: ArraySource, resolution: int, batch_size: int = 500) -> float:
+    model.eval()
+    correct = 0
+    for x, y in source.batches(batch_size):
+        correct += (model(resize(x, resolution)).argmax(1) == y).sum().item()
+    return correct / len(source)
+
+
+def calibrated_subnet(
+    supernet: QFASupernet, cfg: ArchConfig, calib: ArraySource, calib_batches: int = 20, batch_size: int = 100
+) -> StaticSubnet:
+    """Extract ``cfg`` and calibrate it on the first batches of ``calib`` (a fixed, ordered pass)."""
+    supernet.set_active(cfg)
+    subnet = extract(supernet, cfg)
+    images = (x for x, _ in calib.batches(batch_size))
+    calibrate(subnet, images, cfg.resolution, calib_batches)
+    return subnet
+
+
+def evaluate_arch(
+    supernet: QFASupernet,
+    cfg: ArchConfig,
+    calib: ArraySource,
+    test: ArraySource,
+    calib_batches: int = 20,
+) -> float:
+    return accuracy(calibrated_subnet(supernet, cfg, calib, calib_batches), test, cfg.resolution)

@@ -1,0 +1,1 @@
+"""Networks: quantized layers, the elastic supernet and the static subnets it extracts."""

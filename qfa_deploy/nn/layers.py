@@ -1,0 +1,116 @@
+"""Static quantized layers: a conv with its input (activation) and weight quantizers, BN, activation.
+
+A ``QuantConv`` quantizes its *input* with BatchQuant at the conv's activation bits, its weight with
+LSQ at the conv's weight bits, then runs conv -> BN -> activation. The elastic supernet subclasses it
+(``ElasticQuantConv``) and only changes where the weight comes from, so the static subnets that
+``extract`` returns run the very same code.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qfa_deploy.quant import LSQ, BatchQuant
+
+__all__ = ["ACTIVATIONS", "QuantConv", "SqueezeExcite", "apply_act"]
+
+ACTIVATIONS = ("none", "relu", "hswish")
+
+
+def apply_act(x: torch.Tensor, act: str) -> torch.Tensor:
+    if act == "relu":
+        return F.relu(x)
+    if act == "hswish":
+        return F.hardswish(x)
+    return x
+
+
+def _crop_to_input(weight: torch.Tensor, size: int) -> tuple[torch.Tensor, int]:
+    """Drop the kernel border that only ever meets zero padding (exact, and much faster on the
+    small late-stage maps: a 7x7 kernel on a 2x2 map only uses its centre 3x3)."""
+    k = weight.shape[-1]
+    useful = 2 * size - 1
+    if k <= useful:
+        return weight, k // 2
+    lo = (k - useful) // 2
+    return weight[..., lo : lo + useful, lo : lo + useful], size - 1
+
+
+class QuantConv(nn.Module):
+    """Quantized conv (optionally depthwise) with optional BN, bias and activation."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        depthwise: bool = False,
+        act: str = "none",
+        use_bn: bool = True,
+        use_bias: bool = False,
+        w_bit_choices: tuple[int, ...] = (8,),
+        a_bit_choices: tuple[int, ...] = (8,),
+        act_quant_cls: type = BatchQuant,
+    ) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.depthwise, self.act = kernel_size, stride, depthwise, act
+        w_in = 1 if depthwise else in_channels
+        self.weight = nn.Parameter(torch.empty(out_channels, w_in, kernel_size, kernel_size))
+        nn.init.kaiming_normal_(self.weight, mode="fan_out")
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if use_bias else None
+        self.bn = self.make_bn(out_channels) if use_bn else None
+        self.act_quant = act_quant_cls(a_bit_choices)
+        self.weight_quant = LSQ(w_bit_choices)
+        self.weight_quant.init_steps(self.weight)
+
+    @staticmethod
+    def make_bn(channels: int) -> nn.BatchNorm2d:
+        return nn.BatchNorm2d(channels)
+
+    def extra_repr(self) -> str:
+        kind = "dw" if self.depthwise else "conv"
+        return f"{kind} {self.in_channels}->{self.out_channels} k{self.kernel_size} s{self.stride} {self.act}"
+
+    # The elastic subclass overrides these three.
+    def active_kernel_size(self) -> int:
+        return self.kernel_size
+
+    def active_weight(self, in_channels: int) -> torch.Tensor:
+        return self.weight
+
+    def active_bias(self, out_channels: int) -> torch.Tensor | None:
+        return self.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act_quant(x)
+        weight = self.weight_quant(self.active_weight(x.shape[1]))
+        weight, padding = _crop_to_input(weight, x.shape[-1])
+        groups = x.shape[1] if self.depthwise else 1
+        y = F.conv2d(x, weight, self.active_bias(weight.shape[0]), self.stride, padding, 1, groups)
+        if self.bn is not None:
+            y = self.bn(y)
+        return apply_act(y, self.act)
+
+
+class SqueezeExcite(nn.Module):
+    """MobileNetV3 squeeze-excite in float: pool -> 1x1 reduce -> ReLU -> 1x1 expand -> h-sigmoid.
+
+    Kept in full precision (as in the paper's code): it acts on a pooled vector, costs <1% of the
+    MACs and its output only rescales channels.
+    """
+
+    def __init__(self, channels: int, reduced: int) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, reduced, 1)
+        self.expand = nn.Conv2d(reduced, channels, 1)
+
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.mean((2, 3), keepdim=True)
+        return F.hardsigmoid(self.expand(F.relu(self.reduce(y))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(x)

@@ -1,0 +1,146 @@
+"""BatchQuant activation quantizer (Bai et al., NeurIPS 2021).
+
+Training: the range comes from the current batch, per-channel min and max averaged over channels,
+widened to include 0. With ``qmax = 2^b - 1``::
+
+    s = (max - min) / qmax,   z = clamp(round(-min / s), 0, qmax)
+    alpha = softplus_{ln 2}(a)            # learned scale multiplier, = 1 at a = 0
+    q = clamp(round(x * alpha / s + z + beta), 0, qmax)      # beta: learned real offset
+    x_hat = (q - z - beta) * s / alpha
+
+Rounding is straight-through (gradients reach x inside the range, alpha and beta). The batch range
+is a statistic, not a parameter: no gradient flows into it.
+
+Evaluation uses the running min/max (recomputed per subnet by calibration, like BatchNorm
+statistics) and the algebraically identical form the exporter emits, so that PyTorch and ONNX run
+the same operations. With ``s' = s / alpha``, ``Z = clamp(round(z + beta), 0, qmax)`` (an integer
+zero point) and the constant ``c = (z + beta - Z) * s'``::
+
+    q = round(clamp(x + c, -Z s', (qmax - Z) s') / s') + Z
+    x_hat = (q - Z) * s' - c
+
+``c`` is BatchQuant's real offset folded exactly: the integer part went into ``Z``, the rest is a
+constant shift before quantisation and after dequantisation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qfa_deploy.quant.ste import round_ste
+
+__all__ = ["BatchQuant", "FixedActQuant", "batch_range"]
+
+SOFTPLUS_BETA = math.log(2.0)  # softplus_beta(0) == 1
+
+
+def batch_range(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel min/max over (N, H, W), averaged over channels, widened to include 0."""
+    x = x.detach()
+    dims = (0, 2, 3) if x.ndim == 4 else (0,)
+    lo, hi = x.amin(dim=dims), x.amax(dim=dims)
+    return lo.mean().clamp(max=0.0), hi.mean().clamp(min=0.0)
+
+
+@dataclass(frozen=True)
+class FixedActQuant:
+    """The inference-time constants of one activation quantizer (what the folder exports)."""
+
+    bits: int
+    scale: float  # s' = s / alpha
+    zero_point: int  # Z, in [0, 2^bits - 1]
+    shift: float  # c, added before quantisation and subtracted after
+
+    @property
+    def qmax(self) -> int:
+        return 2**self.bits - 1
+
+
+class BatchQuant(nn.Module):
+    """BatchQuant with learned (alpha, beta) per bit choice and running range statistics."""
+
+    def __init__(self, bit_choices: Sequence[int], momentum: float | None = 0.1) -> None:
+        super().__init__()
+        self.bit_choices = tuple(bit_choices)
+        self.bits: int | None = self.bit_choices[-1]  # None = full precision
+        self.momentum = momentum  # None: cumulative average (calibration)
+        self.scale_param = nn.Parameter(torch.zeros(len(self.bit_choices)))
+        self.offset = nn.Parameter(torch.zeros(len(self.bit_choices)))
+        self.register_buffer("running_min", torch.zeros(()))
+        self.register_buffer("running_max", torch.zeros(()))
+        self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
+
+    def extra_repr(self) -> str:
+        return f"bit_choices={self.bit_choices}, bits={self.bits}"
+
+    def reset_running_stats(self) -> None:
+        self.running_min.zero_()
+        self.running_max.zero_()
+        self.num_batches_tracked.zero_()
+
+    def _index(self) -> int:
+        return self.bit_choices.index(self.bits)
+
+    def alpha(self) -> torch.Tensor:
+        return F.softplus(self.scale_param[self._index()], beta=SOFTPLUS_BETA)
+
+    @torch.no_grad()
+    def _track(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        self.num_batches_tracked += 1
+        m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        if self.momentum is not None and self.num_batches_tracked == 1:
+            m = 1.0  # first batch sets the range instead of averaging with zeros
+        self.running_min.lerp_(lo, m)
+        self.running_max.lerp_(hi, m)
+
+    def _affine(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        qmax = 2**self.bits - 1
+        s = ((hi - lo) / qmax).clamp_min(1e-8)
+        z = torch.clamp(torch.round(-lo / s), 0, qmax)
+        return s, z, qmax
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            lo, hi = batch_range(x)
+            self._track(lo, hi)
+            if self.bits is None:
+                return x
+            s, z, qmax = self._affine(lo, hi)
+            alpha, beta = self.alpha(), self.offset[self._index()]
+            q = torch.clamp(round_ste(x * alpha / s + z + beta), 0, qmax)
+            return (q - z - beta) * s / alpha
+        if self.bits is None:
+            return x
+        fixed = self.fixed()
+        lo = -fixed.zero_point * fixed.scale
+        hi = (fixed.qmax - fixed.zero_point) * fixed.scale
+        q = torch.round(torch.clamp(x + fixed.shift, lo, hi) / fixed.scale) + fixed.zero_point
+        return (q - fixed.zero_point) * fixed.scale - fixed.shift
+
+    @torch.no_grad()
+    def fixed(self) -> FixedActQuant:
+        """Inference constants from the running range (float64 arithmetic, stored as float32)."""
+        s, z, qmax = self._affine(self.running_min.double(), self.running_max.double())
+        scale = float(torch.tensor(float(s / self.alpha().double()), dtype=torch.float32))
+        zf = float(z) + float(self.offset[self._index()])
+        zero_point = int(min(max(round(zf), 0), qmax))
+        shift = float(torch.tensor((zf - zero_point) * scale, dtype=torch.float32))
+        return FixedActQuant(bits=self.bits, scale=scale, zero_point=zero_point, shift=shift)
+
+    def single(self, bits: int) -> BatchQuant:
+        """A one-choice copy for the active bitwidth, running range included."""
+        out = BatchQuant((bits,), momentum=self.momentum)
+        i = self.bit_choices.index(bits)
+        with torch.no_grad():
+            out.scale_param.copy_(self.scale_param[i].reshape(1))
+            out.offset.copy_(self.offset[i].reshape(1))
+            out.running_min.copy_(self.running_min)
+            out.running_max.copy_(self.running_max)
+            out.num_batches_tracked.copy_(self.num_batches_tracked)
+        return out

@@ -1,0 +1,284 @@
+"""Supernet training: full-precision warm start, then mixed bits, with the sandwich rule and
+in-place distillation; resumable to the step; data-parallel over torch.distributed.
+
+Each step trains, on the same batch, the largest subnet (cross-entropy on labels), the smallest and
+``num_random`` random subnets (soft cross-entropy on the largest's predictions), accumulates their
+gradients and takes one optimiser step. In the quantized phase the largest runs at the highest and
+the smallest at the lowest bitwidth; random subnets draw every conv's bits from the space.
+
+Resuming is exact: the batch order depends on (seed, epoch), the subnets and dropout on (seed,
+step), and the checkpoint (written atomically every ``checkpoint_every`` steps) holds the model and
+optimiser state. Data parallelism: each rank takes a slice of every global batch; gradients and
+float buffers are averaged with ``all_reduce`` after the sandwich (which is why the model is not
+wrapped in DistributedDataParallel: one step runs four different subnets).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from qfa_deploy.arch import ArchConfig, sample_arch
+from qfa_deploy.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from qfa_deploy.data import Splits, load_splits, resize
+from qfa_deploy.errors import QfaError
+from qfa_deploy.evaluate import evaluate_arch
+from qfa_deploy.nn.supernet import QFASupernet
+from qfa_deploy.space import create_space
+
+__all__ = ["TrainConfig", "train"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What a run does; stored in its checkpoint and checked on resume."""
+
+    space: str
+    out: str
+    data_dir: str | None = None
+    fp_epochs: float = 2.0  # full-precision warm start
+    q_epochs: float = 8.0  # mixed-precision phase
+    batch_size: int = 128  # global (split over ranks)
+    lr: float = 0.1
+    q_lr: float = 0.03
+    weight_decay: float = 5e-5
+    label_smoothing: float = 0.1
+    num_random: int = 2
+    warmup_steps: int = 100
+    grad_clip: float = 5.0
+    checkpoint_every: int = 25
+    eval_every_epochs: float = 1.0
+    eval_images: int = 2000
+    seed: int = 0
+    act_quantizer: str = "batchquant"
+    max_steps: int | None = None  # stop early (tests, smoke runs); the schedule is unchanged
+
+    # Fields that may differ between a run and its resumption.
+    RESUMABLE = ("out", "data_dir", "max_steps", "checkpoint_every", "eval_every_epochs")
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def from_env(cls) -> _Dist:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world == 1:
+            return cls()
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        return cls(dist.get_rank(), dist.get_world_size())
+
+    def average(self, tensors: list[torch.Tensor]) -> None:
+        """All-reduce a list of tensors to their mean over ranks, in one flat buffer."""
+        if self.world == 1 or not tensors:
+            return
+        flat = torch.cat([t.reshape(-1).float() for t in tensors])
+        dist.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for t in tensors:
+            t.copy_(flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+
+def _lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Linear warm-up then cosine decay, restarted at the start of the quantized phase."""
+    fp_steps = round(cfg.fp_epochs * steps_per_epoch)
+    q_steps = round(cfg.q_epochs * steps_per_epoch)
+    base, start, length = (cfg.lr, 0, fp_steps) if step < fp_steps else (cfg.q_lr, fp_steps, q_steps)
+    t = step - start
+    if t < cfg.warmup_steps:
+        return base * (t + 1) / cfg.warmup_steps
+    return 0.5 * base * (1 + math.cos(math.pi * (t - cfg.warmup_steps) / max(1, length - cfg.warmup_steps)))
+
+
+def _sandwich(cfg: TrainConfig, step: int, quantized: bool) -> list[ArchConfig]:
+    sp = create_space(cfg.space)
+    rng = random.Random(cfg.seed * 1_000_003 + step)
+    hi, lo = max(sp.bit_choices), min(sp.bit_choices)
+    archs = [ArchConfig.largest(cfg.space, hi), ArchConfig.smallest(cfg.space, lo if quantized else hi)]
+    return archs + [sample_arch(cfg.space, rng) for _ in range(cfg.num_random)]
+
+
+def _soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
+    return -(target_probs * F.log_softmax(logits, dim=1)).sum(1).mean()
+
+
+def _float_buffers(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [b for b in model.buffers() if b.is_floating_point()]
+
+
+class _JsonLog:
+    """Append-only JSON lines; on resume, entries past the checkpoint's step are dropped."""
+
+    def __init__(self, path: Path, keep_until_step: int | None) -> None:
+        self.path = path
+        if keep_until_step is not None and path.exists():
+            kept = []
+            for line in path.read_text().splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= keep_until_step:
+                        kept.append(line + "\n")
+                except json.JSONDecodeError:
+                    break  # a line cut by a kill: everything after it is newer anyway
+            atomic_write_bytes(path, lambda f: f.write("".join(kept).encode()))
+        elif keep_until_step is None:
+            path.write_text("")
+
+    def write(self, **entry) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+
+def _validate_resume(saved: dict, cfg: TrainConfig) -> None:
+    for f in fields(TrainConfig):
+        if f.name in TrainConfig.RESUMABLE:
+            continue
+        if saved.get(f.name) != getattr(cfg, f.name):
+            raise QfaError(
+                f"cannot resume: {f.name} was {saved.get(f.name)!r} in the run, now {getattr(cfg, f.name)!r}"
+            )
+
+
+def train(cfg: TrainConfig, resume: bool = False, splits: Splits | None = None) -> Path:
+    """Train (or resume) a supernet; returns the checkpoint path."""
+    ddp = _Dist.from_env()
+    sp = create_space(cfg.space)
+    out = Path(cfg.out)
+    ckpt_path = out / "checkpoint.pt"
+    if ckpt_path.exists() and not resume:
+        raise QfaError(f"{ckpt_path} exists: pass --resume to continue it, or choose another --out")
+    splits = splits or load_splits(sp, cfg.data_dir)
+    torch.manual_seed(cfg.seed)
+    net = QFASupernet(sp, act_quantizer=cfg.act_quantizer).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(net.param_groups(cfg.weight_decay), lr=cfg.lr, momentum=0.9, nesterov=True)
+
+    step = 0
+    if resume and ckpt_path.exists():
+        payload = load_checkpoint(ckpt_path, expect_space=sp.name)
+        _validate_resume(payload.get("train_config", {}), cfg)
+        net.load_state_dict(payload["model"])
+        opt.load_state_dict(payload["optimizer"])
+        step = int(payload["step"])
+        log.info("resumed %s at step %d", ckpt_path, step)
+    elif ddp.world > 1:
+        for t in [*net.parameters(), *net.buffers()]:
+            dist.broadcast(t.data, src=0)
+
+    steps_per_epoch = len(splits.train) // cfg.batch_size
+    fp_steps = round(cfg.fp_epochs * steps_per_epoch)
+    total = fp_steps + round(cfg.q_epochs * steps_per_epoch)
+    stop = total if cfg.max_steps is None else min(total, cfg.max_steps)
+    is_main = ddp.rank == 0
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    jlog = _JsonLog(out / "log.jsonl", step if resume else None) if is_main else None
+
+    def checkpoint(at: int) -> None:
+        if is_main:
+            save_checkpoint(
+                ckpt_path, sp.name, net.state_dict(), optimizer=opt.state_dict(), step=at,
+                train_config=asdict(cfg), act_quantizer=cfg.act_quantizer,
+            )
+
+    params = [p for p in net.parameters()]
+    bar = tqdm(total=stop, initial=step, unit="step", disable=None if is_main else True, dynamic_ncols=True)
+    eval_every = max(1, round(cfg.eval_every_epochs * steps_per_epoch))
+    t_last, images_since = time.time(), 0
+    while step < stop:
+        epoch, index = divmod(step, steps_per_epoch)
+        batches = splits.train.batches(
+            cfg.batch_size, seed=cfg.seed, epoch=epoch, augment=True, start=index,
+            rank=ddp.rank, world=ddp.world, drop_last=True,
+        )
+        for x, y in batches:
+            if step >= stop or step // steps_per_epoch != epoch:
+                break
+            quantized = step >= fp_steps
+            if step == fp_steps and quantized:
+                net.init_weight_steps()  # LSQ steps from the warm-started weights
+            lr = _lr_at(cfg, step, steps_per_epoch)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout
+            net.train()
+            opt.zero_grad(set_to_none=False)
+            losses = []
+            teacher = None
+            for arch in _sandwich(cfg, step, quantized):
+                net.set_active(arch, quantized=quantized)
+                xx = resize(x, arch.resolution).contiguous(memory_format=torch.channels_last)
+                logits = net(xx)
+                if teacher is None:
+                    loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                    teacher = F.softmax(logits.detach(), dim=1)
+                else:
+                    loss = _soft_cross_entropy(logits, teacher)
+                loss.backward()
+                losses.append(loss.item())
+            grads = [p.grad for p in params if p.grad is not None]
+            ddp.average(grads)
+            ddp.average(_float_buffers(net))
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            step += 1
+            images_since += len(y) * ddp.world
+            bar.update(1)
+            if is_main and (step % 10 == 0 or step == stop):
+                now = time.time()
+                rate = images_since / max(now - t_last, 1e-9)
+                t_last, images_since = now, 0
+                bar.set_postfix(phase="q" if quantized else "fp", loss=f"{losses[0]:.3f}", img_s=f"{rate:.0f}")
+                jlog.write(step=step, epoch=epoch, phase="quant" if quantized else "fp", lr=lr,
+                           loss_largest=losses[0], loss_smallest=losses[1], images_per_s=rate, time=now)
+            if step % cfg.checkpoint_every == 0 or step == stop:
+                checkpoint(step)
+            if is_main and (step % eval_every == 0 or step == total):
+                _evaluate_progress(net, splits, cfg, step, quantized, jlog)
+    bar.close()
+    return ckpt_path
+
+
+def _evaluate_progress(net: QFASupernet, splits: Splits, cfg: TrainConfig, step: int, quantized: bool,
+                       jlog: _JsonLog) -> None:
+    """Top-1 of the largest and smallest subnets on part of the validation split."""
+    sp = net.space
+    hi, lo = max(sp.bit_choices), min(sp.bit_choices)
+    val = splits.val.subset(cfg.eval_images)
+    results = {}
+    for name, arch in (("largest", ArchConfig.largest(sp.name, hi)), ("smallest", ArchConfig.smallest(sp.name, lo))):
+        if quantized:
+            results[name] = evaluate_arch(net, arch, splits.val, val, calib_batches=10)
+    if not quantized:
+        results = {"largest_fp": _fp_accuracy(net, splits, val, ArchConfig.largest(sp.name))}
+    jlog.write(step=step, eval=results, time=time.time())
+    log.info("step %d: %s", step, results)
+
+
+def _fp_accuracy(net: QFASupernet, splits: Splits, val, arch: ArchConfig) -> float:
+    import copy
+
+    from qfa_deploy.calibrate import calibrate
+    from qfa_deploy.evaluate import accuracy
+
+    probe = copy.deepcopy(net)
+    probe.set_active(arch, quantized=False)
+    calibrate(probe, (x for x, _ in splits.val.batches(100)), arch.resolution, 10)
+    return accuracy(probe, val, arch.resolution)
