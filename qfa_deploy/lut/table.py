@@ -1,0 +1,101 @@
+"""LatencyTable: measured part latencies plus a fitted correction, with provenance.
+
+``predict(cfg) = scale * sum(entries[k] for k in arch_keys(cfg)) + offset_ms``. The linear fit
+absorbs what summing parts misses (fusion across parts, runtime overhead per call); it is fitted on
+end-to-end measurements of random subnets when the table is built. File format (JSON)::
+
+    {"format": "qfa-lut", "version": 1, "space": ..., "resolution": 224, "bits_matter": false,
+     "provenance": {"device": ..., "tvm_target": ..., "tvm_version": ..., "tuning_db": ...,
+                    "protocol": {...}, "host_cpu": ..., "date": ...},
+     "fit": {"scale": 1.0, "offset_ms": 0.0},
+     "entries": {"block|56|24-144-24|k5|s1|se0|relu": 0.123, ...}}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qfa_deploy.arch import ArchConfig
+from qfa_deploy.checkpoint import atomic_write_bytes
+from qfa_deploy.errors import QfaError
+from qfa_deploy.lut.keys import LatencyKey, arch_keys
+
+__all__ = ["LUT_VERSION", "LatencyTable"]
+
+LUT_VERSION = 1
+
+
+@dataclass
+class LatencyTable:
+    space: str
+    resolution: int
+    entries: dict[str, float]
+    bits_matter: bool = False
+    scale: float = 1.0
+    offset_ms: float = 0.0
+    provenance: dict = field(default_factory=dict)
+
+    def part_sum(self, cfg: ArchConfig) -> float:
+        """Sum of the part latencies of ``cfg`` (ms), before the fitted correction."""
+        if cfg.space != self.space:
+            raise QfaError(f"arch of space {cfg.space!r} given to a table of space {self.space!r}")
+        if cfg.resolution != self.resolution:
+            raise QfaError(f"arch resolution {cfg.resolution} but the table is for {self.resolution}")
+        total = 0.0
+        for key in arch_keys(cfg, self.bits_matter):
+            try:
+                total += self.entries[str(key)]
+            except KeyError:
+                raise QfaError(f"table has no entry {key} (built for another space or resolution?)") from None
+        return total
+
+    def predict(self, cfg: ArchConfig) -> float:
+        """Predicted end-to-end latency of ``cfg`` in ms."""
+        return self.scale * self.part_sum(cfg) + self.offset_ms
+
+    def missing(self, keys: list[LatencyKey]) -> list[LatencyKey]:
+        return [k for k in keys if str(k) not in self.entries]
+
+    def to_dict(self) -> dict:
+        return {
+            "format": "qfa-lut",
+            "version": LUT_VERSION,
+            "space": self.space,
+            "resolution": self.resolution,
+            "bits_matter": self.bits_matter,
+            "provenance": self.provenance,
+            "fit": {"scale": self.scale, "offset_ms": self.offset_ms},
+            "entries": dict(sorted(self.entries.items())),
+        }
+
+    def save(self, path: str | Path) -> None:
+        text = json.dumps(self.to_dict(), indent=1) + "\n"
+        atomic_write_bytes(Path(path), lambda f: f.write(text.encode()))
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatencyTable:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise QfaError(f"{path}: no such latency table") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, IsADirectoryError):
+            raise QfaError(f"{path}: not a latency table (unreadable JSON)") from None
+        if not isinstance(data, dict) or data.get("format") != "qfa-lut":
+            raise QfaError(f"{path}: not a qfa-deploy latency table")
+        if data.get("version") != LUT_VERSION:
+            raise QfaError(f"{path}: table version {data.get('version')!r}, this tool reads {LUT_VERSION}")
+        try:
+            return cls(
+                space=data["space"],
+                resolution=int(data["resolution"]),
+                entries={str(k): float(v) for k, v in data["entries"].items()},
+                bits_matter=bool(data.get("bits_matter", False)),
+                scale=float(data["fit"]["scale"]),
+                offset_ms=float(data["fit"]["offset_ms"]),
+                provenance=dict(data.get("provenance", {})),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise QfaError(f"{path}: malformed latency table ({exc.__class__.__name__}: {exc})") from None
