@@ -37,7 +37,7 @@ from qfa_deploy.evaluate import evaluate_arch
 from qfa_deploy.nn.supernet import QFASupernet
 from qfa_deploy.space import create_space
 
-__all__ = ["TrainConfig", "train"]
+__all__ = ["TrainConfig", "TrainResult", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +156,15 @@ def _validate_resume(saved: dict, cfg: TrainConfig) -> None:
             )
 
 
-def train(cfg: TrainConfig, resume: bool = False, splits: Splits | None = None) -> Path:
-    """Train (or resume) a supernet; returns the checkpoint path."""
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    supernet: QFASupernet
+    step: int
+
+
+def train(cfg: TrainConfig, resume: bool = False, splits: Splits | None = None) -> TrainResult:
+    """Train (or resume) a supernet up to the end of its schedule (or ``max_steps``)."""
     ddp = _Dist.from_env()
     sp = create_space(cfg.space)
     out = Path(cfg.out)
@@ -219,7 +226,7 @@ def train(cfg: TrainConfig, resume: bool = False, splits: Splits | None = None) 
                 group["lr"] = lr
             torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout
             net.train()
-            opt.zero_grad(set_to_none=False)
+            opt.zero_grad(set_to_none=True)  # subnets that skip a parameter leave it untouched
             losses = []
             teacher = None
             for arch in _sandwich(cfg, step, quantized):
@@ -253,7 +260,7 @@ def train(cfg: TrainConfig, resume: bool = False, splits: Splits | None = None) 
             if is_main and (step % eval_every == 0 or step == total):
                 _evaluate_progress(net, splits, cfg, step, quantized, jlog)
     bar.close()
-    return ckpt_path
+    return TrainResult(ckpt_path, net, step)
 
 
 def _evaluate_progress(net: QFASupernet, splits: Splits, cfg: TrainConfig, step: int, quantized: bool,

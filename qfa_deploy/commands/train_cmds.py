@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import click
 
-from qfa_deploy.commands.common import emit_json, load_supernet, set_threads
-
 __all__ = ["COMMANDS"]
 
 
@@ -24,10 +22,11 @@ __all__ = ["COMMANDS"]
 @click.option("--act-quantizer", type=click.Choice(["batchquant", "lsq"]), default="batchquant", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-steps", type=int, default=None, help="Stop after this many steps (schedule unchanged).")
-@click.option("--threads", type=int, default=None, help="Torch intra-op threads.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Torch intra-op threads.")
 def train(space, data_dir, out, resume, fp_epochs, q_epochs, batch_size, lr, q_lr, num_random,
           checkpoint_every, act_quantizer, seed, max_steps, threads):
     """Train a supernet (sandwich rule + in-place distillation); torchrun for several processes."""
+    from qfa_deploy.commands.common import set_threads
     from qfa_deploy.space import create_space
     from qfa_deploy.train import TrainConfig, train as run
 
@@ -38,8 +37,8 @@ def train(space, data_dir, out, resume, fp_epochs, q_epochs, batch_size, lr, q_l
         batch_size=batch_size, lr=lr, q_lr=q_lr, num_random=num_random,
         checkpoint_every=checkpoint_every, act_quantizer=act_quantizer, seed=seed, max_steps=max_steps,
     )
-    path = run(cfg, resume=resume)
-    click.echo(f"checkpoint: {path}")
+    result = run(cfg, resume=resume)
+    click.echo(f"checkpoint: {result.checkpoint} (step {result.step})")
 
 
 @click.command(name="eval")
@@ -47,12 +46,13 @@ def train(space, data_dir, out, resume, fp_epochs, q_epochs, batch_size, lr, q_l
 @click.option("--arch", "arch_path", required=True, type=click.Path(), help="cfg.json of the subnet.")
 @click.option("--data", "data_dir", default=None, type=click.Path(), help="Data directory.")
 @click.option("--calib-batches", type=int, default=20, show_default=True, help="Calibration batches of 100 validation images.")
-@click.option("--limit", type=int, default=None, help="Evaluate on the first N test images only.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate on the first N test images only.")
 @click.option("--json", "as_json", is_flag=True)
-@click.option("--threads", type=int, default=None)
+@click.option("--threads", type=click.IntRange(min=1), default=None)
 def eval_cmd(checkpoint, arch_path, data_dir, calib_batches, limit, as_json, threads):
     """Top-1 on the test split of a subnet after per-subnet calibration."""
     from qfa_deploy.arch import load_arch
+    from qfa_deploy.commands.common import emit_json, load_supernet, set_threads
     from qfa_deploy.data import load_splits
     from qfa_deploy.errors import QfaError
     from qfa_deploy.evaluate import evaluate_arch

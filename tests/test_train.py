@@ -1,0 +1,94 @@
+"""Training: exact resume, crash safety, and data-parallel replicas that stay identical."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from qfa_deploy.checkpoint import load_checkpoint
+from qfa_deploy.errors import QfaError
+from qfa_deploy.train import train
+from train_helpers import tiny_config, tiny_splits
+
+TESTS = Path(__file__).parent
+
+
+def _same_state(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return tiny_splits()
+
+
+def test_resume_continues_exactly(tmp_path, splits):
+    # 6 steps cross the full-precision -> quantized boundary (3 steps per phase).
+    straight = train(tiny_config(str(tmp_path / "a"), max_steps=6), splits=splits)
+    train(tiny_config(str(tmp_path / "b"), max_steps=4), splits=splits)
+    resumed = train(tiny_config(str(tmp_path / "b"), max_steps=6), resume=True, splits=splits)
+    assert resumed.step == straight.step == 6
+    assert _same_state(straight.supernet.state_dict(), resumed.supernet.state_dict())
+    a = load_checkpoint(tmp_path / "a" / "checkpoint.pt")["optimizer"]["state"]
+    b = load_checkpoint(tmp_path / "b" / "checkpoint.pt")["optimizer"]["state"]
+    assert all(torch.equal(a[k]["momentum_buffer"], b[k]["momentum_buffer"]) for k in a)
+    steps = [line for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines() if '"loss_largest"' in line]
+    assert len(steps) == len({s.split(",")[0] for s in steps})  # no step logged twice
+
+
+def test_refuses_to_overwrite_and_to_resume_a_different_run(tmp_path, splits):
+    train(tiny_config(str(tmp_path), max_steps=2), splits=splits)
+    with pytest.raises(QfaError, match="exists"):
+        train(tiny_config(str(tmp_path), max_steps=2), splits=splits)
+    with pytest.raises(QfaError, match="batch_size"):
+        train(tiny_config(str(tmp_path), max_steps=3, batch_size=16), resume=True, splits=splits)
+
+
+def test_sigkill_leaves_a_loadable_checkpoint_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    code = (
+        "import sys, torch; sys.path.insert(0, %r); torch.set_num_threads(1)\n"
+        "from qfa_deploy.train import train\nfrom train_helpers import tiny_config, tiny_splits\n"
+        "train(tiny_config(%r, checkpoint_every=1), splits=tiny_splits())\n"
+    ) % (str(TESTS), str(out))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = out / "checkpoint.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline and not ckpt.exists():
+        time.sleep(0.2)
+    time.sleep(1.5)  # kill somewhere inside a later step or checkpoint write
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists()
+    step = load_checkpoint(ckpt)["step"]
+    assert step >= 1
+    result = train(tiny_config(str(out), checkpoint_every=1, max_steps=step + 1), resume=True, splits=tiny_splits())
+    assert result.step == step + 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_data_parallel_replicas_stay_identical(tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+        "--master_port", str(_free_port()), str(TESTS / "ddp_worker.py"), str(tmp_path),
+    ]
+    subprocess.run(cmd, check=True, env=env, timeout=300, capture_output=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert _same_state(r0, r1)
+    fresh = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert fresh["step"] == 3
