@@ -41,7 +41,8 @@ def _check_choice(field: str, value: Any, allowed: Sequence[int]) -> None:
 
 def _check_length(field: str, value: Any, length: int) -> None:
     if not isinstance(value, (list, tuple)) or len(value) != length:
-        got = f"{len(value)} entries" if isinstance(value, (list, tuple)) else repr(value)
+        n = len(value) if isinstance(value, (list, tuple)) else None
+        got = repr(value) if n is None else f"{n} entry" if n == 1 else f"{n} entries"
         raise QfaError(f"{field} must be a list of {length} entries, got {got}")
 
 
@@ -283,12 +284,16 @@ def load_arch(path: str | Path, expect_space: str | None = None) -> ArchConfig:
         text = path.read_text()
     except FileNotFoundError:
         raise QfaError(f"{path}: no such arch config") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError:
+        raise QfaError(f"{path}: not a JSON text file (not UTF-8)") from None
+    except (IsADirectoryError, PermissionError) as exc:
         raise QfaError(f"{path}: cannot read arch config ({exc.__class__.__name__})") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise QfaError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except RecursionError:
+        raise QfaError(f"{path}: not valid JSON (nested too deeply)") from None
     try:
         return ArchConfig.from_dict(data, expect_space=expect_space)
     except QfaError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,21 @@ def save_checkpoint(path: str | Path, space: str, model_state: dict, **extra: An
     atomic_write_bytes(Path(path), lambda f: torch.save(payload, f))
 
 
+def _load_failure(exc: Exception) -> str:
+    """One short reason from torch.load's (long, multi-line, advice-laden) exception text."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    if isinstance(exc, EOFError) or not text:
+        return "empty or truncated file" if isinstance(exc, EOFError) else exc.__class__.__name__
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0]
+        found = re.search(r"GLOBAL (\S+)", detail)
+        if found:
+            return f"it refers to {found.group(1)}; only tensors and plain data are loaded"
+        return f"corrupt, or not a PyTorch file: {detail[:80]}"
+    first = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", text.splitlines()[0])
+    return first.split(". ")[0][:120] or exc.__class__.__name__
+
+
 def load_checkpoint(path: str | Path, expect_space: str | None = None) -> dict:
     """Load and check a checkpoint; every problem is a one-line QfaError."""
     path = Path(path)
@@ -47,14 +63,16 @@ def load_checkpoint(path: str | Path, expect_space: str | None = None) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt / foreign files
-        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else exc.__class__.__name__
-        raise QfaError(f"{path}: not a readable checkpoint ({reason})") from None
+        raise QfaError(f"{path}: not a readable checkpoint ({_load_failure(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise QfaError(f"{path}: not a qfa-deploy supernet checkpoint")
     if payload.get("version") != CHECKPOINT_VERSION:
         raise QfaError(f"{path}: checkpoint format version {payload.get('version')!r}, this tool reads {CHECKPOINT_VERSION}")
+    if not isinstance(payload.get("space"), str):
+        raise QfaError(f"{path}: checkpoint names no search space")
     if expect_space is not None and payload.get("space") != expect_space:
         raise QfaError(f"{path}: checkpoint is of space {payload.get('space')!r}, expected {expect_space!r}")
-    if not isinstance(payload.get("model"), dict):
+    model = payload.get("model")
+    if not isinstance(model, dict) or not all(isinstance(v, torch.Tensor) for v in model.values()):
         raise QfaError(f"{path}: checkpoint has no model weights")
     return payload

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import click
 
-from qfa_deploy.commands.common import emit_json, write_text_atomic
 from qfa_deploy.errors import QfaError
 
 __all__ = ["COMMANDS"]
@@ -38,6 +38,8 @@ def sample(space, seed, smallest, largest, bits, output):
     else:
         cfg = sample_arch(space, random.Random(seed))
     if output:
+        from qfa_deploy.commands.common import write_text_atomic  # imports torch: after validation
+
         write_text_atomic(output, cfg.to_json())
     else:
         click.echo(cfg.to_json(), nl=False)
@@ -57,7 +59,7 @@ def info(arch, space, as_json):
     if space is not None:
         desc = create_space(space).describe()
         if as_json:
-            emit_json(desc)
+            click.echo(json.dumps(desc, indent=2))
             return
         click.echo(f"space {desc['name']}: {desc['num_classes']} classes")
         res = desc["resolutions"]
@@ -70,9 +72,11 @@ def info(arch, space, as_json):
         click.echo(f"  bits         {desc['bit_choices']} per conv, weights and activations")
         click.echo(f"  subnets      {desc['num_subnets']:.3e} (10^{desc['log10_num_subnets']})")
         return
+    cfg = load_arch(arch)  # before importing torch: a bad config fails fast
+
+    from qfa_deploy.commands.common import emit_json
     from qfa_deploy.metrics import subnet_cost
 
-    cfg = load_arch(arch)
     cost = subnet_cost(cfg).to_dict()
     if as_json:
         emit_json({"arch": cfg.to_dict(), "digest": cfg.digest(), **cost})

@@ -113,7 +113,9 @@ class BatchQuant(nn.Module):
                 return x
             s, z, qmax = self._affine(lo, hi)
             alpha, beta = self.alpha(), self.offset[self._index()]
-            q = torch.clamp(round_ste(x * alpha / s + z + beta), 0, qmax)
+            # clamp, then round (same values): torch's clamp passes no gradient at its bounds, so
+            # rounding first would block it for every value that rounds to level 0 or qmax
+            q = round_ste(torch.clamp(x * alpha / s + z + beta, 0, qmax))
             return (q - z - beta) * s / alpha
         if self.bits is None:
             return x
