@@ -1,0 +1,161 @@
+"""``devices``, ``compile``, ``profile``, ``tune`` and ``emulated-pi``: TVM builds and device measurements."""
+
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+from pathlib import Path
+
+import click
+
+from qfa_deploy.commands.common import emit_json, write_text_atomic
+from qfa_deploy.errors import QfaError
+
+__all__ = ["COMMANDS"]
+
+
+def _user_errors(fn):
+    """Subcommands of a group are not wrapped by register_all: one-line errors for them too."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from qfa_deploy.cli import user_errors
+
+        return user_errors(fn)(*args, **kwargs)
+
+    return wrapper
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def devices(as_json):
+    """List the device profiles (devices/*.json and $QFA_DEVICES)."""
+    from qfa_deploy.deploy.device import ALIASES, list_devices, load_device
+
+    profiles = [load_device(name) for name in list_devices()]
+    if as_json:
+        emit_json({"devices": [{**d.to_dict(), "source": d.source} for d in profiles], "aliases": ALIASES})
+        return
+    for dev in profiles:
+        where = dev.runner.kind
+        if dev.runner.kind != "local":
+            where += f" {dev.runner.address}" + (f" key {dev.runner.key}" if dev.runner.key else "")
+        target = dev.target if isinstance(dev.target, str) else json.dumps(dev.target)
+        click.echo(f"{dev.name:18s} {target}  [{where}]{'  emulated' if dev.emulated else ''}")
+    click.echo("aliases: " + ", ".join(f"{k} -> {v}" for k, v in ALIASES.items()))
+
+
+@click.command("compile")
+@click.argument("onnx_file", type=click.Path(dir_okay=False))
+@click.option("--device", "-d", required=True, help="Device name, alias (x86, arm64, cuda) or profile .json.")
+@click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Artifact folder: model.so, model.onnx, meta.json.")
+@click.option("--database", type=click.Path(file_okay=False), default=None,
+              help="MetaSchedule database from `qfa-deploy tune` to apply.")
+@click.option("--json", "as_json", is_flag=True, help="Print meta.json.")
+def compile_cmd(onnx_file, device, out_dir, database, as_json):
+    """Compile a QDQ ONNX model with TVM for DEVICE into an artifact folder."""
+    from qfa_deploy.deploy.compile import compile_artifact
+    from qfa_deploy.deploy.profile import META_NAME, ONNX_NAME
+
+    src, out = Path(onnx_file), Path(out_dir)
+    meta = compile_artifact(src, device, out, database=Path(database) if database else None)
+    dest = out / ONNX_NAME
+    if not dest.exists() or not dest.samefile(src):
+        try:
+            shutil.copyfile(src, dest)
+        except OSError as exc:
+            raise QfaError(f"cannot copy {src} to {dest}: {exc.strerror or exc}") from None
+    meta = {"onnx": ONNX_NAME, **meta}
+    write_text_atomic(out / META_NAME, json.dumps(meta, indent=2) + "\n")
+    if as_json:
+        emit_json(meta)
+        return
+    click.echo(f"{out / meta['library']}  ({meta['device']}, TVM {meta['tvm_version']}, "
+               f"{meta['compile_seconds']:.1f} s, sha256 {meta['library_sha256'][:12]})")
+
+
+@click.command()
+@click.argument("artifact_dir", type=click.Path(file_okay=False))
+@click.option("--device", "-d", required=True, help="Device name, alias or profile .json.")
+@click.option("--tracker", default=None, help="HOST:PORT of the RPC tracker (replaces the profile's).")
+@click.option("--key", default=None, help="Tracker key (replaces the profile's).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random input.")
+@click.option("--timeout", type=float, default=30.0, show_default=True,
+              help="Seconds to reach the device and be granted a board.")
+@click.option("--no-check", is_flag=True, help="Skip the comparison with onnxruntime.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def profile(artifact_dir, device, tracker, key, seed, timeout, no_check, as_json):
+    """Measure an artifact's latency on DEVICE and check its output against onnxruntime."""
+    from qfa_deploy.deploy.profile import profile_artifact
+
+    if timeout <= 0:
+        raise QfaError("--timeout must be positive")
+    result = profile_artifact(Path(artifact_dir), device, tracker=tracker, key=key, seed=seed,
+                              timeout=timeout, check=not no_check)
+    if as_json:
+        emit_json(result)
+        return
+    runner = result["runner"]
+    where = runner["kind"] + (f" {runner['host']}:{runner['port']}" if "host" in runner else "")
+    where += f" key {runner['key']}" if "key" in runner else ""
+    lat, proto = result["latency_ms"], result["protocol"]
+    click.echo(f"device   {result['device']} ({where})")
+    click.echo(f"{result['timing']}: median {lat['median']:.3f} ms  p10 {lat['p10']:.3f}  p90 {lat['p90']:.3f}")
+    click.echo(f"protocol warmup {proto['warmup']}, {proto['repeat']} repeats x {proto['number']} runs "
+               f"(>= {proto['min_repeat_ms']} ms each), {proto['threads']} threads")
+    parity = result["parity"]
+    if parity:
+        exact = "bit-exact" if parity["bit_exact"] else f"max |diff| {parity['max_abs_diff']:.3g}"
+        agree = "agrees" if parity["argmax_agree"] else "DIFFERS"
+        click.echo(f"parity   vs {parity['reference']}: {exact}, argmax {agree}")
+
+
+@click.group("emulated-pi")
+def emulated_pi():
+    """An emulated Raspberry Pi 4 (arm64 Debian + TVM under qemu-user) serving TVM RPC on 127.0.0.1."""
+
+
+@emulated_pi.command("build")
+@click.option("--cache", type=click.Path(file_okay=False), default=None,
+              help="Folder for the image (default ~/.cache/qfa-deploy/emulated-pi).")
+@_user_errors
+def emulated_pi_build(cache):
+    """Build the image once (debootstrap + aarch64 wheels; resumable)."""
+    from qfa_deploy.deploy.emulated_pi import build_emulated_pi
+
+    image = build_emulated_pi(Path(cache) if cache else None)
+    click.echo(f"emulated Pi ready in {image.root}")
+
+
+@emulated_pi.command("serve")
+@click.option("--port", type=int, default=9190, show_default=True,
+              help="Tracker port on 127.0.0.1 (started unless one answers there).")
+@click.option("--key", default="rasp4b-emu", show_default=True, help="Key the server registers under.")
+@click.option("--cache", type=click.Path(file_okay=False), default=None, help="Image folder (see build).")
+@_user_errors
+def emulated_pi_serve(port, key, cache):
+    """Serve TVM RPC from the emulated Pi until interrupted (profile with --device rasp4b-emulated)."""
+    import signal
+    import time
+
+    from qfa_deploy.deploy.emulated_pi import EmulatedPi, build_emulated_pi
+
+    if not 0 < port < 65536:
+        raise QfaError(f"--port must be a TCP port, not {port}")
+    image = build_emulated_pi(Path(cache) if cache else None)
+    signal.signal(signal.SIGTERM, _interrupt)  # stop qemu and the tracker on `kill` too
+    click.echo("starting the emulated Pi (TVM takes ~30 s to import under qemu) ...", err=True)
+    with EmulatedPi(image, key=key, tracker_port=port) as pi:
+        click.echo(f"serving: tracker {pi.tracker_address}, key {key}; Ctrl-C stops", err=True)
+        while pi.server.alive():
+            time.sleep(1.0)
+        raise QfaError(f"the emulated Pi server exited: {pi.server.log_tail()}")
+
+
+def _interrupt(*_):
+    raise KeyboardInterrupt
+
+
+COMMANDS = [devices, compile_cmd, profile, emulated_pi]

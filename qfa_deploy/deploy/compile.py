@@ -1,0 +1,185 @@
+"""Compile a QDQ ONNX model with Apache TVM (Relax) for a device profile into ``model.so``.
+
+``compile_artifact(onnx_path, device, out_dir)`` is what ``qfa-deploy export`` and
+``qfa-deploy compile`` call. The library is written atomically; its metadata (target, TVM
+version, tuning database hash, sha256) is returned for the caller's ``meta.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from qfa_deploy.checkpoint import atomic_write_bytes
+from qfa_deploy.deploy._text import one_line
+from qfa_deploy.deploy.device import Device, load_device
+from qfa_deploy.errors import QfaError
+
+__all__ = ["LIBRARY_NAME", "CUDA_SOURCE_NAME", "compile_artifact", "file_sha256", "onnx_input_specs"]
+
+log = logging.getLogger(__name__)
+
+LIBRARY_NAME = "model.so"
+CUDA_SOURCE_NAME = "model.cu"  # beside the library for CUDA targets: the kernels, for offline nvcc
+
+
+def compile_artifact(
+    onnx_path: Path,
+    device: str | Device,
+    out_dir: Path,
+    *,
+    database: Path | None = None,
+    batch_size: int = 1,
+) -> dict:
+    """Import ``onnx_path``, compile it for ``device`` and write ``out_dir/model.so``.
+
+    Args:
+        onnx_path: a (QDQ) ONNX model with float32 inputs.
+        device: a device name, alias (x86, arm64, cuda) or device file path.
+        out_dir: where the library goes (created if needed).
+        database: a MetaSchedule database folder from ``qfa-deploy tune`` whose schedules are
+            applied (workloads it does not cover stay untuned).
+        batch_size: the value given to symbolic (dynamic) input dimensions.
+
+    Returns:
+        JSON-ready metadata: device, target, tvm_version, tuning_database (sha256 or None),
+        library (file name), library_sha256, inputs, compile_seconds.
+
+    Raises:
+        QfaError: unreadable ONNX, unsupported operator, missing cross compiler, bad database.
+    """
+    dev = load_device(device)
+    onnx_path, out_dir = Path(onnx_path), Path(out_dir)
+    model = _load_onnx(onnx_path)
+    inputs = onnx_input_specs(model, batch_size=batch_size)
+    if dev.cc and shutil.which(dev.cc) is None:
+        raise QfaError(
+            f"cross compiler {dev.cc} (device {dev.name}) is not installed "
+            "(Debian: apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross)"
+        )
+
+    import tvm
+    from tvm.relax.frontend.onnx import from_onnx
+
+    target = dev.tvm_target()
+    start = time.perf_counter()
+    try:
+        mod = from_onnx(model, shape_dict={i["name"]: i["shape"] for i in inputs}, keep_params_in_input=False)
+    except Exception as exc:  # the frontend raises many kinds (NotImplementedError, TVMError, ...)
+        raise QfaError(f"TVM cannot import {onnx_path}: {one_line(exc)}") from None
+    db_hash = None
+    if database is not None:
+        from qfa_deploy.deploy.tune import apply_database, database_sha256
+
+        db_hash = database_sha256(database)
+        mod = apply_database(mod, target, database)
+    try:
+        executable = tvm.compile(mod, target=target)
+    except Exception as exc:
+        raise QfaError(f"TVM cannot compile {onnx_path} for {dev.name}: {one_line(exc)}") from None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lib_path = out_dir / LIBRARY_NAME
+    _export_atomic(executable, lib_path, dev.cc)
+    if dev.target_kind == "cuda":
+        _write_cuda_source(executable, out_dir / CUDA_SOURCE_NAME)
+    seconds = time.perf_counter() - start
+    log.info("compiled %s for %s in %.1f s -> %s", onnx_path, dev.name, seconds, lib_path)
+    return {
+        "device": dev.name,
+        "target": _target_json(target),
+        "tvm_version": tvm.__version__,
+        "tuning_database": db_hash,
+        "library": LIBRARY_NAME,
+        "library_sha256": file_sha256(lib_path),
+        "inputs": inputs,
+        "compile_seconds": round(seconds, 3),
+    }
+
+
+def onnx_input_specs(model, batch_size: int = 1) -> list[dict]:
+    """Name, static shape and dtype of each graph input (symbolic dimensions -> ``batch_size``)."""
+    import onnx
+
+    initializers = {init.name for init in model.graph.initializer}
+    specs = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        tensor_type = value.type.tensor_type
+        dims = tensor_type.shape.dim
+        shape = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else batch_size for d in dims]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name
+        specs.append({"name": value.name, "shape": shape, "dtype": dtype})
+    if not specs:
+        raise QfaError("the ONNX model has no inputs")
+    return specs
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _load_onnx(path: Path):
+    import onnx
+
+    if not path.is_file():
+        raise QfaError(f"ONNX model {path} does not exist")
+    try:
+        return onnx.load(str(path))
+    except Exception as exc:  # DecodeError and friends
+        raise QfaError(f"{path} is not a readable ONNX model: {one_line(exc)}") from None
+
+
+def _export_atomic(executable, lib_path: Path, cc: str | None) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{lib_path.stem}.", suffix=".so", dir=lib_path.parent)
+    os.close(fd)
+    try:
+        kwargs = {"cc": cc} if cc else {}
+        try:
+            executable.export_library(tmp, **kwargs)
+        except Exception as exc:
+            raise QfaError(f"cannot link {lib_path.name}: {one_line(exc)}") from None
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, lib_path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _write_cuda_source(executable, path: Path) -> None:
+    sources = [m.inspect_source() for m in _walk_modules(executable.mod) if m.kind == "cuda"]
+    if sources:
+        text = "\n".join(sources).encode()
+        atomic_write_bytes(path, lambda f: f.write(text))
+
+
+def _walk_modules(module):
+    yield module
+    for sub in module.imports:
+        yield from _walk_modules(sub)
+
+
+def _target_json(target) -> dict:
+    """``target.export()`` (tvm_ffi Map/Array/String) as plain JSON types."""
+    return json.loads(json.dumps(_plain(target.export())))
+
+
+def _plain(value):
+    if isinstance(value, (bool, int, float)) or value is None:
+        return value
+    if isinstance(value, str):
+        return str(value)
+    if hasattr(value, "items"):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if hasattr(value, "__iter__"):
+        return [_plain(v) for v in value]
+    return str(value)

@@ -1,0 +1,231 @@
+"""Run a compiled library where a device profile says: in this process, or over TVM RPC.
+
+``open_session(device)`` returns a :class:`Session` that loads ``model.so`` into a Relax VM on the
+device, runs it on numpy inputs and times it with ``time_evaluator`` per the device's protocol.
+Connecting is bounded: an unreachable tracker or a key with no board is a one-line QfaError.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from qfa_deploy.deploy._text import one_line
+from qfa_deploy.deploy.device import Device, MeasureProtocol
+from qfa_deploy.errors import QfaError
+
+__all__ = ["Session", "Timing", "elf_machine", "open_session"]
+
+log = logging.getLogger(__name__)
+
+_ELF_MACHINES = {3: "x86", 40: "arm", 62: "x86_64", 183: "aarch64", 243: "riscv"}
+_THREADPOOL_BIG_CORES = 1  # runtime.config_threadpool affinity mode: pin to the big (here: all) cores
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per run of each timed repeat, and the protocol that produced them."""
+
+    seconds: tuple[float, ...]
+    protocol: MeasureProtocol
+    threads: int
+
+    def summary_ms(self) -> dict:
+        ms = np.asarray(self.seconds, dtype=np.float64) * 1e3
+        return {
+            "median": float(np.median(ms)),
+            "p10": float(np.percentile(ms, 10)),
+            "p90": float(np.percentile(ms, 90)),
+            "mean": float(ms.mean()),
+            "min": float(ms.min()),
+            "max": float(ms.max()),
+        }
+
+
+class Session:
+    """A device to run libraries on (local or remote). Use as a context manager."""
+
+    def __init__(self, device: Device, remote=None):
+        self.device = device
+        self.remote = remote  # tvm.rpc.RPCSession, or None for this process
+        self._threads_set = False
+
+    @property
+    def is_remote(self) -> bool:
+        return self.remote is not None
+
+    def tvm_device(self):
+        import tvm
+
+        kind = self.device.target_kind
+        if self.remote is not None:
+            dev = self.remote.cuda(0) if kind == "cuda" else self.remote.cpu(0)
+        else:
+            dev = tvm.cuda(0) if kind == "cuda" else tvm.cpu(0)
+            if kind == "cuda" and not dev.exist:
+                raise QfaError(f"device {self.device.name} needs a CUDA GPU, and this machine has none")
+        return dev
+
+    def load(self, lib_path: Path):
+        """A Relax VM running ``lib_path`` on this session's device."""
+        from tvm import relax
+
+        lib_path = Path(lib_path)
+        if not lib_path.is_file():
+            raise QfaError(f"{lib_path} does not exist")
+        if self.remote is None:
+            machine = elf_machine(lib_path)
+            host = _host_machine()
+            if machine is not None and machine != host:
+                raise QfaError(f"{lib_path} is built for {machine} and this machine is {host}: profile it on its "
+                               "device (e.g. --device rasp4b or rasp4b-emulated)")
+        self._pin_threads()
+        try:
+            if self.remote is None:
+                import tvm
+
+                module = tvm.runtime.load_module(str(lib_path))
+            else:
+                name = f"qfa-{os.getpid()}-{lib_path.name}"
+                self.remote.upload(str(lib_path), target=name)
+                module = self.remote.load_module(name)
+            return relax.VirtualMachine(module, self.tvm_device())
+        except QfaError:
+            raise
+        except Exception as exc:
+            raise QfaError(f"device {self.device.name} cannot load {lib_path}: {one_line(exc)}") from None
+
+    def run(self, vm, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Outputs of ``main`` on ``inputs``, copied back to numpy."""
+        args = self._to_device(inputs)
+        try:
+            result = vm["main"](*args)
+        except Exception as exc:
+            raise QfaError(f"running the model on {self.device.name} failed: {one_line(exc)}") from None
+        return _to_numpy(result)
+
+    def time(self, vm, inputs: list[np.ndarray], protocol: MeasureProtocol | None = None) -> Timing:
+        """Warm up, then ``protocol.repeat`` timed repeats of ``main`` (time_evaluator)."""
+        protocol = protocol or self.device.protocol
+        args = self._to_device(inputs)
+        try:
+            for _ in range(protocol.warmup):
+                vm["main"](*args)
+            evaluator = vm.time_evaluator(
+                "main", self.tvm_device(), number=protocol.number, repeat=protocol.repeat,
+                min_repeat_ms=protocol.min_repeat_ms,
+            )
+            result = evaluator(*args)
+        except Exception as exc:
+            raise QfaError(f"timing the model on {self.device.name} failed: {one_line(exc)}") from None
+        return Timing(tuple(float(s) for s in result.results), protocol, self.device.threads)
+
+    def close(self) -> None:
+        self.remote = None  # the RPC session closes when its last reference goes
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _to_device(self, inputs):
+        import tvm
+
+        dev = self.tvm_device()
+        return [tvm.runtime.tensor(np.ascontiguousarray(x), dev) for x in inputs]
+
+    def _pin_threads(self) -> None:
+        threads = self.device.threads
+        if self._threads_set or threads <= 0 or self.device.target_kind == "cuda":
+            return
+        try:
+            if self.remote is None:
+                import tvm
+
+                threads = min(threads, os.cpu_count() or threads)
+                tvm.get_global_func("runtime.config_threadpool")(_THREADPOOL_BIG_CORES, threads)
+            else:
+                self.remote.get_function("runtime.config_threadpool")(_THREADPOOL_BIG_CORES, threads)
+        except Exception as exc:  # a runtime without a thread pool: run with its defaults
+            log.warning("could not pin %d threads on %s: %s", threads, self.device.name, one_line(exc))
+        self._threads_set = True
+
+
+def open_session(device: Device, *, timeout: float = 30.0, session_timeout: float = 0) -> Session:
+    """Connect to ``device``'s runner. RPC connections fail with a QfaError within ~``timeout`` s.
+
+    Args:
+        device: the profile (its runner says where).
+        timeout: seconds to reach the tracker/server and to be granted a board.
+        session_timeout: seconds the server keeps the session (0: no limit).
+    """
+    runner = device.runner
+    if runner.kind == "local":
+        return Session(device)
+    from tvm import rpc
+
+    _probe(runner.host, runner.port, timeout, "RPC tracker" if runner.kind == "rpc-tracker" else "RPC server")
+    if runner.kind == "rpc-direct":
+        try:
+            remote = rpc.connect(runner.host, runner.port, session_timeout=session_timeout)
+        except Exception as exc:
+            raise QfaError(f"RPC server {runner.address} refused the session: {one_line(exc)}") from None
+        return Session(device, remote)
+
+    from qfa_deploy.deploy.procs import tracker_keys
+
+    keys = tracker_keys(runner.host, runner.port, timeout=timeout)
+    if runner.key not in keys:
+        known = ", ".join(sorted(keys)) or "none"
+        raise QfaError(f"no device is registered under key {runner.key!r} at tracker {runner.address} "
+                       f"(keys there: {known})")
+    try:
+        tracker = rpc.connect_tracker(runner.host, runner.port)
+        tracker._sock.settimeout(timeout)  # request() otherwise waits forever for a busy board
+        remote = tracker.request(runner.key, max_retry=1, session_timeout=session_timeout)
+    except Exception as exc:
+        raise QfaError(f"no board under key {runner.key!r} at tracker {runner.address} became free within "
+                       f"{timeout:.0f} s ({one_line(exc)})") from None
+    tracker.close()
+    return Session(device, remote)
+
+
+def elf_machine(path: Path) -> str | None:
+    """The architecture an ELF file is built for ("x86_64", "aarch64", ...), None if not ELF."""
+    with open(path, "rb") as f:
+        header = f.read(20)
+    if len(header) < 20 or header[:4] != b"\x7fELF":
+        return None
+    byteorder = "little" if header[5] == 1 else "big"
+    code = int.from_bytes(header[18:20], byteorder)
+    return _ELF_MACHINES.get(code, f"elf-machine-{code}")
+
+
+def _host_machine() -> str:
+    machine = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+def _probe(host: str, port: int, timeout: float, what: str) -> None:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise QfaError(f"cannot reach the {what} at {host}:{port}: {reason}") from None
+
+
+def _to_numpy(result) -> list[np.ndarray]:
+    if hasattr(result, "numpy"):
+        return [result.numpy()]
+    outputs = []
+    for item in result:  # a tuple of outputs
+        outputs.extend(_to_numpy(item))
+    return outputs

@@ -1,0 +1,195 @@
+"""TVM compile for this x86 CPU, run in this process, compare with onnxruntime; device profiles.
+
+Fast (about a minute): every model here compiles in a few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from deploy_helpers import (
+    FAST_PROTOCOL,
+    artifact_dir,
+    clip_qdq_model,
+    device_file,
+    exported_subnet_model,
+    ort_qdq_model,
+    run_cli,
+    write_meta,
+)
+
+from qfa_deploy.cli import cli
+from qfa_deploy.deploy import compile_artifact, list_devices, load_device, profile_artifact
+from qfa_deploy.deploy.compile import file_sha256
+from qfa_deploy.errors import QfaError
+
+TOLERANCE = 1e-5  # bit-exact on onnxruntime-quantized models; float rounding on hand-built ones
+
+
+@pytest.fixture(scope="module")
+def fast_x86(tmp_path_factory) -> Path:
+    """The x86 profile with a short measurement protocol."""
+    return device_file(tmp_path_factory.mktemp("devices"), "x86", name="x86-fast", protocol=FAST_PROTOCOL)
+
+
+@pytest.fixture(scope="module")
+def ort_artifact(tmp_path_factory, fast_x86) -> tuple[Path, dict]:
+    folder = tmp_path_factory.mktemp("ort-artifact")
+    onnx_path = ort_qdq_model(folder / "model.onnx")
+    meta = compile_artifact(onnx_path, str(fast_x86), folder)
+    write_meta(folder, meta)
+    return folder, meta
+
+
+def test_compile_writes_library_and_meta(ort_artifact):
+    folder, meta = ort_artifact
+    lib = folder / "model.so"
+    assert lib.is_file() and lib.read_bytes()[:4] == b"\x7fELF"
+    assert meta["library"] == "model.so"
+    assert meta["library_sha256"] == file_sha256(lib)
+    assert meta["target"]["kind"] == "llvm" and meta["target"]["mcpu"] not in ("", "host")
+    assert meta["tvm_version"].startswith("0.27")
+    assert meta["tuning_database"] is None
+    assert meta["inputs"] == [{"name": "input", "shape": [1, 3, 16, 16], "dtype": "float32"}]
+    json.dumps(meta)  # JSON-ready
+    assert not list(folder.glob(".model.*"))  # no temporary left behind
+
+
+def test_profile_local_matches_onnxruntime(ort_artifact, fast_x86):
+    folder, _ = ort_artifact
+    result = profile_artifact(folder, str(fast_x86))
+    parity = result["parity"]
+    assert parity["max_abs_diff"] <= TOLERANCE, parity
+    assert parity["argmax_agree"] and parity["reference"].endswith("ORT_DISABLE_ALL")
+    lat = result["latency_ms"]
+    assert 0 < lat["min"] <= lat["p10"] <= lat["median"] <= lat["p90"] <= lat["max"]
+    assert result["timing"] == "latency" and result["emulated"] is False
+    assert result["protocol"]["repeat"] == FAST_PROTOCOL["repeat"] == result["protocol"]["repeats_measured"]
+    assert result["protocol"]["warmup"] == FAST_PROTOCOL["warmup"] and result["protocol"]["threads"] == 2
+    assert result["runner"] == {"kind": "local"}
+    assert result["library_sha256"] == file_sha256(folder / "model.so")
+
+
+@pytest.mark.parametrize("bits", [(4, 3, 2), (2, 2, 2)])
+def test_clip_qdq_low_bit_matches_onnxruntime(tmp_path, fast_x86, bits):
+    folder = artifact_dir(tmp_path / "art", clip_qdq_model(tmp_path / "clip.onnx", bits=bits))
+    compile_artifact(folder / "model.onnx", str(fast_x86), folder)
+    parity = profile_artifact(folder, str(fast_x86), seed=5)["parity"]
+    assert parity["max_abs_diff"] <= TOLERANCE and parity["argmax_agree"], parity
+
+
+def test_exported_subnet_matches_onnxruntime(tmp_path, fast_x86, cifar_supernet):
+    onnx_path = exported_subnet_model(tmp_path / "subnet.onnx", cifar_supernet)
+    folder = artifact_dir(tmp_path / "art", onnx_path)
+    meta = compile_artifact(folder / "model.onnx", str(fast_x86), folder)
+    shape = meta["inputs"][0]["shape"]
+    assert shape[:2] == [1, 3] and shape[2] == shape[3]
+    write_meta(folder, {"format": "qfa-artifact", "target": "x86", "compile": meta})  # the exporter's layout
+    result = profile_artifact(folder, str(fast_x86))
+    assert result["parity"]["max_abs_diff"] <= TOLERANCE and result["parity"]["argmax_agree"], result["parity"]
+    assert result["target"]["kind"] == "llvm"
+
+
+def test_cli_compile_and_profile_json(tmp_path, fast_x86):
+    onnx_path = ort_qdq_model(tmp_path / "in.onnx")
+    out = tmp_path / "art"
+    done = run_cli("compile", str(onnx_path), "--device", str(fast_x86), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert {"model.so", "model.onnx", "meta.json"} <= {p.name for p in out.iterdir()}
+    done = run_cli("profile", str(out), "--device", str(fast_x86), "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert set(report["latency_ms"]) >= {"median", "p10", "p90"}
+    assert report["parity"]["max_abs_diff"] <= TOLERANCE
+    human = CliRunner().invoke(cli, ["profile", str(out), "--device", str(fast_x86)])  # in-process: no startup cost
+    assert human.exit_code == 0, human.output
+    assert "latency: median" in human.output and "bit-exact" in human.output
+
+
+# --- device profiles ---------------------------------------------------------------------------
+
+
+def test_shipped_profiles_load():
+    names = list_devices()
+    assert {"x86", "rasp4b", "rasp4b-emulated", "cuda-sm80"} <= set(names)
+    pi, emu = load_device("rasp4b"), load_device("rasp4b-emulated")
+    assert pi.target == emu.target == "raspberry-pi/4b-aarch64" and pi.cc == "aarch64-linux-gnu-gcc"
+    assert (pi.runner.kind, pi.runner.key, pi.threads, pi.emulated) == ("rpc-tracker", "rasp4b", 4, False)
+    assert (emu.runner.host, emu.runner.port, emu.runner.key, emu.emulated) == ("127.0.0.1", 9190, "rasp4b-emu", True)
+    assert load_device("cuda-sm80").target == {"kind": "cuda", "arch": "sm_80", "host": {"kind": "llvm"}}
+    assert load_device("arm64").name == "rasp4b" and load_device("cuda").name == "cuda-sm80"
+    x86 = load_device("x86")
+    assert x86.target["mcpu"] != "host" and x86.runner.kind == "local"
+    assert pi.tvm_target().attrs["mtriple"] == "aarch64-linux-gnu"
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "JSON object"),
+        ('{"name": "d"}', "missing field 'target'"),
+        ('{"name": "d", "target": "llvm", "color": 1}', "unknown field(s) color"),
+        ('{"name": "d", "target": "llvm", "runner": {"kind": "ssh"}}', "runner.kind"),
+        ('{"name": "d", "target": "llvm", "runner": {"kind": "rpc-tracker", "host": "h", "port": 1}}', "runner.key"),
+        ('{"name": "d", "target": "llvm", "protocol": {"repeat": 0}}', "protocol.repeat"),
+        ('{"name": "d", "target": "llvm", "protocol": {"repeats": 3}}', "repeats"),
+        ('{"name": "d", "target": "llvm", "threads": -1}', "threads"),
+        ('{"name": "d", "target": "llvm", "version": 9}', "version 9"),
+    ],
+)
+def test_malformed_device_file(tmp_path, content, message):
+    path = tmp_path / "dev.json"
+    path.write_text(content)
+    with pytest.raises(QfaError) as info:
+        load_device(path)
+    text = str(info.value)
+    assert message in text and "\n" not in text and str(path) in text
+
+
+def test_unknown_device():
+    with pytest.raises(QfaError, match="unknown device 'pi5'.*x86"):
+        load_device("pi5")
+
+
+@pytest.mark.parametrize("device, expect", [("no-such-board", "unknown device 'no-such-board'"),
+                                            ("BAD", "malformed device file")])
+def test_cli_device_errors_exit_2_one_line(tmp_path, ort_artifact, device, expect):
+    folder, _ = ort_artifact
+    if device == "BAD":
+        device = str(tmp_path / "bad.json")
+        Path(device).write_text('{"name": "bad", "target": {"kind": "llvm"}, "runner": {"kind": "rpc-direct"}}')
+    done = run_cli("profile", str(folder), "--device", device)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], done.stderr
+
+
+def test_profile_errors(tmp_path, ort_artifact, fast_x86):
+    folder, meta = ort_artifact
+    with pytest.raises(QfaError, match="no model.so"):
+        profile_artifact(tmp_path, str(fast_x86))
+    stale = artifact_dir(tmp_path / "stale", folder / "model.onnx")
+    (stale / "model.so").write_bytes((folder / "model.so").read_bytes())
+    write_meta(stale, {**meta, "library_sha256": "0" * 64})
+    with pytest.raises(QfaError, match="sha256 differs"):
+        profile_artifact(stale, str(fast_x86))
+    arm = artifact_dir(tmp_path / "arm", folder / "model.onnx")
+    (arm / "model.so").write_bytes(b"\x7fELF\x02\x01\x01" + b"\0" * 11 + (183).to_bytes(2, "little") + b"\0" * 100)
+    with pytest.raises(QfaError, match="built for aarch64"):
+        profile_artifact(arm, str(fast_x86))
+    with pytest.raises(QfaError, match="--tracker must be HOST:PORT"):
+        profile_artifact(folder, "rasp4b", tracker="nowhere")
+
+
+def test_compile_errors(tmp_path, fast_x86):
+    with pytest.raises(QfaError, match="does not exist"):
+        compile_artifact(tmp_path / "missing.onnx", str(fast_x86), tmp_path)
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(np.arange(100, dtype=np.uint8).tobytes())
+    with pytest.raises(QfaError, match="not a readable ONNX model|TVM cannot import"):
+        compile_artifact(junk, str(fast_x86), tmp_path)
