@@ -2,36 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from qfa_deploy.atomic import atomic_write_bytes
 from qfa_deploy.errors import QfaError
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "atomic_write_bytes", "load_checkpoint", "save_checkpoint"]
 
 CHECKPOINT_FORMAT = "qfa-supernet"
 CHECKPOINT_VERSION = 1
-
-
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call ``write(fileobj)`` on a temporary file beside ``path``, fsync, then rename over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(path: str | Path, space: str, model_state: dict, **extra: Any) -> None:

@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import click
-import torch
 
-from qfa_deploy.checkpoint import atomic_write_bytes
+from qfa_deploy.atomic import atomic_write_bytes
 from qfa_deploy.errors import QfaError
 
 __all__ = ["emit_json", "load_supernet", "set_threads", "write_text_atomic"]
@@ -30,6 +29,8 @@ def emit_json(data) -> None:
 
 def set_threads(threads: int | None) -> None:
     if threads:
+        import torch
+
         torch.set_num_threads(threads)
 
 
