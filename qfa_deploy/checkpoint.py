@@ -50,7 +50,8 @@ def load_checkpoint(path: str | Path, expect_space: str | None = None) -> dict:
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise QfaError(f"{path}: not a qfa-deploy supernet checkpoint")
     if payload.get("version") != CHECKPOINT_VERSION:
-        raise QfaError(f"{path}: checkpoint format version {payload.get('version')!r}, this tool reads {CHECKPOINT_VERSION}")
+        version = payload.get("version")
+        raise QfaError(f"{path}: checkpoint format version {version!r}, this tool reads {CHECKPOINT_VERSION}")
     if not isinstance(payload.get("space"), str):
         raise QfaError(f"{path}: checkpoint names no search space")
     if expect_space is not None and payload.get("space") != expect_space:
