@@ -1,0 +1,9 @@
+"""Exporters: they read the folded form (``qfa_deploy.fold``), never the PyTorch modules.
+
+- ``onnx_export``: QDQ ONNX (uint8 activations, int8 weights, opset 17).
+- ``verify``: parity of PyTorch, onnxruntime and TVM on an exported model.
+"""
+
+from qfa_deploy.export.onnx_export import DEFAULT_OPSET, export_onnx, save_onnx
+
+__all__ = ["DEFAULT_OPSET", "export_onnx", "save_onnx"]
