@@ -1,0 +1,98 @@
+"""``lut build | predict | validate``: per-device latency lookup tables."""
+
+from __future__ import annotations
+
+import click
+
+from qfa_deploy.commands.common import emit_json, set_threads, write_text_atomic
+
+__all__ = ["COMMANDS"]
+
+
+@click.group()
+def lut():
+    """Latency lookup tables: build on a device, predict a subnet, validate end to end."""
+
+
+@lut.command()
+@click.option("--device", required=True, help="Device name or profile file (see devices/).")
+@click.option("--space", required=True)
+@click.option("--resolution", type=int, required=True)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Table file to write.")
+@click.option("--fit-samples", type=int, default=20, show_default=True,
+              help="Whole subnets measured for the fitted correction.")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Boards measured in parallel (RPC tracker devices).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=None, help="Torch threads for folding the parts.")
+def build(device, space, resolution, output, fit_samples, workers, seed, threads):
+    """Measure every part of SPACE at RESOLUTION on DEVICE; resumable (a journal sits beside -o)."""
+    from qfa_deploy.errors import QfaError
+    from qfa_deploy.lut.build import BuildPlan, build_table
+    from qfa_deploy.space import create_space
+
+    create_space(space)
+    if fit_samples < 0 or workers < 1:
+        raise QfaError("--fit-samples must be >= 0 and --workers >= 1")
+    set_threads(threads)
+    table = build_table(BuildPlan(device, space, resolution, fit_samples, seed=seed), output, workers=workers)
+    click.echo(f"{output}: {len(table.entries)} parts, fit scale {table.scale:.3f} offset {table.offset_ms:.3f} ms")
+
+
+@lut.command()
+@click.option("--table", "table_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--arch", "arch_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+def predict(table_path, arch_path, as_json):
+    """Predicted latency of a subnet from a table."""
+    from qfa_deploy.arch import load_arch
+    from qfa_deploy.lut.table import LatencyTable
+
+    table = LatencyTable.load(table_path)
+    cfg = load_arch(arch_path, expect_space=table.space)
+    ms = table.predict(cfg)
+    result = {"arch": cfg.short(), "digest": cfg.digest(), "predicted_ms": ms, "part_sum_ms": table.part_sum(cfg),
+              "device": table.provenance.get("device"), "emulated": table.provenance.get("emulated", False)}
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(f"{ms:.3f} ms predicted on {result['device']} ({cfg.short()})")
+
+
+@lut.command()
+@click.option("--table", "table_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--device", required=True)
+@click.option("--samples", type=int, default=50, show_default=True)
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Predicted-vs-measured scatter (PNG).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the JSON report here.")
+@click.option("--min-within", type=float, default=None, help="Fail (exit 1) if the share within ±10% is below this.")
+@click.option("--json", "as_json", is_flag=True)
+def validate(table_path, device, samples, seed, plot, report_path, min_within, as_json):
+    """Measure SAMPLES unseen random subnets end to end and compare with the table's predictions."""
+    import json
+    import sys
+
+    from qfa_deploy.lut.table import LatencyTable
+    from qfa_deploy.lut.validate import validate_table
+
+    table = LatencyTable.load(table_path)
+    report = validate_table(table, device, samples, seed, plot)
+    if report_path:
+        write_text_atomic(report_path, json.dumps(report, indent=1) + "\n")
+    if as_json:
+        emit_json({k: v for k, v in report.items() if k != "points"} if not report_path else report)
+    else:
+        tag = " [emulated: not latency]" if report["emulated"] else ""
+        click.echo(
+            f"{report['device']}{tag}: MAPE {report['mape_percent']:.2f}%, within ±10% "
+            f"{100 * report['within_10_percent']:.0f}% of {samples}, Spearman {report['spearman']:.3f}"
+        )
+    if min_within is not None and report["within_10_percent"] < min_within:
+        share = 100 * report["within_10_percent"]
+        click.echo(f"error: only {share:.0f}% within ±10% (< {100 * min_within:.0f}%)", err=True)
+        sys.exit(1)
+
+
+COMMANDS = [lut]

@@ -1,0 +1,87 @@
+"""Representative models of a table's parts and of whole subnets, for measurement.
+
+Latency does not depend on weight values, so parts come from a randomly initialised supernet whose
+statistics are set on random data; they are folded and exported exactly like a deployed subnet
+(the same QDQ graph), so a part measures what the deployment runs. All elastic blocks at a (kernel,
+expand) pair come from one full-depth config, so the 9 configs of a 3x3 space give every block part.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from functools import lru_cache
+
+import onnx
+import torch
+
+from qfa_deploy.arch import ArchConfig
+from qfa_deploy.calibrate import calibrate
+from qfa_deploy.export.onnx_export import export_onnx
+from qfa_deploy.export.parts_onnx import export_part_onnx
+from qfa_deploy.extract import extract
+from qfa_deploy.fold import FoldedSubnet, fold
+from qfa_deploy.lut.keys import LatencyKey, block_key, head_key, spatial_sizes, stem_key
+from qfa_deploy.nn.supernet import QFASupernet
+from qfa_deploy.space import create_space
+
+__all__ = ["PartModels"]
+
+
+class PartModels:
+    """ONNX models of the parts of ``space`` at ``resolution`` (and of whole subnets)."""
+
+    def __init__(self, space: str, resolution: int, seed: int = 0) -> None:
+        self.space = create_space(space)
+        self.resolution = resolution
+        torch.manual_seed(seed)
+        self.supernet = QFASupernet(self.space).eval()
+        self._generator = torch.Generator().manual_seed(seed)
+        _, self.sizes, self.head_size = spatial_sizes(self.space, resolution)
+        self._where: dict[str, tuple[int, int, int]] = {}
+        for b in range(self.space.num_blocks):
+            for k in self.space.kernel_choices:
+                for e in self.space.expand_choices:
+                    self._where.setdefault(str(block_key(self.space, b, self.sizes[b], k, e)), (b, k, e))
+
+    def folded(self, cfg: ArchConfig) -> FoldedSubnet:
+        """``cfg`` extracted, calibrated on two random batches, folded."""
+        return _fold_cached(self, cfg)
+
+    def _fold(self, cfg: ArchConfig) -> FoldedSubnet:
+        subnet = extract(self.supernet, cfg)
+        r = cfg.resolution
+        batches = [torch.randn(8, 3, r, r, generator=self._generator) for _ in range(2)]
+        calibrate(subnet, batches, r, len(batches))
+        return fold(subnet)
+
+    def _uniform(self, kernel: int, expand: int) -> ArchConfig:
+        base = ArchConfig.largest(self.space.name)
+        n = self.space.num_blocks
+        return replace(base, resolution=self.resolution, kernel=(kernel,) * n, expand=(expand,) * n)
+
+    def part(self, key: LatencyKey) -> onnx.ModelProto:
+        """The QDQ ONNX of one part at the highest bitwidth (batch 1)."""
+        return self.part_at_bits(key, max(self.space.bit_choices))
+
+    def part_at_bits(self, key: LatencyKey, bits: int) -> onnx.ModelProto:
+        """The QDQ ONNX of one part with every conv at ``bits`` (batch 1)."""
+        if key.kind == "block":
+            b, k, e = self._where[str(key)]
+            cfg = self._uniform(k, e).with_uniform_bits(bits, bits)
+            return export_part_onnx(self.folded(cfg), "block", index=1 + b, batch=1)
+        cfg = self._uniform(max(self.space.kernel_choices), max(self.space.expand_choices))
+        cfg = cfg.with_uniform_bits(bits, bits)
+        if key.kind == "stem" and key == stem_key(self.space, self.resolution):
+            return export_part_onnx(self.folded(cfg), "stem", batch=1)
+        if key.kind == "head" and key == head_key(self.space, self.head_size):
+            return export_part_onnx(self.folded(cfg), "head", batch=1)
+        raise KeyError(f"no part {key} in space {self.space.name} at resolution {self.resolution}")
+
+    def subnet(self, cfg: ArchConfig) -> onnx.ModelProto:
+        """The QDQ ONNX of a whole subnet (batch 1)."""
+        return export_onnx(self.folded(cfg), batch=1)
+
+
+@lru_cache(maxsize=12)
+def _fold_cached(models: PartModels, cfg: ArchConfig) -> FoldedSubnet:
+    return models._fold(cfg)

@@ -1,0 +1,89 @@
+"""lut validate: predicted vs measured end-to-end latency of unseen random subnets.
+
+Reports MAPE, the share of subnets within +-10%, Spearman's rank correlation, and optionally a
+predicted-vs-measured scatter plot. The subnets come from seeds disjoint from the ones the table's
+correction was fitted on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import spearmanr
+from tqdm import tqdm
+
+from qfa_deploy.deploy.device import load_device
+from qfa_deploy.deploy.runner import open_session
+from qfa_deploy.errors import QfaError
+from qfa_deploy.lut.build import sample_subnets
+from qfa_deploy.lut.measure import measure_onnx
+from qfa_deploy.lut.parts import PartModels
+from qfa_deploy.lut.table import LatencyTable
+
+__all__ = ["validate_table"]
+
+
+def validate_table(
+    table: LatencyTable, device: str, samples: int, seed: int, plot: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    if samples < 2:
+        raise QfaError("--samples must be at least 2")
+    dev = load_device(device)
+    cfgs = sample_subnets(table.space, table.resolution, samples, seed)
+    models = PartModels(table.space, table.resolution, seed)
+    predicted, measured = [], []
+    with open_session(dev) as session:
+        for cfg in tqdm(cfgs, unit="subnet", desc=f"validate {dev.name}", disable=None if progress else True):
+            predicted.append(table.predict(cfg))
+            measured.append(measure_onnx(models.subnet(cfg), dev, session)["median"])
+    p, m = np.asarray(predicted), np.asarray(measured)
+    rel = (p - m) / m
+    report = {
+        "device": dev.name,
+        "emulated": dev.emulated,
+        "space": table.space,
+        "resolution": table.resolution,
+        "samples": samples,
+        "seed": seed,
+        "mape_percent": float(100 * np.abs(rel).mean()),
+        "within_10_percent": float((np.abs(rel) <= 0.10).mean()),
+        "spearman": float(spearmanr(p, m).statistic),
+        "max_abs_error_percent": float(100 * np.abs(rel).max()),
+        "measured_ms": {"min": float(m.min()), "median": float(np.median(m)), "max": float(m.max())},
+        "points": [
+            {"digest": c.digest(), "predicted_ms": float(a), "measured_ms": float(b)}
+            for c, a, b in zip(cfgs, p, m, strict=True)
+        ],
+    }
+    if plot:
+        _scatter(p, m, report, Path(plot))
+    return report
+
+
+def _scatter(p: np.ndarray, m: np.ndarray, report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    lo, hi = min(p.min(), m.min()) * 0.9, max(p.max(), m.max()) * 1.1
+    ax.plot([lo, hi], [lo, hi], "k-", lw=0.8, label="ideal")
+    ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="0.9", label="±10%")
+    ax.scatter(m, p, s=14)
+    ax.set_xlabel("measured latency (ms)")
+    ax.set_ylabel("predicted latency (ms)")
+    label = " (emulated: not latency)" if report["emulated"] else ""
+    ax.set_title(
+        f"{report['device']}{label}, {report['space']} @{report['resolution']}\n"
+        f"MAPE {report['mape_percent']:.1f}%, within ±10%: {100 * report['within_10_percent']:.0f}%, "
+        f"Spearman {report['spearman']:.3f}",
+        fontsize=9,
+    )
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,92 @@
+"""Latency tables: keys, prediction, the kill-safe journal, the fitted correction, the files."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from qfa_deploy.arch import ArchConfig, sample_arch
+from qfa_deploy.errors import QfaError
+from qfa_deploy.lut import LatencyKey, LatencyTable, arch_keys, space_keys
+from qfa_deploy.lut.build import fit_correction
+from qfa_deploy.lut.journal import Journal
+
+SPACE = "qfa-mbv3-cifar10"
+
+
+def _table(resolution: int = 32) -> LatencyTable:
+    entries = {str(k): 0.1 + 0.01 * i for i, k in enumerate(space_keys(SPACE, resolution))}
+    return LatencyTable(space=SPACE, resolution=resolution, entries=entries, scale=1.5, offset_ms=0.25)
+
+
+def test_key_text_round_trip():
+    for key in space_keys("qfa-mbv3-w1.2", 224):
+        assert LatencyKey.parse(str(key)) == key
+    with_bits = LatencyKey("block", 8, 16, 96, 24, 5, 2, True, "relu", (2, 3, 4, 4, 3, 2))
+    assert LatencyKey.parse(str(with_bits)) == with_bits
+
+
+def test_every_subnet_is_covered_by_the_space_keys():
+    keys = {str(k) for k in space_keys(SPACE, 28)}
+    for seed in range(30):
+        cfg = sample_arch(SPACE, random.Random(seed), resolutions=[28])
+        parts = arch_keys(cfg)
+        assert len(parts) == 2 + len(cfg.active_blocks())
+        assert {str(k) for k in parts} <= keys
+
+
+def test_predict_is_scaled_part_sum_and_checks_resolution():
+    table = _table()
+    cfg = ArchConfig.largest(SPACE)
+    expected = sum(table.entries[str(k)] for k in arch_keys(cfg))
+    assert table.part_sum(cfg) == pytest.approx(expected)
+    assert table.predict(cfg) == pytest.approx(1.5 * expected + 0.25)
+    with pytest.raises(QfaError, match="resolution"):
+        table.predict(ArchConfig.smallest(SPACE))  # 24 px
+
+
+def test_bits_do_not_change_the_default_keys_but_can():
+    cfg = ArchConfig.largest(SPACE)
+    assert arch_keys(cfg) == arch_keys(cfg.with_uniform_bits(2, 2))
+    assert arch_keys(cfg, bits_matter=True) != arch_keys(cfg.with_uniform_bits(2, 2), bits_matter=True)
+
+
+def test_save_load_round_trip_and_bad_files(tmp_path):
+    table = _table()
+    table.provenance = {"device": "x86"}
+    path = tmp_path / "t.json"
+    table.save(path)
+    again = LatencyTable.load(path)
+    assert again.entries == table.entries and again.scale == 1.5 and again.provenance == {"device": "x86"}
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(QfaError, match="not a latency table"):
+        LatencyTable.load(tmp_path / "bad.json")
+    (tmp_path / "other.json").write_text(json.dumps({"format": "something"}))
+    with pytest.raises(QfaError, match="not a qfa-deploy latency table"):
+        LatencyTable.load(tmp_path / "other.json")
+    with pytest.raises(QfaError, match="no such"):
+        LatencyTable.load(tmp_path / "missing.json")
+    del again.entries[next(iter(again.entries))]
+    with pytest.raises(QfaError, match="no entry"):
+        for seed in range(50):
+            again.predict(sample_arch(SPACE, random.Random(seed), resolutions=[32]))
+
+
+def test_journal_drops_a_torn_last_line_and_appends_after_it(tmp_path):
+    journal = Journal(tmp_path / "j")
+    journal.append({"item": "a", "median": 1.0})
+    journal.append({"item": "b", "median": 2.0})
+    with open(journal.path, "ab") as f:
+        f.write(b'{"item": "c", "med')  # a kill in the middle of a write
+    assert [r["item"] for r in journal.read()] == ["a", "b"]
+    journal.append({"item": "c", "median": 3.0})
+    assert [r["item"] for r in journal.read()] == ["a", "b", "c"]
+
+
+def test_fit_correction_recovers_a_linear_relation():
+    sums = [1.0, 2.0, 3.0, 5.0]
+    scale, offset = fit_correction(sums, [1.2 * s + 0.3 for s in sums])
+    assert scale == pytest.approx(1.2) and offset == pytest.approx(0.3)
+    assert fit_correction([2.0], [3.0]) == (1.5, 0.0)
