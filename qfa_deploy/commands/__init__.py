@@ -8,9 +8,9 @@ __all__ = ["register_all"]
 
 
 def register_all(group: click.Group) -> None:
-    from qfa_deploy.commands import arch_cmds, deploy_cmds, export_cmds, train_cmds
+    from qfa_deploy.commands import arch_cmds, deploy_cmds, export_cmds, search_cmds, train_cmds
 
-    for module in (arch_cmds, train_cmds, export_cmds, deploy_cmds):
+    for module in (arch_cmds, train_cmds, export_cmds, deploy_cmds, search_cmds):
         for command in module.COMMANDS:
             command.callback = _user_errors(command.callback)
             group.add_command(command)

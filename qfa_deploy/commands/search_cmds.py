@@ -1,0 +1,312 @@
+"""``collect``, ``predictor fit`` and ``search``: accuracy data, its predictor, NSGA-II over the space."""
+
+from __future__ import annotations
+
+import functools
+
+import click
+
+from qfa_deploy.commands.common import emit_json, load_supernet, set_threads
+from qfa_deploy.errors import QfaError
+
+__all__ = ["COMMANDS"]
+
+NO_PREDICTOR = (
+    "no accuracy predictor given (--predictor): measure subnets with "
+    "`qfa-deploy collect --samples 2000 -o acc.jsonl`, fit one with "
+    "`qfa-deploy predictor fit acc.jsonl -o pred.pt`, then pass --predictor pred.pt"
+)
+
+
+def _checkpoint_path(checkpoint: str | None):
+    from pathlib import Path
+
+    from qfa_deploy.reference import default_checkpoint
+
+    return Path(checkpoint) if checkpoint else default_checkpoint()
+
+
+@click.command()
+@click.option("--checkpoint", default=None, type=click.Path(), help="Supernet checkpoint (default: embedded).")
+@click.option("--data", "data_dir", default=None, type=click.Path(), help="Data directory.")
+@click.option("--samples", type=click.IntRange(min=1), required=True, help="Measure samples 0..N-1 (missing ones).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="JSON-lines file (appended).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sample i is drawn from (seed, i).")
+@click.option(
+    "--calib-batches",
+    type=int,
+    default=10,
+    show_default=True,
+    help="Calibration batches of 100 images (the first of the validation split).",
+)
+@click.option(
+    "--val-images",
+    type=int,
+    default=2000,
+    show_default=True,
+    help="Score on the last M images of the validation split.",
+)
+@click.option("--threads", type=int, default=None, help="Torch intra-op threads.")
+def collect(checkpoint, data_dir, samples, output, seed, calib_batches, val_images, threads):
+    """Measure the validation top-1 of sampled subnets (resumable: reruns add only missing samples)."""
+    from qfa_deploy.data import load_splits
+    from qfa_deploy.search.collect import CollectSettings, file_digest, val_scorer
+    from qfa_deploy.search.collect import collect as run
+
+    set_threads(threads)
+    path = _checkpoint_path(checkpoint)
+    net = load_supernet(str(path))
+    splits = load_splits(net.space, data_dir)
+    measure = val_scorer(net, splits.val, calib_batches, val_images)
+    settings = CollectSettings(net.space.name, seed, calib_batches, val_images, file_digest(path))
+    records = run(output, samples, settings, measure)
+    top1 = [r["top1"] for r in records]
+    click.echo(
+        f"{len(records)} subnets in {output}: val top-1 {100 * min(top1):.2f}..{100 * max(top1):.2f}% "
+        f"(mean {100 * sum(top1) / len(top1):.2f}%)"
+    )
+
+
+@click.group()
+def predictor():
+    """Accuracy predictor: fit one on `collect` data."""
+
+
+@predictor.command()
+@click.argument("data", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Predictor file (pred.pt).")
+@click.option(
+    "--holdout",
+    type=click.FloatRange(0.05, 0.5),
+    default=0.2,
+    show_default=True,
+    help="Fraction of subnets held out for the reported Spearman/RMSE.",
+)
+@click.option(
+    "--ensemble",
+    type=click.IntRange(1, 16),
+    default=1,
+    show_default=True,
+    help="MLPs averaged (each one adds its forward pass to every search generation).",
+)
+@click.option(
+    "--cost-features/--no-cost-features",
+    default=True,
+    show_default=True,
+    help="Feed log MACs and log BitOPs besides the one-hot encoding.",
+)
+@click.option("--hidden", type=click.IntRange(8, 4096), default=400, show_default=True)
+@click.option("--layers", type=click.IntRange(1, 8), default=3, show_default=True)
+@click.option("--max-epochs", type=click.IntRange(1), default=400, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--threads", type=int, default=None)
+def fit(data, output, holdout, ensemble, cost_features, hidden, layers, max_epochs, seed, as_json, threads):
+    """Fit an accuracy predictor on DATA (acc.jsonl from `collect`); report held-out Spearman/RMSE."""
+    from qfa_deploy.search.collect import load_records, records_to_arrays
+    from qfa_deploy.search.fitting import fit_and_report
+
+    set_threads(threads)
+    records = []
+    for path in data:
+        records += load_records(path)
+    space, cfgs, top1 = records_to_arrays(records, ", ".join(data))
+    pred, report = fit_and_report(
+        space,
+        cfgs,
+        top1,
+        holdout=holdout,
+        seed=seed,
+        ensemble=ensemble,
+        cost_features=cost_features,
+        hidden=hidden,
+        layers=layers,
+        max_epochs=max_epochs,
+        sources=list(data),
+    )
+    pred.save(output)
+    report["output"] = output
+    if as_json:
+        emit_json(report)
+        return
+    h, b = report["holdout"], report["baseline_mflops_spearman"]
+    click.echo(f"{space}: trained on {report['n_train']} subnets, held out {h['n']}")
+    click.echo(
+        f"  held-out Spearman {h['spearman']:.4f}  Kendall {h['kendall']:.4f}  "
+        f"RMSE {h['rmse_points']:.3f} top-1 points  (MACs alone: Spearman {b:.4f})"
+    )
+    click.echo(f"  wrote {output}")
+
+
+@click.command()
+@click.option("--checkpoint", default=None, type=click.Path(), help="Supernet (for --evaluate; default: embedded).")
+@click.option(
+    "--predictor",
+    "predictor_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Accuracy predictor from `qfa-deploy predictor fit`.",
+)
+@click.option("--table", default=None, type=click.Path(dir_okay=False), help="Latency table (JSON) of the device.")
+@click.option(
+    "--objective",
+    type=click.Choice(["latency", "flops", "bitops"]),
+    default=None,
+    help="Cost to minimise [default: latency with --table, else flops].",
+)
+@click.option("--max-latency-ms", type=float, default=None, help="Latency budget (needs --table).")
+@click.option("--max-flops", type=float, default=None, help="MACs budget, in millions.")
+@click.option("--max-bitops", type=float, default=None, help="BitOPs budget, in billions.")
+@click.option("--pop", "pop_size", type=click.IntRange(min=2), default=100, show_default=True)
+@click.option("--gen", "generations", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="pareto.json to write.")
+@click.option("--best-out", default=None, type=click.Path(dir_okay=False), help="cfg.json of the chosen subnet.")
+@click.option("--plot", default=None, type=click.Path(dir_okay=False), help="PNG of the front.")
+@click.option("--evaluate", is_flag=True, help="Measure the chosen subnet: test top-1 (and latency with --device).")
+@click.option("--device", default=None, help="With --evaluate: compile, run and time it on this device.")
+@click.option(
+    "--artifacts",
+    default="search-artifact",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="With --device: folder for the ONNX model and compiled library.",
+)
+@click.option("--data", "data_dir", default=None, type=click.Path(), help="With --evaluate: data directory.")
+@click.option("--calib-batches", type=int, default=20, show_default=True, help="With --evaluate.")
+@click.option("--test-limit", type=int, default=None, help="With --evaluate: N test images only (fixed random subset).")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--threads", type=int, default=None)
+def search(
+    checkpoint,
+    predictor_path,
+    table,
+    objective,
+    max_latency_ms,
+    max_flops,
+    max_bitops,
+    pop_size,
+    generations,
+    seed,
+    output,
+    best_out,
+    plot,
+    evaluate,
+    device,
+    artifacts,
+    data_dir,
+    calib_batches,
+    test_limit,
+    as_json,
+    threads,
+):
+    """NSGA-II: maximise predicted accuracy, minimise latency / MACs / BitOPs under budgets."""
+    from qfa_deploy.lut import LatencyTable
+    from qfa_deploy.search.genome import GenomeSpace
+    from qfa_deploy.search.latency import LatencyModel
+    from qfa_deploy.search.nsga import run_nsga
+    from qfa_deploy.search.objectives import Constraints, CostEvaluator, Objective
+    from qfa_deploy.search.predictor import AccuracyPredictor
+    from qfa_deploy.search.report import plot_front, write_best, write_pareto
+
+    set_threads(threads)
+    if predictor_path is None:
+        raise QfaError(NO_PREDICTOR)
+    if device and not evaluate:
+        raise QfaError("--device goes with --evaluate")
+    for flag, value in (("--max-latency-ms", max_latency_ms), ("--max-flops", max_flops), ("--max-bitops", max_bitops)):
+        if value is not None and not value > 0:
+            raise QfaError(f"{flag} must be positive, got {value:g}")
+    if table is None and (objective == "latency" or max_latency_ms is not None):
+        raise QfaError("latency (--objective latency / --max-latency-ms) needs a latency table (--table)")
+    pred = AccuracyPredictor.load(predictor_path)
+    genome = GenomeSpace(pred.space)
+    latency = LatencyModel(LatencyTable.load(table), genome) if table else None
+    net = load_supernet(checkpoint, space=pred.space) if evaluate else None
+    objective = Objective(objective or ("latency" if table else "flops"))
+    constraints = Constraints(max_latency_ms, max_flops, max_bitops)
+    result = run_nsga(genome, pred, CostEvaluator(genome, latency), objective, constraints, pop_size, generations, seed)
+    write_pareto(result, output)
+    best = result.configs()[result.best_index()]
+    best_rec = result.records()[result.best_index()]
+    if best_out:
+        write_best(result, best_out)
+    if plot:
+        plot_front(result, plot)
+    summary = {
+        "space": pred.space,
+        "objective": objective.value,
+        "constraints": dict(constraints.items()),
+        "pareto_size": len(result.genomes),
+        "seconds": round(result.seconds, 2),
+        "evaluations": result.evaluations,
+        "best": {k: v for k, v in best_rec.items() if k != "arch"},
+        "files": {"pareto": output, "best": best_out, "plot": plot},
+    }
+    if evaluate:
+        from qfa_deploy.data import load_splits
+        from qfa_deploy.search.end_to_end import evaluate_choice
+
+        predicted = {k: v for k, v in best_rec.items() if k not in ("arch", "digest")}
+        summary["evaluation"] = evaluate_choice(
+            net,
+            best,
+            load_splits(net.space, data_dir),
+            predicted,
+            calib_batches=calib_batches,
+            test_limit=test_limit,
+            device=device,
+            artifact_dir=artifacts,
+        )
+    if as_json:
+        emit_json(summary)
+        return
+    costs = "  ".join(_fmt(m, best_rec[m]) for m in ("latency_ms", "mflops", "gbitops") if m in best_rec)
+    click.echo(
+        f"NSGA-II {pop_size}x{generations} ({objective.value}; budgets: {constraints.describe()}) "
+        f"in {result.seconds:.1f} s: {len(result.genomes)} Pareto subnets -> {output}"
+    )
+    click.echo(f"chosen: predicted top-1 {100 * best_rec['predicted_top1']:.2f}%  {costs}")
+    click.echo(f"  {best.short()}")
+    if best_out:
+        click.echo(f"  cfg.json: {best_out}")
+    if evaluate:
+        ev = summary["evaluation"]
+        m = ev["measured"]
+        click.echo(
+            f"measured: test top-1 {100 * m['top1']:.2f}% on {m['test_images']} images "
+            f"(predicted {100 * best_rec['predicted_top1']:.2f}%, predictor trained on validation top-1)"
+        )
+        if "latency_ms" in m:
+            pred_lat = (
+                f" (table predicted {best_rec['latency_ms']:.3f} ms)"
+                if "latency_ms" in best_rec
+                else " (no --table: no latency prediction to compare)"
+            )
+            click.echo(f"measured: {m.get('timing', 'latency')} median {m['latency_ms']['median']:.3f} ms{pred_lat}")
+        click.echo(f"  {ev['deploy']}")
+
+
+def _wrap_user_errors(command: click.Command) -> None:
+    """Subcommands of a group are not wrapped by ``register_all``: give them the same one-line errors."""
+    callback = command.callback
+
+    @functools.wraps(callback)
+    def wrapper(*args, **kwargs):
+        from qfa_deploy.cli import user_errors
+
+        return user_errors(callback)(*args, **kwargs)
+
+    command.callback = wrapper
+
+
+_wrap_user_errors(fit)
+
+
+def _fmt(metric: str, value: float) -> str:
+    return {"latency_ms": f"{value:.3f} ms", "mflops": f"{value:.2f} M MACs", "gbitops": f"{value:.4f} G BitOPs"}[
+        metric
+    ]
+
+
+COMMANDS = [collect, predictor, search]

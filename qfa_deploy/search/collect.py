@@ -1,0 +1,211 @@
+"""Measured accuracy of sampled subnets: the predictor's training data, one JSON line per subnet.
+
+Sample ``i`` of a run is ``sample_arch`` with ``random.Random(f"qfa-collect:{seed}:{i}")``, so it
+depends only on (seed, i): a rerun with the same settings measures only the samples the file lacks.
+Each line is written whole and flushed; a partial last line left by a kill is cut off on resume.
+Each subnet is calibrated on the first ``calib_batches`` x 100 images of the validation split and
+scored on the *last* ``val_images`` images of it (disjoint from calibration while they fit).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from qfa_deploy.arch import ArchConfig, sample_arch
+from qfa_deploy.data import ArraySource
+from qfa_deploy.errors import QfaError
+
+__all__ = ["CollectSettings", "collect", "load_records", "records_to_arrays", "sample_for"]
+
+log = logging.getLogger(__name__)
+CALIB_BATCH = 100
+
+
+def sample_for(space: str, seed: int, index: int) -> ArchConfig:
+    """Sample ``index`` of a collection run with ``seed``."""
+    return sample_arch(space, random.Random(f"qfa-collect:{seed}:{index}"))
+
+
+@dataclass(frozen=True)
+class CollectSettings:
+    """What makes two runs' measurements comparable (checked on resume)."""
+
+    space: str
+    seed: int
+    calib_batches: int
+    val_images: int
+    checkpoint: str  # sha256 prefix of the checkpoint file
+
+    def check(self, record: dict, path: Path, line: int) -> None:
+        for name in ("space", "seed", "calib_batches", "val_images", "checkpoint"):
+            if record.get(name) != getattr(self, name):
+                raise QfaError(
+                    f"{path}:{line}: collected with {name} = {record.get(name)!r}, this run has "
+                    f"{getattr(self, name)!r} (use another output file)"
+                )
+
+
+def file_digest(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _read_lines(path: Path) -> tuple[list[dict], int]:
+    """Whole, valid JSON lines of ``path`` and the byte length they occupy (a torn tail excluded)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return [], 0
+    except (IsADirectoryError, PermissionError) as exc:
+        raise QfaError(f"{path}: cannot read ({exc.__class__.__name__})") from None
+    records, good = [], 0
+    pos = 0
+    while pos < len(data):
+        end = data.find(b"\n", pos)
+        if end < 0:  # no newline: the torn last line of a killed run
+            break
+        raw = data[pos:end]
+        try:
+            rec = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            if data.find(b"\n", end + 1) < 0 and not data[end + 1 :].strip():
+                break  # garbage only in the last line: treat as torn
+            raise QfaError(f"{path}:{len(records) + 1}: not a JSON line") from None
+        if not isinstance(rec, dict):
+            raise QfaError(f"{path}:{len(records) + 1}: not a JSON object")
+        records.append(rec)
+        pos = good = end + 1
+    return records, good
+
+
+def load_records(path: str | Path) -> list[dict]:
+    """The measured subnets of a collect file (whole lines only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise QfaError(f"{path}: no such accuracy file (run `qfa-deploy collect` first)")
+    records, _ = _read_lines(path)
+    if not records:
+        raise QfaError(f"{path}: no measured subnets in it")
+    return records
+
+
+def records_to_arrays(records: list[dict], path: str | Path = "records") -> tuple[str, list[ArchConfig], np.ndarray]:
+    """(space, configs, top-1 array) of collect records, validated."""
+    cfgs, top1 = [], []
+    for i, rec in enumerate(records, 1):
+        try:
+            cfgs.append(ArchConfig.from_dict(rec["arch"]))
+            top1.append(float(rec["top1"]))
+        except QfaError as exc:
+            raise QfaError(f"{path}:{i}: {exc}") from None
+        except (KeyError, TypeError, ValueError):
+            raise QfaError(f"{path}:{i}: a record needs 'arch' (a cfg dict) and 'top1' (a number)") from None
+    spaces = {c.space for c in cfgs}
+    if len(spaces) != 1:
+        raise QfaError(f"{path}: records mix spaces {sorted(spaces)}")
+    return spaces.pop(), cfgs, np.asarray(top1)
+
+
+def collect(
+    out: str | Path,
+    samples: int,
+    settings: CollectSettings,
+    measure: Callable[[ArchConfig], float],
+    progress: bool | None = None,
+) -> list[dict]:
+    """Measure samples ``0..samples-1`` missing from ``out`` with ``measure(cfg) -> top1``, appending.
+
+    Returns every record of the file afterwards (in index order).
+    """
+    from tqdm import tqdm
+
+    from qfa_deploy.search.cost import CostModel
+    from qfa_deploy.search.genome import GenomeSpace
+
+    out = Path(out)
+    if out.is_dir():
+        raise QfaError(f"{out} is a directory")
+    records, good = _read_lines(out)
+    done: dict[int, dict] = {}
+    for line, rec in enumerate(records, 1):
+        settings.check(rec, out, line)
+        if not isinstance(rec.get("index"), int):
+            raise QfaError(f"{out}:{line}: record has no integer 'index'")
+        done[rec["index"]] = rec
+    todo = [i for i in range(samples) if i not in done]
+    genome = GenomeSpace(settings.space)
+    cost = CostModel(genome)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        f = open(out, "r+b" if out.exists() else "wb")
+    except OSError as exc:
+        raise QfaError(f"cannot write {out}: {exc.strerror or exc}") from None
+    with f:
+        if good < f.seek(0, os.SEEK_END):
+            log.warning("%s: dropping a partial last line (an interrupted run)", out)
+            f.truncate(good)
+        f.seek(good)
+        bar = tqdm(
+            total=samples,
+            initial=samples - len(todo),
+            desc="collect",
+            unit="subnet",
+            disable=True if progress is False else None,
+        )
+        with bar:
+            for i in todo:
+                cfg = sample_for(settings.space, settings.seed, i)
+                start = time.perf_counter()
+                top1 = float(measure(cfg))
+                g = genome.encode([cfg])
+                macs, bitops = int(cost.macs(g)[0]), float(cost.bitops(g)[0])
+                rec = {
+                    "index": i,
+                    "space": settings.space,
+                    "seed": settings.seed,
+                    "calib_batches": settings.calib_batches,
+                    "val_images": settings.val_images,
+                    "checkpoint": settings.checkpoint,
+                    "top1": top1,
+                    "macs": macs,
+                    "bitops": bitops,
+                    "mflops": macs / 1e6,
+                    "gbitops": bitops / 1e9,
+                    "seconds": round(time.perf_counter() - start, 3),
+                    "digest": cfg.digest(),
+                    "arch": cfg.to_dict(),
+                }
+                f.write((json.dumps(rec, separators=(",", ":")) + "\n").encode())
+                f.flush()
+                done[i] = rec
+                bar.update(1)
+    return [done[i] for i in sorted(done)]
+
+
+def val_scorer(net, val: ArraySource, calib_batches: int, val_images: int) -> Callable[[ArchConfig], float]:
+    """``measure(cfg)``: calibrate on the first batches of ``val``, score on its last ``val_images``."""
+    from qfa_deploy.evaluate import evaluate_arch
+
+    if calib_batches < 1:
+        raise QfaError("--calib-batches must be at least 1")
+    if not 1 <= val_images <= len(val):
+        raise QfaError(f"--val-images must be between 1 and {len(val)} (the validation split)")
+    if calib_batches * CALIB_BATCH > len(val):
+        raise QfaError(
+            f"--calib-batches {calib_batches} needs {calib_batches * CALIB_BATCH} images, validation has {len(val)}"
+        )
+    scored = ArraySource(val.images[-val_images:], val.labels[-val_images:], val.mean, val.std)
+    return lambda cfg: evaluate_arch(net, cfg, val, scored, calib_batches)

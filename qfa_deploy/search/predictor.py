@@ -1,0 +1,320 @@
+"""Accuracy predictor: an MLP (or a small ensemble of them) on one-hot genome features.
+
+As in the seed, the input is a one-hot encoding of every choice (``search.encoding``) and the model
+is an MLP with 3 hidden layers of 400 units, trained with Adam on measured (subnet, top-1) pairs.
+Two additions: the log MACs and log BitOPs of the subnet as two extra standardised inputs (on by
+default: nearly free, the search computes them anyway), and optionally an ensemble of members
+(different initialisation and early-stopping split) whose mean is the prediction (``ensemble=1`` by
+default: every member multiplies the predictor's share of the search time). Each member stops
+early on a held-out part of the training data.
+
+File format (``torch.save`` of plain data, read back with ``weights_only=True``)::
+
+    {"format": "qfa-predictor", "version": 1, "space": ..., "hidden": 400, "layers": 3,
+     "cost_features": True, "feature_mean": tensor, "feature_std": tensor,
+     "target_mean": float, "target_std": float, "members": [{param name: tensor}, ...],
+     "info": {...}}
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from qfa_deploy.arch import ArchConfig
+from qfa_deploy.checkpoint import atomic_write_bytes
+from qfa_deploy.errors import QfaError
+from qfa_deploy.search.cost import CostModel
+from qfa_deploy.search.encoding import OneHotEncoder
+from qfa_deploy.search.genome import GenomeSpace
+
+__all__ = ["PREDICTOR_VERSION", "AccuracyPredictor", "fit_predictor", "regression_metrics"]
+
+log = logging.getLogger(__name__)
+PREDICTOR_FORMAT = "qfa-predictor"
+PREDICTOR_VERSION = 1
+
+
+def _mlp(in_features: int, hidden: int, layers: int) -> nn.Sequential:
+    mods: list[nn.Module] = []
+    width = in_features
+    for _ in range(layers):
+        mods += [nn.Linear(width, hidden), nn.ReLU()]
+        width = hidden
+    mods.append(nn.Linear(width, 1))
+    return nn.Sequential(*mods)
+
+
+class AccuracyPredictor:
+    """Predicted top-1 (a fraction) of genomes / configs of one search space."""
+
+    def __init__(
+        self,
+        space: str,
+        members: Sequence[nn.Module],
+        *,
+        hidden: int,
+        layers: int,
+        cost_features: bool,
+        feature_mean: np.ndarray,
+        feature_std: np.ndarray,
+        target_mean: float,
+        target_std: float,
+        info: dict | None = None,
+    ) -> None:
+        self.genome = GenomeSpace(space)
+        self.encoder = OneHotEncoder(self.genome)
+        self.cost = CostModel(self.genome)
+        self.members = [m.eval() for m in members]
+        self.hidden, self.layers, self.cost_features = hidden, layers, cost_features
+        self.feature_mean = np.asarray(feature_mean, dtype=np.float32)
+        self.feature_std = np.asarray(feature_std, dtype=np.float32)
+        self.target_mean, self.target_std = float(target_mean), float(target_std)
+        self.info = dict(info or {})
+
+    @property
+    def space(self) -> str:
+        return self.genome.space.name
+
+    # -- inference -------------------------------------------------------------------------------
+
+    def features(self, G: np.ndarray) -> np.ndarray:
+        return _features(self.encoder, self.cost, G, self.cost_features, self.feature_mean, self.feature_std)
+
+    @torch.inference_mode()
+    def predict_genomes(self, G: np.ndarray) -> np.ndarray:
+        """Predicted top-1 of every genome row (float64)."""
+        x = torch.from_numpy(self.features(G))
+        out = torch.stack([m(x)[:, 0] for m in self.members]).mean(0)
+        return out.double().numpy() * self.target_std + self.target_mean
+
+    def predict(self, cfgs: Sequence[ArchConfig]) -> np.ndarray:
+        return self.predict_genomes(self.genome.encode(cfgs))
+
+    # -- files -----------------------------------------------------------------------------------
+
+    def to_payload(self) -> dict:
+        return {
+            "format": PREDICTOR_FORMAT,
+            "version": PREDICTOR_VERSION,
+            "space": self.space,
+            "hidden": self.hidden,
+            "layers": self.layers,
+            "cost_features": self.cost_features,
+            "feature_mean": torch.from_numpy(self.feature_mean.copy()),
+            "feature_std": torch.from_numpy(self.feature_std.copy()),
+            "target_mean": self.target_mean,
+            "target_std": self.target_std,
+            "members": [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in self.members],
+            "info": self.info,
+        }
+
+    def save(self, path: str | Path) -> None:
+        payload = self.to_payload()
+        try:
+            atomic_write_bytes(Path(path), lambda f: torch.save(payload, f))
+        except OSError as exc:
+            raise QfaError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+    @classmethod
+    def load(cls, path: str | Path, expect_space: str | None = None) -> AccuracyPredictor:
+        """Read a predictor file; every problem is a one-line QfaError naming the file."""
+        path = Path(path)
+        if not path.is_file():
+            raise QfaError(f"{path}: no such predictor file")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for corrupt / foreign files
+            reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else exc.__class__.__name__
+            raise QfaError(f"{path}: not a readable predictor file ({reason})") from None
+        if not isinstance(payload, dict) or payload.get("format") != PREDICTOR_FORMAT:
+            raise QfaError(f"{path}: not a qfa-deploy accuracy predictor")
+        if payload.get("version") != PREDICTOR_VERSION:
+            raise QfaError(
+                f"{path}: predictor format version {payload.get('version')!r}, this tool reads {PREDICTOR_VERSION}"
+            )
+        space = payload.get("space")
+        if expect_space is not None and space != expect_space:
+            raise QfaError(f"{path}: predictor is for space {space!r}, expected {expect_space!r}")
+        try:
+            genome = GenomeSpace(space)
+            in_features = OneHotEncoder(genome).num_features + (2 if payload["cost_features"] else 0)
+            members = []
+            for state in payload["members"]:
+                m = _mlp(in_features, int(payload["hidden"]), int(payload["layers"]))
+                m.load_state_dict(state)
+                members.append(m)
+            if not members:
+                raise ValueError("no members")
+            return cls(
+                space,
+                members,
+                hidden=int(payload["hidden"]),
+                layers=int(payload["layers"]),
+                cost_features=bool(payload["cost_features"]),
+                feature_mean=payload["feature_mean"].numpy(),
+                feature_std=payload["feature_std"].numpy(),
+                target_mean=float(payload["target_mean"]),
+                target_std=float(payload["target_std"]),
+                info=dict(payload.get("info") or {}),
+            )
+        except QfaError as exc:
+            raise QfaError(f"{path}: {exc}") from None
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+            reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else exc.__class__.__name__
+            raise QfaError(f"{path}: malformed predictor file ({reason})") from None
+
+
+def _cost_columns(cost: CostModel, G: np.ndarray) -> np.ndarray:
+    return np.stack([np.log(cost.macs(G).astype(np.float64)), np.log(cost.bitops(G))], 1).astype(np.float32)
+
+
+def _features(encoder, cost, G, cost_features, mean, std) -> np.ndarray:
+    X = encoder(G)
+    if not cost_features:
+        return X
+    return np.concatenate([X, (_cost_columns(cost, G) - mean) / std], 1)
+
+
+def regression_metrics(pred: np.ndarray, target: np.ndarray) -> dict:
+    """Spearman and Kendall rank correlation, RMSE and MAE (in top-1 points, i.e. x100)."""
+    from scipy.stats import kendalltau, spearmanr
+
+    pred, target = np.asarray(pred, dtype=np.float64), np.asarray(target, dtype=np.float64)
+    err = pred - target
+    constant = len(target) < 2 or np.ptp(target) == 0 or np.ptp(pred) == 0
+    return {
+        "n": int(len(target)),
+        "spearman": float("nan") if constant else float(spearmanr(pred, target).statistic),
+        "kendall": float("nan") if constant else float(kendalltau(pred, target).statistic),
+        "rmse_points": float(100 * math.sqrt(np.mean(err**2))),
+        "mae_points": float(100 * np.mean(np.abs(err))),
+    }
+
+
+def _train_member(
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    seed: int,
+    hidden: int,
+    layers: int,
+    lr: float,
+    weight_decay: float,
+    max_epochs: int,
+    patience: int,
+    val_fraction: float,
+    batch_size: int,
+) -> tuple[nn.Module, int, float]:
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(y), generator=gen)
+    n_val = max(1, int(round(val_fraction * len(y)))) if len(y) > 4 else 0
+    val_idx, tr_idx = perm[:n_val], perm[n_val:]
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y.astype(np.float32))
+    torch.manual_seed(seed)
+    model = _mlp(X.shape[1], hidden, layers)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    best, best_state, best_epoch, bad = math.inf, copy.deepcopy(model.state_dict()), 0, 0
+    for epoch in range(max_epochs):
+        model.train()
+        order = tr_idx[torch.randperm(len(tr_idx), generator=gen)]
+        for i in range(0, len(order), batch_size):
+            idx = order[i : i + batch_size]
+            loss = nn.functional.mse_loss(model(Xt[idx])[:, 0], yt[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if n_val == 0:
+            best_state, best_epoch = copy.deepcopy(model.state_dict()), epoch
+            continue
+        model.eval()
+        with torch.no_grad():
+            val = nn.functional.mse_loss(model(Xt[val_idx])[:, 0], yt[val_idx]).item()
+        if val < best - 1e-6:
+            best, best_state, best_epoch, bad = val, copy.deepcopy(model.state_dict()), epoch, 0
+        else:
+            bad += 1
+            if bad >= patience:
+                break
+    model.load_state_dict(best_state)
+    return model.eval(), best_epoch, best
+
+
+def fit_predictor(
+    space: str,
+    G: np.ndarray,
+    y: np.ndarray,
+    *,
+    seed: int = 0,
+    ensemble: int = 1,
+    cost_features: bool = True,
+    hidden: int = 400,
+    layers: int = 3,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-5,
+    max_epochs: int = 400,
+    patience: int = 40,
+    val_fraction: float = 0.15,
+    batch_size: int = 128,
+    info: dict | None = None,
+) -> AccuracyPredictor:
+    """Train a predictor on genomes ``G`` (n, length) and top-1 fractions ``y`` (n,)."""
+    genome = GenomeSpace(space)
+    G = np.asarray(G, dtype=np.int64)
+    genome.check(G)
+    G = genome.canonical(G)
+    y = np.asarray(y, dtype=np.float64)
+    if len(y) != len(G):
+        raise QfaError(f"{len(G)} genomes but {len(y)} targets")
+    if len(y) < 2:
+        raise QfaError(f"need at least 2 measured subnets to fit a predictor, got {len(y)}")
+    if ensemble < 1:
+        raise QfaError("ensemble must be at least 1")
+    encoder, cost = OneHotEncoder(genome), CostModel(genome)
+    if cost_features:
+        cols = _cost_columns(cost, G)
+        mean, std = cols.mean(0), cols.std(0) + 1e-6
+    else:
+        mean = std = np.zeros(0, dtype=np.float32)
+    X = _features(encoder, cost, G, cost_features, mean, std)
+    t_mean, t_std = float(y.mean()), float(y.std()) or 1.0
+    yn = (y - t_mean) / t_std
+    members, epochs = [], []
+    for k in range(ensemble):
+        model, epoch, _ = _train_member(
+            X,
+            yn,
+            seed=seed * 1000 + k,
+            hidden=hidden,
+            layers=layers,
+            lr=lr,
+            weight_decay=weight_decay,
+            max_epochs=max_epochs,
+            patience=patience,
+            val_fraction=val_fraction,
+            batch_size=batch_size,
+        )
+        log.info("predictor member %d: best epoch %d", k, epoch)
+        members.append(model)
+        epochs.append(epoch)
+    meta = {"n_train": int(len(y)), "ensemble": ensemble, "best_epochs": epochs, "seed": seed}
+    meta.update(info or {})
+    return AccuracyPredictor(
+        space,
+        members,
+        hidden=hidden,
+        layers=layers,
+        cost_features=cost_features,
+        feature_mean=mean,
+        feature_std=std,
+        target_mean=t_mean,
+        target_std=t_std,
+        info=meta,
+    )
