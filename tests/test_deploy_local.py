@@ -53,7 +53,7 @@ def test_compile_writes_library_and_meta(ort_artifact):
     assert meta["library_sha256"] == file_sha256(lib)
     assert meta["target"]["kind"] == "llvm" and meta["target"]["mcpu"] not in ("", "host")
     assert meta["tvm_version"].startswith("0.27")
-    assert meta["tuning_database"] is None
+    assert meta["tuning_database"] is None and meta["schedule"] == "generic-cpu"
     assert meta["inputs"] == [{"name": "input", "shape": [1, 3, 16, 16], "dtype": "float32"}]
     json.dumps(meta)  # JSON-ready
     assert not list(folder.glob(".model.*"))  # no temporary left behind
@@ -74,12 +74,29 @@ def test_profile_local_matches_onnxruntime(ort_artifact, fast_x86):
     assert result["library_sha256"] == file_sha256(folder / "model.so")
 
 
-@pytest.mark.parametrize("bits", [(4, 3, 2), (2, 2, 2)])
-def test_clip_qdq_low_bit_matches_onnxruntime(tmp_path, fast_x86, bits):
+@pytest.mark.parametrize("bits, schedule", [((4, 3, 2), "generic"), ((2, 2, 2), "generic"), ((4, 3, 2), "none")])
+def test_clip_qdq_low_bit_matches_onnxruntime(tmp_path, fast_x86, bits, schedule):
     folder = artifact_dir(tmp_path / "art", clip_qdq_model(tmp_path / "clip.onnx", bits=bits))
-    compile_artifact(folder / "model.onnx", str(fast_x86), folder)
+    meta = compile_artifact(folder / "model.onnx", str(fast_x86), folder, schedule=schedule)
+    assert meta["schedule"] == {"generic": "generic-cpu", "none": "none"}[schedule]
     parity = profile_artifact(folder, str(fast_x86), seed=5)["parity"]
     assert parity["max_abs_diff"] <= TOLERANCE and parity["argmax_agree"], parity
+
+
+def test_generic_schedule_is_bit_identical_to_naive_loops(tmp_path, fast_x86, cifar_supernet):
+    """Inlining and parallel outer loops reorder no arithmetic: same bits as TVM's naive build."""
+    from qfa_deploy.deploy.parity import random_inputs
+    from qfa_deploy.deploy.runner import open_session
+
+    onnx_path = exported_subnet_model(tmp_path / "subnet.onnx", cifar_supernet, seed=7)
+    outputs = {}
+    for schedule in ("generic", "none"):
+        folder = artifact_dir(tmp_path / schedule, onnx_path)
+        meta = compile_artifact(folder / "model.onnx", str(fast_x86), folder, schedule=schedule)
+        with open_session(load_device(str(fast_x86))) as session:
+            vm = session.load(folder / "model.so")
+            outputs[schedule] = session.run(vm, random_inputs(meta["inputs"], seed=1))[0]
+    np.testing.assert_array_equal(outputs["generic"], outputs["none"])
 
 
 def test_exported_subnet_matches_onnxruntime(tmp_path, fast_x86, cifar_supernet):

@@ -53,14 +53,16 @@ def devices(as_json):
               help="Artifact folder: model.so, model.onnx, meta.json.")
 @click.option("--database", type=click.Path(file_okay=False), default=None,
               help="MetaSchedule database from `qfa-deploy tune` to apply.")
+@click.option("--schedule", type=click.Choice(["generic", "none"]), default="generic", show_default=True,
+              help="CPU workloads no database covers: generic (inline + parallel loops) or none (naive).")
 @click.option("--json", "as_json", is_flag=True, help="Print meta.json.")
-def compile_cmd(onnx_file, device, out_dir, database, as_json):
+def compile_cmd(onnx_file, device, out_dir, database, schedule, as_json):
     """Compile a QDQ ONNX model with TVM for DEVICE into an artifact folder."""
     from qfa_deploy.deploy.compile import compile_artifact
     from qfa_deploy.deploy.profile import META_NAME, ONNX_NAME
 
     src, out = Path(onnx_file), Path(out_dir)
-    meta = compile_artifact(src, device, out, database=Path(database) if database else None)
+    meta = compile_artifact(src, device, out, database=Path(database) if database else None, schedule=schedule)
     dest = out / ONNX_NAME
     if not dest.exists() or not dest.samefile(src):
         try:
@@ -72,7 +74,7 @@ def compile_cmd(onnx_file, device, out_dir, database, as_json):
     if as_json:
         emit_json(meta)
         return
-    click.echo(f"{out / meta['library']}  ({meta['device']}, TVM {meta['tvm_version']}, "
+    click.echo(f"{out / meta['library']}  ({meta['device']}, TVM {meta['tvm_version']}, schedule {meta['schedule']}, "
                f"{meta['compile_seconds']:.1f} s, sha256 {meta['library_sha256'][:12]})")
 
 
@@ -110,6 +112,44 @@ def profile(artifact_dir, device, tracker, key, seed, timeout, no_check, as_json
         exact = "bit-exact" if parity["bit_exact"] else f"max |diff| {parity['max_abs_diff']:.3g}"
         agree = "agrees" if parity["argmax_agree"] else "DIFFERS"
         click.echo(f"parity   vs {parity['reference']}: {exact}, argmax {agree}")
+
+
+@click.command()
+@click.argument("onnx_file", required=False, type=click.Path(dir_okay=False))
+@click.option("--space", default=None, help="Tune subnets of this space instead of one ONNX file.")
+@click.option("--resolution", type=int, default=224, show_default=True, help="With --space: input resolution.")
+@click.option("--subnets", type=int, default=3, show_default=True,
+              help="With --space: how many subnets (largest, smallest, then random).")
+@click.option("--device", "-d", default="x86", show_default=True, help="A local CPU device profile.")
+@click.option("--trials", type=int, default=16, show_default=True, help="MetaSchedule trials per workload.")
+@click.option("--database", type=click.Path(file_okay=False), default=None,
+              help="Database folder (default ~/.cache/qfa-deploy/tuning/DEVICE); resumable.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def tune(onnx_file, space, resolution, subnets, device, trials, database, seed, as_json):
+    """Tune the TIR workloads of a model (or of --space subnets) with MetaSchedule for DEVICE."""
+    import tempfile
+
+    from qfa_deploy.deploy.device import load_device
+    from qfa_deploy.deploy.tune import default_database_dir, space_models, tune_model
+
+    if (onnx_file is None) == (space is None):
+        raise QfaError("give an ONNX file or --space NAME (one of them)")
+    if subnets < 1:
+        raise QfaError("--subnets must be at least 1")
+    dev = load_device(device)
+    db = Path(database) if database else default_database_dir(dev)
+    with tempfile.TemporaryDirectory(prefix="qfa-tune-") as tmp:
+        models = [Path(onnx_file)] if onnx_file else space_models(space, resolution, subnets, Path(tmp), seed)
+        reports = [tune_model(m, dev, db, trials=trials, progress=not as_json) for m in models]
+    summary = {"database": str(db), "models": len(models), "tuned": sum(r["tuned"] for r in reports),
+               "skipped": sum(r["skipped"] for r in reports), "trials_per_task": trials,
+               "database_sha256": reports[-1]["database_sha256"]}
+    if as_json:
+        emit_json(summary)
+        return
+    click.echo(f"{db}: {summary['tuned']} workloads tuned, {summary['skipped']} already there "
+               f"({trials} trials each); compile with --database {db}")
 
 
 @click.group("emulated-pi")
@@ -158,4 +198,4 @@ def _interrupt(*_):
     raise KeyboardInterrupt
 
 
-COMMANDS = [devices, compile_cmd, profile, emulated_pi]
+COMMANDS = [devices, compile_cmd, profile, tune, emulated_pi]

@@ -21,12 +21,13 @@ from qfa_deploy.deploy._text import one_line
 from qfa_deploy.deploy.device import Device, load_device
 from qfa_deploy.errors import QfaError
 
-__all__ = ["LIBRARY_NAME", "CUDA_SOURCE_NAME", "compile_artifact", "file_sha256", "onnx_input_specs"]
+__all__ = ["LIBRARY_NAME", "CUDA_SOURCE_NAME", "SCHEDULES", "compile_artifact", "file_sha256", "onnx_input_specs"]
 
 log = logging.getLogger(__name__)
 
 LIBRARY_NAME = "model.so"
 CUDA_SOURCE_NAME = "model.cu"  # beside the library for CUDA targets: the kernels, for offline nvcc
+SCHEDULES = ("generic", "none")
 
 
 def compile_artifact(
@@ -36,6 +37,7 @@ def compile_artifact(
     *,
     database: Path | None = None,
     batch_size: int = 1,
+    schedule: str = "generic",
 ) -> dict:
     """Import ``onnx_path``, compile it for ``device`` and write ``out_dir/model.so``.
 
@@ -46,10 +48,12 @@ def compile_artifact(
         database: a MetaSchedule database folder from ``qfa-deploy tune`` whose schedules are
             applied (workloads it does not cover stay untuned).
         batch_size: the value given to symbolic (dynamic) input dimensions.
+        schedule: "generic" (CPU targets: inline cheap stages and parallelize outer loops of the
+            workloads no database covers; bit-identical results) or "none" (TVM's naive loops).
 
     Returns:
         JSON-ready metadata: device, target, tvm_version, tuning_database (sha256 or None),
-        library (file name), library_sha256, inputs, compile_seconds.
+        schedule, library (file name), library_sha256, inputs, compile_seconds.
 
     Raises:
         QfaError: unreadable ONNX, unsupported operator, missing cross compiler, bad database.
@@ -73,12 +77,25 @@ def compile_artifact(
         mod = from_onnx(model, shape_dict={i["name"]: i["shape"] for i in inputs}, keep_params_in_input=False)
     except Exception as exc:  # the frontend raises many kinds (NotImplementedError, TVMError, ...)
         raise QfaError(f"TVM cannot import {onnx_path}: {one_line(exc)}") from None
+    if schedule not in SCHEDULES:
+        raise QfaError(f"schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
     db_hash = None
     if database is not None:
         from qfa_deploy.deploy.tune import apply_database, database_sha256
 
         db_hash = database_sha256(database)
-        mod = apply_database(mod, target, database)
+        mod = apply_database(mod, target, database)  # legalizes and fuses, then swaps in the schedules
+    applied = "metaschedule" if database is not None else "none"
+    if schedule == "generic" and dev.target_kind == "llvm":
+        from tvm import relax
+
+        from qfa_deploy.deploy.schedule import generic_cpu_schedule
+
+        if database is None:
+            with target:
+                mod = relax.get_pipeline("zero")(mod)  # legalize + fuse, as tvm.compile would
+        mod = generic_cpu_schedule(mod)
+        applied = "metaschedule+generic-cpu" if database is not None else "generic-cpu"
     try:
         executable = tvm.compile(mod, target=target)
     except Exception as exc:
@@ -95,6 +112,7 @@ def compile_artifact(
         "target": _target_json(target),
         "tvm_version": tvm.__version__,
         "tuning_database": db_hash,
+        "schedule": applied,
         "library": LIBRARY_NAME,
         "library_sha256": file_sha256(lib_path),
         "inputs": inputs,

@@ -1,0 +1,194 @@
+"""Latency of the compiled artifact against its peers, all measured in the same run (not a test).
+
+For N random subnets of qfa-mbv3-w1.2 at 224x224, batch 1, T threads, on this CPU:
+
+- artifact      the project's QDQ ONNX compiled by ``compile_artifact`` for the x86 profile: the
+                generic CPU schedule (inline + parallel outer loops), and with ``--database`` the
+                MetaSchedule schedules of ``qfa-deploy tune``
+- tvm-untuned   the same QDQ ONNX, ``schedule="none"``: plain ``tvm.compile`` (TVM 0.27 has no
+                default CPU schedules: naive loops, one thread)
+- torch-fp32    the same subnet in full precision, PyTorch eager
+- ort-fp32      that float subnet exported to ONNX, onnxruntime (default optimisations)
+- ort-int8      that ONNX quantized by onnxruntime's quantize_static (QDQ, uint8/int8), onnxruntime
+
+Prints per-subnet medians (ms) and the artifact's ratio to the best peer, then geometric means.
+The supernet is randomly initialised (latency does not depend on the weights); BN/BatchQuant
+statistics come from random calibration batches. Without the project's exporter installed the
+QDQ model is onnxruntime's quantize_static output instead (said in the output).
+
+    nice -n 10 python bench/deploy_latency.py --subnets 10 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import random
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SPACE = "qfa-mbv3-w1.2"
+
+
+def _median_ms(fn, warmup: int, repeat: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def _ort_session(path: Path, threads: int, optimize: bool = True):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _export_float(net, resolution: int, path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, torch.randn(1, 3, resolution, resolution), str(path), input_names=["input"],
+                          output_names=["logits"], opset_version=17, dynamo=False)
+
+
+def _ort_int8(fp32: Path, out: Path, resolution: int) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    rng = np.random.default_rng(0)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"input": rng.standard_normal((1, 3, resolution, resolution)).astype(np.float32)}
+                            for _ in range(4)])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+
+
+def _qdq_model(subnet, path: Path) -> str:
+    """The project's QDQ export of ``subnet``; returns which exporter made it."""
+    try:
+        from qfa_deploy.export.onnx_export import export_onnx, save_onnx
+        from qfa_deploy.fold import fold
+    except ImportError:
+        return ""
+    save_onnx(export_onnx(fold(subnet), batch=1), path)
+    return "qfa_deploy.export"
+
+
+def _tvm_ms(folder: Path, device, warmup: int, repeat: int, resolution: int) -> float:
+    from qfa_deploy.deploy.device import MeasureProtocol
+    from qfa_deploy.deploy.parity import random_inputs
+    from qfa_deploy.deploy.runner import open_session
+
+    protocol = MeasureProtocol(warmup=warmup, number=1, repeat=repeat, min_repeat_ms=0)
+    with open_session(device) as session:
+        vm = session.load(folder / "model.so")
+        x = random_inputs([{"name": "input", "shape": [1, 3, resolution, resolution], "dtype": "float32"}])
+        return 1e3 * statistics.median(session.time(vm, x, protocol).seconds)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subnets", type=int, default=10)
+    parser.add_argument("--resolution", type=int, default=224)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--database", type=Path, default=None, help="MetaSchedule database for the artifact.")
+    parser.add_argument("--json", type=Path, default=None, help="Also write the results here.")
+    args = parser.parse_args(argv)
+
+    from qfa_deploy.arch import sample_arch
+    from qfa_deploy.calibrate import calibrate
+    from qfa_deploy.deploy import compile_artifact, load_device
+    from qfa_deploy.extract import extract
+    from qfa_deploy.nn.supernet import QFASupernet
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    device = load_device("x86")
+    device = dataclasses.replace(device, threads=args.threads)
+    supernet = QFASupernet(SPACE).eval()
+    rng = random.Random(args.seed)
+    peers = ("tvm-untuned", "torch-fp32", "ort-fp32", "ort-int8")
+    rows = []
+    print(f"{SPACE} @{args.resolution}, batch 1, {args.threads} threads, median of {args.repeat} runs (ms)")
+    print(f"{'subnet':<8} {'artifact':>9} " + " ".join(f"{p:>11}" for p in peers) + "   artifact/best peer")
+    for i in range(args.subnets):
+        cfg = sample_arch(SPACE, rng, resolutions=[args.resolution])
+        with tempfile.TemporaryDirectory(prefix="qfa-bench-") as tmp:
+            tmp = Path(tmp)
+            supernet.set_active(cfg, quantized=False)
+            fp_net = copy.deepcopy(extract(supernet, cfg)).eval()
+            supernet.set_active(cfg)
+            subnet = extract(supernet, cfg)
+            g = torch.Generator().manual_seed(i)
+            calibrate(subnet, (torch.randn(4, 3, args.resolution, args.resolution, generator=g) for _ in range(2)),
+                      cfg.resolution, 2)
+            _export_float(fp_net, args.resolution, tmp / "fp32.onnx")
+            _ort_int8(tmp / "fp32.onnx", tmp / "ort-int8.onnx", args.resolution)
+            qdq = tmp / "qdq.onnx"
+            exporter = _qdq_model(subnet.eval(), qdq) or "onnxruntime quantize_static (fallback)"
+            if not qdq.exists():
+                qdq = tmp / "ort-int8.onnx"
+            start = time.perf_counter()
+            meta = compile_artifact(qdq, device, tmp / "artifact", database=args.database)
+            compile_s = time.perf_counter() - start
+            compile_artifact(qdq, device, tmp / "untuned", schedule="none")
+            x = torch.randn(1, 3, args.resolution, args.resolution)
+            xn = x.numpy()
+            ort_fp = _ort_session(tmp / "fp32.onnx", args.threads)
+            ort_q = _ort_session(tmp / "ort-int8.onnx", args.threads)
+            w, r = args.warmup, args.repeat
+            with torch.no_grad():
+                ms = {
+                    "artifact": _tvm_ms(tmp / "artifact", device, w, r, args.resolution),
+                    "tvm-untuned": None,
+                    "torch-fp32": _median_ms(lambda net=fp_net, x=x: net(x), w, r),
+                    "ort-fp32": _median_ms(lambda s=ort_fp, xn=xn: s.run(None, {"input": xn}), w, r),
+                    "ort-int8": _median_ms(lambda s=ort_q, xn=xn: s.run(None, {"input": xn}), w, r),
+                }
+            ms["tvm-untuned"] = _tvm_ms(tmp / "untuned", device, w, r, args.resolution)
+        best = min(v for k, v in ms.items() if k not in ("artifact", "tvm-untuned"))
+        ratio = ms["artifact"] / best
+        rows.append({"arch": cfg.to_dict(), "ms": ms, "ratio_to_best_peer": ratio, "compile_s": compile_s,
+                     "exporter": exporter, "tuning_database": meta["tuning_database"], "schedule": meta["schedule"]})
+        print(f"{i:<8} {ms['artifact']:9.2f} " + " ".join(f"{ms[p]:11.2f}" for p in peers) + f"   {ratio:6.2f}x",
+              flush=True)
+    geo = {k: math.exp(statistics.mean(math.log(r["ms"][k]) for r in rows)) for k in ("artifact", *peers)}
+    print("geomean  " + f"{geo['artifact']:9.2f} " + " ".join(f"{geo[p]:11.2f}" for p in peers)
+          + f"   {geo['artifact'] / min(geo[p] for p in peers[1:]):6.2f}x")
+    compile_s = statistics.mean(r["compile_s"] for r in rows)
+    print(f"QDQ model from: {rows[0]['exporter']}; artifact compile {compile_s:.1f} s on average; "
+          f"tuning database: {args.database or 'none'}")
+    if args.json:
+        args.json.write_text(json.dumps({"threads": args.threads, "resolution": args.resolution, "rows": rows,
+                                         "geomean_ms": geo}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
