@@ -8,12 +8,20 @@ __all__ = ["register_all"]
 
 
 def register_all(group: click.Group) -> None:
-    from qfa_deploy.commands import arch_cmds, deploy_cmds, export_cmds, search_cmds, train_cmds
+    from qfa_deploy.commands import arch_cmds, deploy_cmds, export_cmds, lut_cmds, search_cmds, train_cmds
 
-    for module in (arch_cmds, train_cmds, export_cmds, deploy_cmds, search_cmds):
+    for module in (arch_cmds, train_cmds, search_cmds, export_cmds, deploy_cmds, lut_cmds):
         for command in module.COMMANDS:
-            command.callback = _user_errors(command.callback)
+            _wrap(command)
             group.add_command(command)
+
+
+def _wrap(command: click.Command) -> None:
+    """User errors become one line on stderr, in subcommands of groups too."""
+    if command.callback is not None:
+        command.callback = _user_errors(command.callback)
+    for sub in getattr(command, "commands", {}).values():
+        _wrap(sub)
 
 
 def _user_errors(callback):
