@@ -208,6 +208,23 @@ def test_nsga_infeasible_budget_is_one_line_error(tiny_predictor):
         run_nsga(g, tiny_predictor, costs, "latency", None, 10, 2)
 
 
+def test_nsga_jointly_infeasible_budgets_are_one_line_error(tiny_predictor):
+    # A table where bigger blocks are *faster*: the fastest subnet is not the one with fewest MACs,
+    # so budgets just above both minima cannot be met together (each alone can).
+    g = GenomeSpace(SPACE)
+    table = _table(False)
+    for key in table.entries:
+        if key.startswith("block|"):
+            k = int(key.split("|")[3][1:])
+            table.entries[key] = 1.0 / k
+    costs = CostEvaluator(g, LatencyModel(table, g))
+    low = costs.lower_bounds()
+    budget = Constraints(max_latency_ms=low["latency_ms"] * 1.001, max_mflops=low["mflops"] * 1.001)
+    with pytest.raises(QfaError, match="no subnet found within the budget") as err:
+        run_nsga(g, tiny_predictor, costs, "latency", budget, pop_size=12, generations=3, seed=0)
+    assert "\n" not in str(err.value)
+
+
 # -- CLI ----------------------------------------------------------------------------------------
 
 

@@ -222,7 +222,12 @@ def search(
     pred = AccuracyPredictor.load(predictor_path)
     genome = GenomeSpace(pred.space)
     latency = LatencyModel(LatencyTable.load(table), genome) if table else None
-    net = load_supernet(checkpoint, space=pred.space) if evaluate else None
+    if evaluate:
+        net = load_supernet(checkpoint, space=pred.space)
+    elif checkpoint:  # only --evaluate uses it; still, a supernet of another space is a mistake
+        from qfa_deploy.checkpoint import load_checkpoint
+
+        load_checkpoint(checkpoint, expect_space=pred.space)
     objective = Objective(objective or ("latency" if table else "flops"))
     constraints = Constraints(max_latency_ms, max_flops, max_bitops)
     result = run_nsga(genome, pred, CostEvaluator(genome, latency), objective, constraints, pop_size, generations, seed)

@@ -71,7 +71,12 @@ def plot_front(result: SearchResult, path: str | Path, title: str | None = None)
                 ax.axvline(bound, ls="--", c="tab:red", lw=1, label="budget")
         ax.set_xlabel(obj.label)
         ax.set_ylabel("predicted top-1 (%)")
-        ax.set_title(title or f"NSGA-II: pop {result.settings.get('pop')}, {result.settings.get('gen')} generations")
+        ax.set_title(
+            title
+            or f"NSGA-II {result.settings.get('pop')}x{result.settings.get('gen')}; "
+            f"budgets: {result.constraints.describe()}",
+            fontsize=10,
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
         fig.tight_layout()
