@@ -25,6 +25,7 @@ import argparse
 import copy
 import dataclasses
 import json
+import logging
 import math
 import random
 import statistics
@@ -57,6 +58,7 @@ def _ort_session(path: Path, threads: int, optimize: bool = True):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # quantize_static leaves unused initializers: one warning each
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -82,6 +84,7 @@ def _ort_int8(fp32: Path, out: Path, resolution: int) -> None:
         def get_next(self):
             return next(self.it, None)
 
+    logging.getLogger().setLevel(logging.ERROR)  # its "consider pre-processing" advice, per model
     quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
 
