@@ -84,8 +84,11 @@ class ManagedProcess:
             return ""
         return " | ".join(text[-lines:])
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Terminate the tree (children first seen, then the parent); kill what outlives ``timeout``."""
+    def stop(self, timeout: float = 10.0, keep_log: bool = False) -> None:
+        """Terminate the tree (children first seen, then the parent); kill what outlives ``timeout``.
+
+        The process's log file is removed unless ``keep_log`` (startup failures quote its tail).
+        """
         import psutil
 
         self.descendants()
@@ -110,18 +113,15 @@ class ManagedProcess:
         if self.popen.poll() is None:
             self.popen.wait(timeout)
         self._log.close()
+        if not keep_log:
+            self.log_path.unlink(missing_ok=True)
         log.info("stopped %s (pids %s)", self.name, sorted(self._seen))
-
-    def cleanup_log(self) -> None:
-        self.log_path.unlink(missing_ok=True)
 
     def __enter__(self) -> ManagedProcess:
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop()
-        if exc[0] is None:
-            self.cleanup_log()
 
 
 def free_port(host: str = LOOPBACK) -> int:
