@@ -8,8 +8,10 @@ loop of every remaining stage ``parallel`` where that is legal. It changes the o
 arithmetic inside a stage, so results stay bit-identical to the untuned build (checked by the
 parity tests). Functions a tuning database already scheduled are left alone.
 
-Measured on one qfa-mbv3-w1.2 subnet at 224 (2 threads, busy 2-core machine, same run):
-untuned 5520 ms -> 2184 ms, and compilation 49 s -> 21 s.
+Speed is unconfirmed: all measurements so far were taken while a training job held both cores of
+this 2-core machine at a higher priority. One qfa-mbv3-w1.2 subnet at 224, 2 threads, same run:
+5520 ms untuned -> 2184 ms (compile 49 s -> 21 s); but bench/deploy_latency.py later showed no gain
+(1 thread: 1081 vs 1104 ms, 2 threads: 800 vs 767 ms). Measure on an idle machine before relying on it.
 """
 
 from __future__ import annotations
