@@ -245,7 +245,8 @@ def test_checkpoint_agreement_on_cifar10_test_set(capsys):
             for runtime, r in rep["runtimes"].items():
                 print(
                     f"    {runtime:12s} top-1 {100 * r['top1']:6.2f}%  agreement {100 * r['agreement']:7.3f}%  "
-                    f"max|dlogit| {r['max_abs_logit_diff']:.2e}"
+                    f"max|dlogit| {r['max_abs_logit_diff']:.2e}  disagreements {r['disagreements']} "
+                    f"(PyTorch top-2 margin <= {r['max_margin_of_disagreements']:.3g})"
                 )
     for rep in reports:
         for runtime, r in rep["runtimes"].items():

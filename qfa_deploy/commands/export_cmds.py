@@ -161,6 +161,12 @@ def verify(folder, limit, data_dir, runtimes, min_agreement, as_json, threads):
                 f"{name:<13}{top1} {100 * r['agreement']:7.2f}% {r['max_abs_logit_diff']:12.3g}   "
                 f"{vs_ort} {r['seconds']:8.1f}"
             )
+        for name, r in report["runtimes"].items():
+            if r["disagreements"]:
+                click.echo(
+                    f"{name}: {r['disagreements']} top-1 disagreements, all on images where PyTorch's "
+                    f"top-2 logits are within {r['max_margin_of_disagreements']:.3g}"
+                )
         click.echo(f"{report['images']} test images, logits up to {report['logit_range']:.3g}")
     worst = min(report["runtimes"].items(), key=lambda kv: kv[1]["agreement"])
     if worst[1]["agreement"] < min_agreement:

@@ -234,7 +234,9 @@ def compare_runtimes(
 
     Returns:
         JSON-ready dict: images, runtimes, and per runtime ``agreement`` (fraction of images whose
-        argmax equals PyTorch's), ``max_abs_logit_diff`` (vs PyTorch), ``top1`` (with labels),
+        argmax equals PyTorch's), ``disagreements`` (their number) and
+        ``max_margin_of_disagreements`` (the largest top-1 minus top-2 logit of PyTorch on them:
+        small means only near-ties flipped), ``max_abs_logit_diff`` (vs PyTorch), ``top1`` (with labels),
         ``seconds`` (inference time), and for the ONNX-based runtimes the same two figures against
         ``ort_noopt`` (``agreement_vs_ort_noopt``, ``max_abs_logit_diff_vs_ort_noopt``).
     """
@@ -277,12 +279,17 @@ def compare_runtimes(
             seconds[name] += time.perf_counter() - start
     stacked = {n: np.concatenate(v) for n, v in logits.items()}
     ref = stacked["pytorch"]
+    top2 = np.sort(ref, axis=1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]  # PyTorch's top-1 minus top-2 logit
     y = np.concatenate(all_labels) if all_labels else None
     report = {"images": int(ref.shape[0]), "runtimes": {}}
     for name in names:
         out = stacked[name]
+        disagree = out.argmax(1) != ref.argmax(1)
         entry = {
-            "agreement": float((out.argmax(1) == ref.argmax(1)).mean()),
+            "agreement": float(1.0 - disagree.mean()),
+            "disagreements": int(disagree.sum()),
+            "max_margin_of_disagreements": float(margin[disagree].max(initial=0.0)),
             "max_abs_logit_diff": float(np.abs(out - ref).max()),
             "seconds": round(seconds[name], 3),
             "build_seconds": round(build_seconds[name], 3),
