@@ -65,6 +65,7 @@ class TrainConfig:
     seed: int = 0
     act_quantizer: str = "batchquant"
     max_steps: int | None = None  # stop early (tests, smoke runs); the schedule is unchanged
+    init_from: str | None = None  # start from another run's weights (a new schedule, a fresh optimiser)
 
     # Fields that may differ between a run and its resumption.
     RESUMABLE = ("out", "data_dir", "max_steps", "checkpoint_every", "eval_every_epochs")
@@ -163,6 +164,20 @@ class TrainResult:
     step: int
 
 
+def _init_weights(net: QFASupernet, cfg: TrainConfig, steps_per_epoch: int) -> bool:
+    """Load ``cfg.init_from``'s weights; True when that run had reached its quantized phase (LSQ steps trained)."""
+    payload = load_checkpoint(cfg.init_from, expect_space=cfg.space)
+    if payload.get("act_quantizer", "batchquant") != cfg.act_quantizer:
+        raise QfaError(f"{cfg.init_from}: trained with {payload.get('act_quantizer')!r} activation quantizers, "
+                       f"this run uses {cfg.act_quantizer!r}")
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["model"].items()})
+    log.info("initialised from %s (step %s)", cfg.init_from, payload.get("step"))
+    saved = payload.get("train_config")
+    if not isinstance(saved, dict):  # a released checkpoint: the end of a full run
+        return True
+    return int(payload.get("step", 0)) > round(float(saved.get("fp_epochs", 0)) * steps_per_epoch)
+
+
 def train(cfg: TrainConfig, resume: bool = False, splits: Splits | None = None) -> TrainResult:
     """Train (or resume) a supernet up to the end of its schedule (or ``max_steps``)."""
     ddp = _Dist.from_env()
@@ -176,7 +191,7 @@ def train(cfg: TrainConfig, resume: bool = False, splits: Splits | None = None) 
     net = QFASupernet(sp, act_quantizer=cfg.act_quantizer).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.param_groups(cfg.weight_decay), lr=cfg.lr, momentum=0.9, nesterov=True)
 
-    step = 0
+    step, keep_steps = 0, False
     if resume and ckpt_path.exists():
         payload = load_checkpoint(ckpt_path, expect_space=sp.name)
         _validate_resume(payload.get("train_config", {}), cfg)
@@ -184,9 +199,11 @@ def train(cfg: TrainConfig, resume: bool = False, splits: Splits | None = None) 
         opt.load_state_dict(payload["optimizer"])
         step = int(payload["step"])
         log.info("resumed %s at step %d", ckpt_path, step)
-    elif ddp.world > 1:
-        for t in [*net.parameters(), *net.buffers()]:
-            dist.broadcast(t.data, src=0)
+    else:
+        keep_steps = cfg.init_from is not None and _init_weights(net, cfg, len(splits.train) // cfg.batch_size)
+        if ddp.world > 1:
+            for t in [*net.parameters(), *net.buffers()]:
+                dist.broadcast(t.data, src=0)
 
     steps_per_epoch = len(splits.train) // cfg.batch_size
     fp_steps = round(cfg.fp_epochs * steps_per_epoch)
@@ -219,7 +236,7 @@ def train(cfg: TrainConfig, resume: bool = False, splits: Splits | None = None) 
             if step >= stop or step // steps_per_epoch != epoch:
                 break
             quantized = step >= fp_steps
-            if step == fp_steps and quantized:
+            if step == fp_steps and quantized and not (step == 0 and keep_steps):
                 net.init_weight_steps()  # LSQ steps from the warm-started weights
             lr = _lr_at(cfg, step, steps_per_epoch)
             for group in opt.param_groups:

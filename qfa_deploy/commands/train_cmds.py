@@ -23,8 +23,10 @@ __all__ = ["COMMANDS"]
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-steps", type=int, default=None, help="Stop after this many steps (schedule unchanged).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Torch intra-op threads.")
+@click.option("--init-from", type=click.Path(dir_okay=False), default=None,
+              help="Start from this checkpoint's weights (new schedule, fresh optimiser), e.g. to extend a run.")
 def train(space, data_dir, out, resume, fp_epochs, q_epochs, batch_size, lr, q_lr, num_random,
-          checkpoint_every, act_quantizer, seed, max_steps, threads):
+          checkpoint_every, act_quantizer, seed, max_steps, threads, init_from):
     """Train a supernet (sandwich rule + in-place distillation); torchrun for several processes."""
     from qfa_deploy.commands.common import set_threads
     from qfa_deploy.space import create_space
@@ -36,6 +38,7 @@ def train(space, data_dir, out, resume, fp_epochs, q_epochs, batch_size, lr, q_l
         space=space, out=out, data_dir=data_dir, fp_epochs=fp_epochs, q_epochs=q_epochs,
         batch_size=batch_size, lr=lr, q_lr=q_lr, num_random=num_random,
         checkpoint_every=checkpoint_every, act_quantizer=act_quantizer, seed=seed, max_steps=max_steps,
+        init_from=init_from,
     )
     result = run(cfg, resume=resume)
     click.echo(f"checkpoint: {result.checkpoint} (step {result.step})")
