@@ -6,11 +6,8 @@ Every user-facing problem is a QfaError (or a click usage error): one line on st
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import random
 import sys
-from pathlib import Path
 
 import click
 
@@ -64,7 +61,8 @@ class _Group(click.Group):
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
 def cli(verbose: bool) -> None:
     """Quantized-for-all supernets to measured, compiled deployments."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
 def main() -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from qfa_deploy.checkpoint import load_checkpoint, save_checkpoint
 from qfa_deploy.errors import QfaError
 

@@ -4,9 +4,9 @@ import sys
 from pathlib import Path
 
 import torch
+from train_helpers import tiny_config, tiny_splits
 
 from qfa_deploy.train import train
-from train_helpers import tiny_config, tiny_splits
 
 out = Path(sys.argv[1])
 torch.set_num_threads(1)

@@ -33,6 +33,6 @@ def test_extract_covers_every_bitwidth():
         if seed < 3:
             cfg = cfg.with_uniform_bits(2 + seed, 2 + seed)
         for i in cfg.active_blocks():
-            seen.update(zip(cfg.w_bits[i], cfg.a_bits[i]))
+            seen.update(zip(cfg.w_bits[i], cfg.a_bits[i], strict=True))
     assert seen == {(w, a) for w in (2, 3, 4) for a in (2, 3, 4)}
     del rng

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_helpers import tiny_config, tiny_splits
 
 from qfa_deploy.checkpoint import load_checkpoint
 from qfa_deploy.errors import QfaError
 from qfa_deploy.train import train
-from train_helpers import tiny_config, tiny_splits
 
 TESTS = Path(__file__).parent
 
@@ -55,10 +55,10 @@ def test_refuses_to_overwrite_and_to_resume_a_different_run(tmp_path, splits):
 def test_sigkill_leaves_a_loadable_checkpoint_and_resumes(tmp_path):
     out = tmp_path / "run"
     code = (
-        "import sys, torch; sys.path.insert(0, %r); torch.set_num_threads(1)\n"
+        f"import sys, torch; sys.path.insert(0, {str(TESTS)!r}); torch.set_num_threads(1)\n"
         "from qfa_deploy.train import train\nfrom train_helpers import tiny_config, tiny_splits\n"
-        "train(tiny_config(%r, checkpoint_every=1), splits=tiny_splits())\n"
-    ) % (str(TESTS), str(out))
+        f"train(tiny_config({str(out)!r}, checkpoint_every=1), splits=tiny_splits())\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = out / "checkpoint.pt"
     deadline = time.time() + 120
@@ -92,3 +92,27 @@ def test_two_process_data_parallel_replicas_stay_identical(tmp_path):
     assert _same_state(r0, r1)
     fresh = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert fresh["step"] == 3
+
+
+def test_init_from_loads_weights_and_knows_whether_lsq_steps_were_trained(tmp_path, splits):
+    from qfa_deploy.nn.supernet import QFASupernet
+    from qfa_deploy.space import create_space
+    from qfa_deploy.train import _init_weights
+
+    fp_only = train(tiny_config(str(tmp_path / "fp"), max_steps=2), splits=splits).checkpoint  # fp phase: 3 steps
+    quant = train(tiny_config(str(tmp_path / "q"), max_steps=4), splits=splits)
+    steps_per_epoch = len(splits.train) // 32
+
+    sp = create_space("qfa-mbv3-cifar10")
+    assert not _init_weights(QFASupernet(sp), tiny_config("unused", init_from=str(fp_only)), steps_per_epoch)
+    fresh = QFASupernet(sp)
+    assert _init_weights(fresh, tiny_config("unused", init_from=str(quant.checkpoint)), steps_per_epoch)
+    for name, value in quant.supernet.state_dict().items():
+        assert torch.equal(fresh.state_dict()[name], value), name
+
+    extended = train(tiny_config(str(tmp_path / "ext"), init_from=str(quant.checkpoint), fp_epochs=0.0,
+                                 max_steps=1), splits=splits)
+    assert extended.step == 1
+    with pytest.raises(QfaError, match="activation quantizers"):
+        train(tiny_config(str(tmp_path / "lsq"), init_from=str(quant.checkpoint), act_quantizer="lsq"),
+              splits=splits)

@@ -18,7 +18,8 @@ __all__ = ["COMMANDS"]
 @click.option("--min", "smallest", is_flag=True, help="The smallest subnet (lowest bits).")
 @click.option("--max", "largest", is_flag=True, help="The largest subnet (highest bits).")
 @click.option("--bits", type=int, default=None, help="With --min/--max: uniform bitwidth for every conv.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write cfg.json here (default: stdout).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Write cfg.json here (default: stdout).")
 def sample(space, seed, smallest, largest, bits, output):
     """Write an arch config (cfg.json) of SPACE."""
     from qfa_deploy.arch import ArchConfig, sample_arch
@@ -64,11 +65,14 @@ def info(arch, space, as_json):
         click.echo(f"space {desc['name']}: {desc['num_classes']} classes")
         res = desc["resolutions"]
         click.echo(f"  resolution   {res[0]}..{res[-1]} ({len(res)} values)")
-        click.echo(f"  stem         {desc['stem']['width']} ch, stride {desc['stem']['stride']}, {desc['stem']['bits']}-bit")
+        stem = desc["stem"]
+        click.echo(f"  stem         {stem['width']} ch, stride {stem['stride']}, {stem['bits']}-bit")
         for i, s in enumerate(desc["stages"]):
-            click.echo(f"  stage {i}      {s['width']} ch, stride {s['stride']}, {s['act']}, SE={'yes' if s['se'] else 'no'}")
+            se = "yes" if s["se"] else "no"
+            click.echo(f"  stage {i}      {s['width']} ch, stride {s['stride']}, {s['act']}, SE={se}")
         click.echo(f"  head         final expand {desc['final_expand_width']}, feature mix {desc['feature_mix_width']}")
-        click.echo(f"  kernel       {desc['kernel_choices']}   expand {desc['expand_choices']}   depth {desc['depth_choices']}")
+        click.echo(f"  kernel       {desc['kernel_choices']}   expand {desc['expand_choices']}"
+                   f"   depth {desc['depth_choices']}")
         click.echo(f"  bits         {desc['bit_choices']} per conv, weights and activations")
         click.echo(f"  subnets      {desc['num_subnets']:.3e} (10^{desc['log10_num_subnets']})")
         return

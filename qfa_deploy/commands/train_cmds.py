@@ -9,7 +9,8 @@ __all__ = ["COMMANDS"]
 
 @click.command()
 @click.option("--space", required=True, help="Search space to train.")
-@click.option("--data", "data_dir", default=None, type=click.Path(), help="Data directory (default: the shared CIFAR-10).")
+@click.option("--data", "data_dir", default=None, type=click.Path(),
+              help="Data directory (default: the shared CIFAR-10).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory (checkpoint, logs).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out where its checkpoint stopped.")
 @click.option("--fp-epochs", type=float, default=2.0, show_default=True, help="Full-precision warm-start epochs.")
@@ -30,7 +31,8 @@ def train(space, data_dir, out, resume, fp_epochs, q_epochs, batch_size, lr, q_l
     """Train a supernet (sandwich rule + in-place distillation); torchrun for several processes."""
     from qfa_deploy.commands.common import set_threads
     from qfa_deploy.space import create_space
-    from qfa_deploy.train import TrainConfig, train as run
+    from qfa_deploy.train import TrainConfig
+    from qfa_deploy.train import train as run
 
     create_space(space)
     set_threads(threads)
@@ -48,7 +50,8 @@ def train(space, data_dir, out, resume, fp_epochs, q_epochs, batch_size, lr, q_l
 @click.option("--checkpoint", default=None, type=click.Path(), help="Supernet checkpoint (default: embedded).")
 @click.option("--arch", "arch_path", required=True, type=click.Path(), help="cfg.json of the subnet.")
 @click.option("--data", "data_dir", default=None, type=click.Path(), help="Data directory.")
-@click.option("--calib-batches", type=int, default=20, show_default=True, help="Calibration batches of 100 validation images.")
+@click.option("--calib-batches", type=int, default=20, show_default=True,
+              help="Calibration batches of 100 validation images.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate on the first N test images only.")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None)
@@ -68,7 +71,8 @@ def eval_cmd(checkpoint, arch_path, data_dir, calib_batches, limit, as_json, thr
     splits = load_splits(net.space, data_dir)
     test = splits.test.subset(limit) if limit else splits.test
     top1 = evaluate_arch(net, cfg, splits.val, test, calib_batches)
-    result = {"arch": cfg.short(), "digest": cfg.digest(), "top1": top1, "images": len(test), "calib_batches": calib_batches}
+    result = {"arch": cfg.short(), "digest": cfg.digest(), "top1": top1, "images": len(test),
+              "calib_batches": calib_batches}
     if as_json:
         emit_json(result)
     else:

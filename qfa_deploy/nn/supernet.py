@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import torch
 
-
 from qfa_deploy.arch import ArchConfig
 from qfa_deploy.nn.elastic import ElasticQuantConv, ElasticSqueezeExcite
 from qfa_deploy.nn.layers import QuantConv
 from qfa_deploy.nn.mbconv import MBConv
-from qfa_deploy.quant import act_quantizer_class
 from qfa_deploy.nn.network import QuantMobileNet
+from qfa_deploy.quant import act_quantizer_class
 from qfa_deploy.space import SearchSpace, create_space, make_divisible
 
 __all__ = ["QFASupernet", "block_channels"]
