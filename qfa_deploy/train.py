@@ -165,17 +165,28 @@ class TrainResult:
 
 
 def _init_weights(net: QFASupernet, cfg: TrainConfig, steps_per_epoch: int) -> bool:
-    """Load ``cfg.init_from``'s weights; True when that run had reached its quantized phase (LSQ steps trained)."""
+    """Load ``cfg.init_from``'s weights; True when that run had reached its quantized phase (LSQ steps trained).
+
+    A full-precision warm start has untrained activation quantizers: those are left fresh, so one warm
+    start can seed runs with either activation quantizer (the BatchQuant vs LSQ ablation).
+    """
     payload = load_checkpoint(cfg.init_from, expect_space=cfg.space)
-    if payload.get("act_quantizer", "batchquant") != cfg.act_quantizer:
-        raise QfaError(f"{cfg.init_from}: trained with {payload.get('act_quantizer')!r} activation quantizers, "
-                       f"this run uses {cfg.act_quantizer!r}")
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["model"].items()})
-    log.info("initialised from %s (step %s)", cfg.init_from, payload.get("step"))
     saved = payload.get("train_config")
-    if not isinstance(saved, dict):  # a released checkpoint: the end of a full run
-        return True
-    return int(payload.get("step", 0)) > round(float(saved.get("fp_epochs", 0)) * steps_per_epoch)
+    quantized = not isinstance(saved, dict) or (  # no config: a released checkpoint, the end of a full run
+        int(payload.get("step", 0)) > round(float(saved.get("fp_epochs", 0)) * steps_per_epoch))
+    state = {k: v.float() if v.is_floating_point() else v for k, v in payload["model"].items()}
+    if quantized:
+        if payload.get("act_quantizer", "batchquant") != cfg.act_quantizer:
+            raise QfaError(f"{cfg.init_from}: trained with {payload.get('act_quantizer')!r} activation quantizers, "
+                           f"this run uses {cfg.act_quantizer!r}")
+        net.load_state_dict(state)
+    else:
+        state = {k: v for k, v in state.items() if ".act_quant." not in k}
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        if unexpected or any(".act_quant." not in k for k in missing):
+            raise QfaError(f"{cfg.init_from}: its weights do not fit this supernet")
+    log.info("initialised from %s (step %s)", cfg.init_from, payload.get("step"))
+    return quantized
 
 
 def train(cfg: TrainConfig, resume: bool = False, splits: Splits | None = None) -> TrainResult:

@@ -116,3 +116,8 @@ def test_init_from_loads_weights_and_knows_whether_lsq_steps_were_trained(tmp_pa
     with pytest.raises(QfaError, match="activation quantizers"):
         train(tiny_config(str(tmp_path / "lsq"), init_from=str(quant.checkpoint), act_quantizer="lsq"),
               splits=splits)
+    # A full-precision warm start seeds either activation quantizer (the ablation's shared start).
+    lsq = QFASupernet(sp, act_quantizer="lsq")
+    assert not _init_weights(lsq, tiny_config("unused", init_from=str(fp_only), act_quantizer="lsq"), steps_per_epoch)
+    fp_state = load_checkpoint(fp_only)["model"]
+    assert torch.equal(lsq.state_dict()["stem.weight"], fp_state["stem.weight"].float())
