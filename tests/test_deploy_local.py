@@ -155,6 +155,7 @@ def test_shipped_profiles_load():
         ('{"name": "d", "target": "llvm", "runner": {"kind": "rpc-tracker", "host": "h", "port": 1}}', "runner.key"),
         ('{"name": "d", "target": "llvm", "protocol": {"repeat": 0}}', "protocol.repeat"),
         ('{"name": "d", "target": "llvm", "protocol": {"repeats": 3}}', "repeats"),
+        ('{"name": "d", "target": "llvm", "protocol": {"statistic": "mean"}}', "protocol.statistic"),
         ('{"name": "d", "target": "llvm", "threads": -1}', "threads"),
         ('{"name": "d", "target": "llvm", "version": 9}', "version 9"),
     ],

@@ -90,3 +90,21 @@ def test_fit_correction_recovers_a_linear_relation():
     scale, offset = fit_correction(sums, [1.2 * s + 0.3 for s in sums])
     assert scale == pytest.approx(1.2) and offset == pytest.approx(0.3)
     assert fit_correction([2.0], [3.0]) == (1.5, 0.0)
+
+
+def test_validate_refuses_a_device_measuring_another_statistic():
+    from qfa_deploy.lut.validate import validate_table
+
+    table = _table()
+    table.provenance = {"device": "x86-1t", "protocol": {"statistic": "min"}}
+    with pytest.raises(QfaError, match="holds min latencies.*measures the median"):
+        validate_table(table, "x86", samples=2, seed=1, progress=False)
+
+
+def test_protocol_latency_is_the_named_statistic():
+    from qfa_deploy.deploy.device import MeasureProtocol, load_device
+
+    summary = {"median": 2.0, "min": 1.5, "p10": 1.6}
+    assert MeasureProtocol().latency(summary) == 2.0
+    assert MeasureProtocol(statistic="min").latency(summary) == 1.5
+    assert load_device("x86-1t").protocol.statistic == "min" and load_device("x86").protocol.statistic == "median"

@@ -51,21 +51,35 @@ _FIELDS = {"version", "name", "description", "target", "cc", "runner", "threads"
 @dataclass(frozen=True)
 class MeasureProtocol:
     """How a latency is measured: ``warmup`` untimed runs, then ``repeat`` timed repeats, each the
-    mean of ``number`` runs (raised by the runtime until a repeat lasts ``min_repeat_ms``)."""
+    mean of ``number`` runs (raised by the runtime until a repeat lasts ``min_repeat_ms``).
+
+    ``statistic`` is the repeat statistic that latency tables are built and validated on: the
+    median on a dedicated device; the minimum on a shared host, where other tenants only ever add
+    time and the median drifts with their load.
+    """
 
     warmup: int = 5
     number: int = 10
     repeat: int = 30
     min_repeat_ms: int = 50
+    statistic: str = "median"
+
+    STATISTICS = ("median", "min")
 
     def __post_init__(self):
         for name, low in (("warmup", 0), ("number", 1), ("repeat", 1), ("min_repeat_ms", 0)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"protocol.{name} must be an integer >= {low}, not {value!r}")
+        if self.statistic not in self.STATISTICS:
+            raise ValueError(f"protocol.statistic must be one of {', '.join(self.STATISTICS)}, not {self.statistic!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def latency(self, summary_ms: dict) -> float:
+        """The latency (ms) this protocol stands for, from a :meth:`Timing.summary_ms` dict."""
+        return float(summary_ms[self.statistic])
 
 
 @dataclass(frozen=True)

@@ -138,12 +138,13 @@ def build_table(plan: BuildPlan, out: str | Path, workers: int = 1, progress: bo
         bar.close()
 
     done = {r["item"]: r for r in journal.read()[1:]}
-    entries = {str(k): done[f"part:{k}"]["median"] for k in keys}
+    latency = {name: dev.protocol.latency(stats) for name, stats in done.items()}  # the journal keeps every stat
+    entries = {str(k): latency[f"part:{k}"] for k in keys}
     table = LatencyTable(space=sp.name, resolution=plan.resolution, entries=entries)
     part_sums = [table.part_sum(c) for c in fit_cfgs]
-    measured = [done[f"subnet:{c.digest()}"]["median"] for c in fit_cfgs]
+    measured = [latency[f"subnet:{c.digest()}"] for c in fit_cfgs]
     table.scale, table.offset_ms = fit_correction(part_sums, measured)
-    ratios = [done[f"bits2:{k}"]["median"] / done[f"part:{k}"]["median"] for k in probe_keys]
+    ratios = [latency[f"bits2:{k}"] / latency[f"part:{k}"] for k in probe_keys]
     bits_probe = {
         "parts": [str(k) for k in probe_keys],
         "latency_ratio_lowest_vs_highest_bits": [round(r, 4) for r in ratios],

@@ -31,13 +31,18 @@ def validate_table(
     if samples < 2:
         raise QfaError("--samples must be at least 2")
     dev = load_device(device)
+    built_on = (table.provenance.get("protocol") or {}).get("statistic", "median")
+    if built_on != dev.protocol.statistic:
+        raise QfaError(f"the table holds {built_on} latencies, device {dev.name}'s protocol measures the "
+                       f"{dev.protocol.statistic}: validate with the profile it was built with")
     cfgs = sample_subnets(table.space, table.resolution, samples, seed)
     models = PartModels(table.space, table.resolution, seed)
-    predicted, measured = [], []
+    predicted, stats = [], []
     with open_session(dev) as session:
         for cfg in tqdm(cfgs, unit="subnet", desc=f"validate {dev.name}", disable=None if progress else True):
             predicted.append(table.predict(cfg))
-            measured.append(measure_onnx(models.subnet(cfg), dev, session)["median"])
+            stats.append(measure_onnx(models.subnet(cfg), dev, session))
+    measured = [dev.protocol.latency(s) for s in stats]
     p, m = np.asarray(predicted), np.asarray(measured)
     rel = (p - m) / m
     report = {
@@ -47,14 +52,15 @@ def validate_table(
         "resolution": table.resolution,
         "samples": samples,
         "seed": seed,
+        "statistic": dev.protocol.statistic,
         "mape_percent": float(100 * np.abs(rel).mean()),
         "within_10_percent": float((np.abs(rel) <= 0.10).mean()),
         "spearman": float(spearmanr(p, m).statistic),
         "max_abs_error_percent": float(100 * np.abs(rel).max()),
         "measured_ms": {"min": float(m.min()), "median": float(np.median(m)), "max": float(m.max())},
         "points": [
-            {"digest": c.digest(), "predicted_ms": float(a), "measured_ms": float(b)}
-            for c, a, b in zip(cfgs, p, m, strict=True)
+            {"digest": c.digest(), "predicted_ms": float(a), "measured_ms": float(b), "stats_ms": st}
+            for c, a, b, st in zip(cfgs, p, m, stats, strict=True)
         ],
     }
     if plot:
