@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qfa_deploy.quant.ste import round_ste
+from qfa_deploy.quant.batchquant_fn import batchquant_train
 
 __all__ = ["BatchQuant", "FixedActQuant", "batch_range"]
 
@@ -112,11 +112,10 @@ class BatchQuant(nn.Module):
             if self.bits is None:
                 return x
             s, z, qmax = self._affine(lo, hi)
-            alpha, beta = self.alpha(), self.offset[self._index()]
-            # clamp, then round (same values): torch's clamp passes no gradient at its bounds, so
-            # rounding first would block it for every value that rounds to level 0 or qmax
-            q = round_ste(torch.clamp(x * alpha / s + z + beta, 0, qmax))
-            return (q - z - beta) * s / alpha
+            # the formula above as one autograd Function: same forward bits, closed-form backward
+            # (clamp, then round: rounding first would block the gradient of values that round to
+            # the end levels, see batchquant_fn)
+            return batchquant_train(x, s, z, self.alpha(), self.offset[self._index()], qmax)
         if self.bits is None:
             return x
         fixed = self.fixed()

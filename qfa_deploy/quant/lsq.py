@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from qfa_deploy.quant.ste import grad_scale, round_ste
+from qfa_deploy.quant.lsq_fn import lsq_quantize
 
 __all__ = ["LSQ", "signed_range"]
 
@@ -58,8 +58,8 @@ class LSQ(nn.Module):
         if self.bits is None:
             return weight
         qmin, qmax = signed_range(self.bits)
-        step = grad_scale(self.active_step(), 1.0 / math.sqrt(weight.numel() * qmax))
-        return round_ste(torch.clamp(weight / step, qmin, qmax)) * step
+        # the formula above as one autograd Function: same forward bits, closed-form backward
+        return lsq_quantize(weight, self.active_step(), qmin, qmax, 1.0 / math.sqrt(weight.numel() * qmax))
 
     def single(self, bits: int) -> LSQ:
         """A one-choice copy for the active bitwidth (what ``extract`` puts in a static subnet)."""
