@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -130,6 +132,11 @@ def main() -> None:
     ap.add_argument("--ensemble", type=int, default=1, help="members of a predictor fitted here")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    # More threads than the CPUs this process may use (taskset) only adds contention.
+    cpus = len(os.sched_getaffinity(0))
+    if args.threads > cpus:
+        print(f"--threads {args.threads} capped to {cpus}: the CPUs this process may run on", file=sys.stderr)
+        args.threads = cpus
     torch.set_num_threads(args.threads)
 
     pred, pred_note = pick_predictor(args.space, args.predictor, args.data, args.seed, args.ensemble)

@@ -5,7 +5,8 @@ rounded; a repair step makes every genome canonical (inactive blocks' genes to 0
 subnets are equal vectors and duplicates are dropped by a hash of the row. With a latency table the
 resolution gene is pinned to the table's resolution. Budgets are pymoo inequality constraints
 (``cost - bound <= 0``), so every returned Pareto member satisfies all of them. Objectives are
-evaluated for the whole offspring matrix at once (one predictor forward, array lookups for costs).
+evaluated for the whole offspring matrix at once (one predictor forward, array lookups for costs),
+and pymoo's per-generation bookkeeping reads them as arrays (``search.pymoo_arrays``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from qfa_deploy.arch import ArchConfig
 from qfa_deploy.errors import QfaError
 from qfa_deploy.search.genome import GenomeSpace
 from qfa_deploy.search.objectives import Constraints, CostEvaluator, Objective
+from qfa_deploy.search.pymoo_arrays import NSGA2Arrays
 
 __all__ = ["SearchResult", "run_nsga"]
 
@@ -35,7 +37,10 @@ log = logging.getLogger(__name__)
 
 
 class _CanonicalRepair(Repair):
-    """Round to the nearest choice index, clip to bounds, reset inactive blocks' genes."""
+    """Round to the nearest choice index, clip to bounds, reset inactive blocks' genes.
+
+    Returns float64 (whole numbers): the type SBX and PM work in, so pymoo converts nothing.
+    """
 
     def __init__(self, genome: GenomeSpace) -> None:
         super().__init__()
@@ -43,15 +48,25 @@ class _CanonicalRepair(Repair):
 
     def _do(self, problem, X, **kwargs):
         X = np.clip(np.rint(np.asarray(X, dtype=np.float64)), problem.xl, problem.xu).astype(np.int64)
-        return self.genome.canonical(X)
+        return self.genome.canonical(X).astype(np.float64)
+
+    def do(self, problem, pop, **kwargs):
+        # Repair.do, with each row assigned directly rather than through Population.set's probes.
+        X = self._do(problem, np.array([ind.X for ind in pop]), **kwargs)
+        for ind, x in zip(pop, X, strict=True):
+            ind.X = x.copy()  # a copy, as Population.set makes: a row view would pin the whole matrix
+        return pop
 
 
 def _row_key(ind) -> bytes:
-    """The bytes of an individual's integer genome, cached on it (valid while its X is the same)."""
+    """The bytes of an individual's genome as float64, cached on it (valid while its X is the same).
+
+    float64 is the type X has after the repair, so no copy is made; other types convert exactly.
+    """
     cached = ind.data.get("qfa_row_key")
     if cached is not None and cached[0] is ind.X:
         return cached[1]
-    key = np.asarray(ind.X, dtype=np.int64).tobytes()
+    key = np.asarray(ind.X, dtype=np.float64).tobytes()
     ind.data["qfa_row_key"] = (ind.X, key)
     return key
 
@@ -63,6 +78,20 @@ def _row_keys(pop) -> list[bytes]:
 
 class _RowDuplicates(DuplicateElimination):
     """Exact duplicates by the bytes of each (integer) row: linear time, unlike pairwise distances."""
+
+    def do(self, pop, *args, return_indices=False, to_itself=True):
+        # One pass for all of DuplicateElimination.do's filters (itself, then each population in
+        # args): a row is kept iff it is in no arg and, with to_itself, is its first occurrence.
+        if return_indices or len(pop) == 0:
+            return super().do(pop, *args, return_indices=return_indices, to_itself=to_itself)
+        seen = {k for other in args for k in _row_keys(other)}
+        keep = []
+        for i, k in enumerate(_row_keys(pop)):
+            if k not in seen:
+                keep.append(i)
+                if to_itself:
+                    seen.add(k)
+        return pop[keep]
 
     def _do(self, pop, other, is_duplicate):
         seen = set(_row_keys(other)) if other is not None else set()
@@ -136,8 +165,14 @@ def run_nsga(
     pop_size: int = 100,
     generations: int = 100,
     seed: int = 0,
+    *,
+    pymoo_stock: bool = False,
 ) -> SearchResult:
-    """Run NSGA-II; raise a one-line QfaError if no subnet meets the budgets."""
+    """Run NSGA-II; raise a one-line QfaError if no subnet meets the budgets.
+
+    ``pymoo_stock``: pymoo's own per-individual evaluator, tournament and survival instead of the
+    array-based ones of ``search.pymoo_arrays`` - same result, slower; tests compare the two.
+    """
     objective = Objective(objective)
     constraints = constraints or Constraints()
     if predictor.space != genome.space.name:
@@ -158,13 +193,15 @@ def run_nsga(
     init[: min(2, pop_size)] = anchors[: min(2, pop_size)]
     init = genome.canonical(init)
     problem = _SubnetProblem(genome, predictor, costs, objective, constraints, xl, xu)
-    algorithm = NSGA2(
+    algorithm = (NSGA2 if pymoo_stock else NSGA2Arrays)(
         pop_size=pop_size,
         sampling=init.astype(np.float64),
         # Wide distributions (eta 3, pymoo's recipe for integer variables): with 3 choices a gene,
         # narrow ones mostly round back to the parent's value (measured: lower hypervolume).
-        crossover=SBX(prob=0.9, eta=3, vtype=float),
-        mutation=PM(prob=1.0, eta=3, vtype=float),
+        # No vtype: the repair keeps X float (integral values), which saves pymoo a per-individual
+        # astype after every operator.
+        crossover=SBX(prob=0.9, eta=3),
+        mutation=PM(prob=1.0, eta=3),
         repair=_CanonicalRepair(genome),
         eliminate_duplicates=_RowDuplicates(),
     )
