@@ -1,10 +1,11 @@
 """ARM64 (Raspberry Pi 4): cross-compile here (fast), and run on an emulated Pi over RPC (slow).
 
-Slow tests and CI: CI should run ``python3 -m pytest -q -m slow tests/test_arm64.py tests/test_cuda.py``
-after the default run. Measured on this 2-core machine: building the emulated Pi once ~2.5 min
-(debootstrap ~40 s, 110 MB of aarch64 wheels, TVM imported under qemu to verify), then ~30 s for
-the qemu RPC server to register and a few seconds per model: about 4 min on a fresh machine, well
-inside CI's 90 minutes. The image is cached under ~/.cache/qfa-deploy/emulated-pi (or $QFA_CACHE).
+Slow tests and CI: ``.ci/run`` runs ``python3 -m pytest -q -m slow tests/test_arm64.py
+tests/test_lut_rpc.py tests/test_cuda.py`` after the default run. Measured on this 2-core machine:
+building the emulated Pi once ~2.5 min (debootstrap ~40 s, 110 MB of aarch64 wheels, TVM imported
+under qemu to verify), then ~30 s for the qemu RPC server to register and a few seconds per model:
+about 4 min on a fresh machine, well inside CI's 90 minutes (5.3 min with the image cached when
+this test got ~10% of a shared core). The image is cached under ~/.cache/qfa-deploy/emulated-pi (or $QFA_CACHE).
 The default run (``pytest -q``) skips them.
 """
 

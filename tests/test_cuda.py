@@ -1,7 +1,7 @@
 """CUDA (sm_80): compile for the GPU target without a GPU; the kernels compile offline with nvcc.
 
 The CUDA build itself is fast; the nvcc step is marked slow (~1 min here) and is one of the slow
-tests CI should run (see tests/test_arm64.py). Running the library needs a GPU: not tested here.
+tests `.ci/run` runs (skipped there without nvcc). Running the library needs a GPU: not tested here.
 """
 
 from __future__ import annotations

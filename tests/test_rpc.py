@@ -8,12 +8,22 @@ Fast: ~30 s here (the servers start in ~2 s: they import TVM's runtime only, wit
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
-from deploy_helpers import FAST_PROTOCOL, device_file, ort_qdq_model, run_cli, write_meta
+from deploy_helpers import (
+    FAST_PROTOCOL,
+    artifact_dir,
+    clip_qdq_model,
+    device_file,
+    ort_qdq_model,
+    run_cli,
+    write_meta,
+)
 
 from qfa_deploy.deploy import compile_artifact, load_device, profile_artifact
 from qfa_deploy.deploy.procs import free_port, start_rpc_server, start_tracker, tracker_keys
@@ -104,3 +114,26 @@ def test_no_board_under_key_and_busy_board_time_out(x86_artifact):
                 with pytest.raises(QfaError, match="became free within 3 s"):
                     open_session(dev, timeout=3)
                 assert time.monotonic() - start < 15
+
+
+def test_one_session_runs_each_library_it_loads(x86_artifact, tmp_path):
+    """A session loading one library after another (what ``lut build`` does per part) runs each of
+    them: every upload gets a remote name of its own. Re-uploading over the name of a loaded library
+    handed back the stale handle (the emulated Pi segfaulted in dlsym)."""
+    folder, device = x86_artifact
+    other = artifact_dir(tmp_path / "other", clip_qdq_model(tmp_path / "clip.onnx"))
+    write_meta(other, compile_artifact(other / "model.onnx", str(device), other))
+    rng = np.random.default_rng(0)
+    cases = []
+    for art in (folder, other, folder):
+        meta = json.loads((art / "meta.json").read_text())
+        x = rng.standard_normal([int(d) for d in meta["inputs"][0]["shape"]]).astype(np.float32)
+        local = open_session(load_device(str(device)))
+        cases.append((art / meta["library"], x, local.run(local.load(art / meta["library"]), [x])))
+    with start_tracker() as tracker, start_rpc_server(("127.0.0.1", tracker.port), KEY):
+        dev = load_device(str(device)).with_runner(kind="rpc-tracker", host="127.0.0.1", port=tracker.port, key=KEY)
+        with open_session(dev, timeout=30) as session:
+            for lib, x, expected in cases:
+                got = session.run(session.load(lib), [x])
+                assert [g.shape for g in got] == [e.shape for e in expected]
+                np.testing.assert_array_equal(got[0], expected[0])

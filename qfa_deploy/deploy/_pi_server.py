@@ -3,10 +3,12 @@
 Stand-alone (imports only TVM's runtime and the standard library): the stock ``tvm.exec.rpc_server``
 cannot start its ``popen_worker`` under qemu-user (it would exec an aarch64 python without
 binfmt_misc), so this binds a loopback socket itself and runs TVM's listen loop in-process,
-registered with the tracker. Each session is served in a forked child, as TVM does.
+registered with the tracker. Each session is served in a forked child, as TVM does; a child that
+dies ends its session only (TVM's loop would stop the server).
 """
 
 import argparse
+import os
 import socket
 import sys
 
@@ -29,7 +31,15 @@ def main(argv=None):
     port = sock.getsockname()[1]
     print(f"qfa emulated-pi RPC server on {args.host}:{port}, key {args.key}, "
           f"tracker {args.tracker_host}:{args.tracker_port}", flush=True)
-    server._listen_loop(sock, port, args.key, (args.tracker_host, args.tracker_port), None, args.host)
+    home = os.getcwd()
+    while True:
+        try:
+            server._listen_loop(sock, port, args.key, (args.tracker_host, args.tracker_port), None, args.host)
+        except RuntimeError as exc:
+            # A session's forked worker died (e.g. a crashing library): that session fails on the
+            # client's side; the board registers again and keeps serving, as a fleet board should.
+            print(f"session failed ({exc}); serving again", flush=True)
+            os.chdir(home)  # TVM left us in the failed session's folder
 
 
 if __name__ == "__main__":

@@ -25,7 +25,14 @@ import time
 import zipfile
 from pathlib import Path
 
-from qfa_deploy.deploy.procs import LOOPBACK, ManagedProcess, start_tracker, tracker_answers, wait_for_key
+from qfa_deploy.deploy.procs import (
+    LOOPBACK,
+    ManagedProcess,
+    start_tracker,
+    tracker_answers,
+    tracker_keys,
+    wait_for_key,
+)
 from qfa_deploy.errors import QfaError
 
 __all__ = [
@@ -135,7 +142,8 @@ class EmulatedPi:
     """Serve TVM RPC from the emulated Pi, registered as ``key`` with a tracker on 127.0.0.1.
 
     With ``tracker_port=None`` a tracker is started on a free port (and stopped with the server);
-    otherwise the one answering on 127.0.0.1:``tracker_port`` is used, or started there.
+    otherwise the one answering on 127.0.0.1:``tracker_port`` is used, or started there. Several
+    boards may share a key (a fleet for ``lut build --workers N``): each waits for its own registration.
     A context manager; :meth:`stop` ends qemu, its forked session workers and our tracker.
     """
 
@@ -146,8 +154,10 @@ class EmulatedPi:
         self.tracker: ManagedProcess | None = None
         self.server: ManagedProcess | None = None
         try:
+            boards = 0  # already registered under the key (another board of the same key)
             if tracker_port is not None and tracker_answers(LOOPBACK, tracker_port):
                 self.tracker_port = tracker_port
+                boards = tracker_keys(LOOPBACK, tracker_port).get(key, 0)
             else:
                 self.tracker = start_tracker(tracker_port)
                 self.tracker_port = self.tracker.port
@@ -155,7 +165,8 @@ class EmulatedPi:
                                  str(self.tracker_port), "--key", key)
             self.server = ManagedProcess(f"emulated-pi-{key}", args, env=image.environment())
             start = time.monotonic()
-            wait_for_key((LOOPBACK, self.tracker_port), key, timeout=ready_timeout, process=self.server)
+            wait_for_key((LOOPBACK, self.tracker_port), key, timeout=ready_timeout, process=self.server,
+                         servers=boards + 1)
             log.info("emulated Pi registered as %r after %.0f s", key, time.monotonic() - start)
         except BaseException:
             self.stop()

@@ -202,16 +202,17 @@ def tracker_keys(host: str, port: int, timeout: float = 5.0) -> dict[str, int]:
 
 
 def wait_for_key(tracker: tuple[str, int], key: str, *, timeout: float = 60.0,
-                 process: ManagedProcess | None = None) -> None:
-    """Block until a server registered as ``key`` is listed by the tracker."""
+                 process: ManagedProcess | None = None, servers: int = 1) -> None:
+    """Block until the tracker lists at least ``servers`` servers registered as ``key``."""
 
     def ready() -> bool:
         try:
-            return key in tracker_keys(*tracker, timeout=2.0)
+            return tracker_keys(*tracker, timeout=2.0).get(key, 0) >= servers
         except QfaError:
             return False
 
-    _wait(ready, process, timeout, f"an RPC server with key {key!r} at tracker {tracker[0]}:{tracker[1]}")
+    what = f"an RPC server with key {key!r}" if servers == 1 else f"{servers} RPC servers with key {key!r}"
+    _wait(ready, process, timeout, f"{what} at tracker {tracker[0]}:{tracker[1]}")
 
 
 def _tracker_handshake(sock: socket.socket) -> None:

@@ -7,6 +7,7 @@ Connecting is bounded: an unreachable tracker or a key with no board is a one-li
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import platform
@@ -58,6 +59,7 @@ class Session:
         self.device = device
         self.remote = remote  # tvm.rpc.RPCSession, or None for this process
         self._threads_set = False
+        self._uploads = itertools.count()  # each upload gets a name of its own (see load)
 
     @property
     def is_remote(self) -> bool:
@@ -95,7 +97,10 @@ class Session:
 
                 module = tvm.runtime.load_module(str(lib_path))
             else:
-                name = f"qfa-{os.getpid()}-{lib_path.name}"
+                # A new remote file per load: uploading over a library the session has already loaded
+                # rewrites a mapped file in place and the device's dlopen hands back the stale handle
+                # (the emulated Pi segfaulted in dlsym on the second part of a `lut build`).
+                name = f"qfa-{os.getpid()}-{next(self._uploads)}-{lib_path.name}"
                 self.remote.upload(str(lib_path), target=name)
                 module = self.remote.load_module(name)
             return relax.VirtualMachine(module, self.tvm_device())
