@@ -44,8 +44,12 @@ trap cleanup EXIT
 
 if [ "$smoke" = 1 ]; then
   # Small and quick: the real commands on this host, the CIFAR space at 24 px, loose threshold
-  # (a shared CI machine is noisy); the table goes to a temporary folder.
-  space=qfa-mbv3-cifar10 resolution=24 fit=3 samples=4 min_within=0.5
+  # (a shared CI machine is noisy); the table goes to a temporary folder. x86-1t: one runtime
+  # thread and the minimum over repeats, the profile that tolerates neighbours best. It still needs
+  # a machine of its own (as CI is): run on a core shared with a training job, the gate failed
+  # with either profile (x86 MAPE 198%, x86-1t 51%), while a 3-subnet fit on clean x86-1t
+  # measurements passes it (99.9% of 3000 draws from the committed r32 validation points).
+  device=x86-1t space=qfa-mbv3-cifar10 resolution=24 fit=3 samples=4 min_within=0.5
   out="$work/smoke-table.json"
 fi
 [ -n "$out" ] || out="latency_tables/${device}-${space}-r${resolution}.json"
