@@ -131,6 +131,20 @@ def device_file(folder: Path, base: str, **changes) -> Path:
     return path
 
 
+def alive_pids(pids) -> list[int]:
+    """Those of ``pids`` still running (zombies count as ended)."""
+    import psutil
+
+    alive = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
 def artifact_dir(folder: Path, onnx_path: Path) -> Path:
     """``folder`` with ``model.onnx`` copied in (compile_artifact adds model.so)."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from deploy_helpers import device_file, run_cli
+from deploy_helpers import alive_pids, device_file, run_cli
 
 from qfa_deploy.arch import sample_arch
 from qfa_deploy.deploy.device import load_device
@@ -69,17 +69,6 @@ def _kill_tree(popen: subprocess.Popen) -> None:
         except psutil.NoSuchProcess:
             pass
     popen.wait(30)
-
-
-def _alive(pids) -> list[int]:
-    alive = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                alive.append(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return alive
 
 
 def _journal_items(path: Path) -> dict[str, dict]:
@@ -224,7 +213,7 @@ def test_lut_build_kill_resume_predict_validate_over_rpc(tmp_path, capsys):
         pids += tracker.all_pids()
         tracker.stop()
     # tracker + its popen_worker, two qemu servers (+ their forked session workers): all gone.
-    assert len(set(pids)) >= 4 and _alive(set(pids)) == []
+    assert len(set(pids)) >= 4 and alive_pids(set(pids)) == []
     wall, cpu = time.monotonic() - start, _cpu_seconds() - cpu_start
     with capsys.disabled():
         phases = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in times.items())

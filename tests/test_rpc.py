@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 from deploy_helpers import (
     FAST_PROTOCOL,
+    alive_pids,
     artifact_dir,
     clip_qdq_model,
     device_file,
@@ -43,17 +43,6 @@ def x86_artifact(tmp_path_factory) -> tuple[Path, Path]:
     return folder, device
 
 
-def _alive(pids):
-    alive = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                alive.append(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return alive
-
-
 def test_profile_through_tracker_then_stop_everything(x86_artifact):
     folder, device = x86_artifact
     tracker = start_tracker()
@@ -70,10 +59,10 @@ def test_profile_through_tracker_then_stop_everything(x86_artifact):
             assert len(server_pids) >= 2 and len(tracker.all_pids()) >= 2
         finally:
             server.stop()
-        assert _alive(server.all_pids()) == []
+        assert alive_pids(server.all_pids()) == []
     finally:
         tracker.stop()
-    assert _alive(tracker.all_pids()) == []
+    assert alive_pids(tracker.all_pids()) == []
 
 
 def test_direct_server(x86_artifact, tmp_path):
@@ -85,7 +74,7 @@ def test_direct_server(x86_artifact, tmp_path):
         assert result["runner"]["kind"] == "rpc-direct"
         assert result["parity"]["max_abs_diff"] <= TOLERANCE
         pids = server.all_pids()
-    assert _alive(pids) == []
+    assert alive_pids(pids) == []
 
 
 def test_unreachable_tracker_is_a_quick_one_line_error(x86_artifact):
