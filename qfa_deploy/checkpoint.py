@@ -11,7 +11,10 @@ import torch
 from qfa_deploy.atomic import atomic_write_bytes
 from qfa_deploy.errors import QfaError
 
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "atomic_write_bytes", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "atomic_write_bytes", "float32_model_state", "load_checkpoint",
+    "save_checkpoint",
+]
 
 CHECKPOINT_FORMAT = "qfa-supernet"
 CHECKPOINT_VERSION = 1
@@ -60,3 +63,8 @@ def load_checkpoint(path: str | Path, expect_space: str | None = None) -> dict:
     if not isinstance(model, dict) or not all(isinstance(v, torch.Tensor) for v in model.values()):
         raise QfaError(f"{path}: checkpoint has no model weights")
     return payload
+
+
+def float32_model_state(payload: dict) -> dict:
+    """A loaded checkpoint's model state with floating tensors in float32 (released ones are fp16)."""
+    return {k: v.float() if v.is_floating_point() else v for k, v in payload["model"].items()}

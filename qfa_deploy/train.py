@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from qfa_deploy.arch import ArchConfig, sample_arch
-from qfa_deploy.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from qfa_deploy.checkpoint import atomic_write_bytes, float32_model_state, load_checkpoint, save_checkpoint
 from qfa_deploy.data import Splits, load_splits, resize
 from qfa_deploy.errors import QfaError
 from qfa_deploy.evaluate import evaluate_arch
@@ -174,7 +174,7 @@ def _init_weights(net: QFASupernet, cfg: TrainConfig, steps_per_epoch: int) -> b
     saved = payload.get("train_config")
     quantized = not isinstance(saved, dict) or (  # no config: a released checkpoint, the end of a full run
         int(payload.get("step", 0)) > round(float(saved.get("fp_epochs", 0)) * steps_per_epoch))
-    state = {k: v.float() if v.is_floating_point() else v for k, v in payload["model"].items()}
+    state = float32_model_state(payload)
     if quantized:
         if payload.get("act_quantizer", "batchquant") != cfg.act_quantizer:
             raise QfaError(f"{cfg.init_from}: trained with {payload.get('act_quantizer')!r} activation quantizers, "
@@ -202,6 +202,7 @@ def train(cfg: TrainConfig, resume: bool = False, splits: Splits | None = None) 
     net = QFASupernet(sp, act_quantizer=cfg.act_quantizer).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.param_groups(cfg.weight_decay), lr=cfg.lr, momentum=0.9, nesterov=True)
 
+    steps_per_epoch = len(splits.train) // cfg.batch_size
     step, keep_steps = 0, False
     if resume and ckpt_path.exists():
         payload = load_checkpoint(ckpt_path, expect_space=sp.name)
@@ -211,12 +212,11 @@ def train(cfg: TrainConfig, resume: bool = False, splits: Splits | None = None) 
         step = int(payload["step"])
         log.info("resumed %s at step %d", ckpt_path, step)
     else:
-        keep_steps = cfg.init_from is not None and _init_weights(net, cfg, len(splits.train) // cfg.batch_size)
+        keep_steps = cfg.init_from is not None and _init_weights(net, cfg, steps_per_epoch)
         if ddp.world > 1:
             for t in [*net.parameters(), *net.buffers()]:
                 dist.broadcast(t.data, src=0)
 
-    steps_per_epoch = len(splits.train) // cfg.batch_size
     fp_steps = round(cfg.fp_epochs * steps_per_epoch)
     total = fp_steps + round(cfg.q_epochs * steps_per_epoch)
     stop = total if cfg.max_steps is None else min(total, cfg.max_steps)

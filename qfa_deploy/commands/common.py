@@ -36,14 +36,14 @@ def set_threads(threads: int | None) -> None:
 
 def load_supernet(checkpoint: str | None, space: str | None = None):
     """The supernet of ``checkpoint`` (default: the embedded reference checkpoint)."""
-    from qfa_deploy.checkpoint import load_checkpoint
+    from qfa_deploy.checkpoint import float32_model_state, load_checkpoint
     from qfa_deploy.nn.supernet import QFASupernet
     from qfa_deploy.reference import default_checkpoint
 
     path = Path(checkpoint) if checkpoint else default_checkpoint()
     payload = load_checkpoint(path, expect_space=space)
     net = QFASupernet(payload["space"], act_quantizer=payload.get("act_quantizer", "batchquant"))
-    state = {k: v.float() if v.is_floating_point() else v for k, v in payload["model"].items()}
+    state = float32_model_state(payload)
     try:
         net.load_state_dict(state)
     except RuntimeError:
