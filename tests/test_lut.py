@@ -108,3 +108,17 @@ def test_protocol_latency_is_the_named_statistic():
     assert MeasureProtocol().latency(summary) == 2.0
     assert MeasureProtocol(statistic="min").latency(summary) == 1.5
     assert load_device("x86-1t").protocol.statistic == "min" and load_device("x86").protocol.statistic == "median"
+
+
+def test_resuming_a_journal_measured_with_another_protocol_is_refused(tmp_path):
+    from qfa_deploy.deploy.device import load_device
+    from qfa_deploy.lut.build import BuildPlan, build_table
+
+    plan = BuildPlan("x86-1t", "qfa-mbv3-cifar10", 32, fit_samples=0)
+    header = plan.header(load_device("x86-1t"))
+    header["protocol"] = {**header["protocol"], "number": header["protocol"]["number"] + 9}
+    out = tmp_path / "t.json"
+    Journal(tmp_path / "t.json.journal").append(header)
+    with pytest.raises(QfaError, match="differs in protocol"):
+        build_table(plan, out, progress=False)
+    assert not out.exists()

@@ -50,9 +50,11 @@ class BuildPlan:
     bits_probe: int = 3  # parts measured again at the lowest bitwidth
     seed: int = 0
 
-    def header(self) -> dict:
+    def header(self, dev: Device) -> dict:
+        """The journal's first record: a resumed build must measure exactly the same way."""
         return {"kind": "header", "device": self.device, "space": self.space, "resolution": self.resolution,
-                "fit_samples": self.fit_samples, "seed": self.seed}
+                "fit_samples": self.fit_samples, "seed": self.seed, "tvm_target": str(dev.tvm_target()),
+                "threads": dev.threads, "protocol": dev.protocol.to_dict()}
 
 
 def fit_correction(part_sums: list[float], measured: list[float]) -> tuple[float, float]:
@@ -94,10 +96,13 @@ def build_table(plan: BuildPlan, out: str | Path, workers: int = 1, progress: bo
     out = Path(out)
     journal = Journal(out.with_name(out.name + ".journal"))
     records = journal.read()
-    if records and records[0] != plan.header():
-        raise QfaError(f"{journal.path} belongs to another build ({records[0]}); remove it to start over")
+    header = plan.header(dev)
+    if records and records[0] != header:
+        changed = sorted(k for k in header.keys() | records[0].keys() if header.get(k) != records[0].get(k))
+        raise QfaError(f"{journal.path} belongs to another build (differs in {', '.join(changed)}); "
+                       "remove it to start over")
     if not records:
-        journal.append(plan.header())
+        journal.append(header)
     done = {r["item"]: r for r in records[1:]}
 
     models = PartModels(sp.name, plan.resolution, plan.seed)
