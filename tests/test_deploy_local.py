@@ -74,11 +74,12 @@ def test_profile_local_matches_onnxruntime(ort_artifact, fast_x86):
     assert result["library_sha256"] == file_sha256(folder / "model.so")
 
 
-@pytest.mark.parametrize("bits, schedule", [((4, 3, 2), "generic"), ((2, 2, 2), "generic"), ((4, 3, 2), "none")])
+@pytest.mark.parametrize("bits, schedule", [((4, 3, 2), "generic"), ((2, 2, 2), "generic"), ((4, 3, 2), "none"),
+                                            ((4, 3, 2), "tiled-cpu"), ((2, 2, 2), "tiled-cpu")])
 def test_clip_qdq_low_bit_matches_onnxruntime(tmp_path, fast_x86, bits, schedule):
     folder = artifact_dir(tmp_path / "art", clip_qdq_model(tmp_path / "clip.onnx", bits=bits))
     meta = compile_artifact(folder / "model.onnx", str(fast_x86), folder, schedule=schedule)
-    assert meta["schedule"] == {"generic": "generic-cpu", "none": "none"}[schedule]
+    assert meta["schedule"] == {"generic": "generic-cpu", "tiled-cpu": "tiled-cpu", "none": "none"}[schedule]
     parity = profile_artifact(folder, str(fast_x86), seed=5)["parity"]
     assert parity["max_abs_diff"] <= TOLERANCE and parity["argmax_agree"], parity
 
@@ -97,6 +98,46 @@ def test_generic_schedule_is_bit_identical_to_naive_loops(tmp_path, fast_x86, ci
             vm = session.load(folder / "model.so")
             outputs[schedule] = session.run(vm, random_inputs(meta["inputs"], seed=1))[0]
     np.testing.assert_array_equal(outputs["generic"], outputs["none"])
+
+
+def test_tiled_schedule_is_bit_identical_on_small_net(tmp_path, fast_x86):
+    """tiled-cpu on onnxruntime's QDQ conv net (3x3 conv, depthwise, pointwise, linear): naive bits."""
+    from qfa_deploy.deploy.parity import random_inputs
+    from qfa_deploy.deploy.runner import open_session
+
+    onnx_path = ort_qdq_model(tmp_path / "model.onnx", resolution=16)
+    outputs = {}
+    for schedule in ("tiled-cpu", "none"):
+        folder = artifact_dir(tmp_path / schedule, onnx_path)
+        meta = compile_artifact(folder / "model.onnx", str(fast_x86), folder, schedule=schedule)
+        with open_session(load_device(str(fast_x86))) as session:
+            outputs[schedule] = session.run(session.load(folder / "model.so"), random_inputs(meta["inputs"], seed=2))
+    np.testing.assert_array_equal(outputs["tiled-cpu"][0], outputs["none"][0])
+
+
+@pytest.mark.slow
+def test_tiled_schedule_is_bit_identical(tmp_path, fast_x86, cifar_supernet):
+    """Register tiling (tiled-cpu) reorders no output's sum over (ci, kh, kw): the same bits as TVM's
+    naive build on an exported CIFAR subnet (pointwise, depthwise 3/5/7, stride 2, squeeze-excite, stem),
+    hence the same distance to onnxruntime without graph optimisations (whose float sums in the
+    unquantized classifier differ from TVM's in the last bits, ~2e-8, whatever the schedule)."""
+    from qfa_deploy.deploy.parity import compare_outputs, onnxruntime_outputs, random_inputs
+    from qfa_deploy.deploy.runner import open_session
+
+    onnx_path = exported_subnet_model(tmp_path / "subnet.onnx", cifar_supernet, seed=7)
+    outputs = {}
+    for schedule in ("tiled-cpu", "none"):
+        folder = artifact_dir(tmp_path / schedule, onnx_path)
+        meta = compile_artifact(folder / "model.onnx", str(fast_x86), folder, schedule=schedule)
+        assert meta["schedule"] == {"tiled-cpu": "tiled-cpu", "none": "none"}[schedule]
+        with open_session(load_device(str(fast_x86))) as session:
+            vm = session.load(folder / "model.so")
+            outputs[schedule] = [session.run(vm, random_inputs(meta["inputs"], seed=s))[0] for s in range(3)]
+    for s, (tiled, naive) in enumerate(zip(outputs["tiled-cpu"], outputs["none"], strict=True)):
+        np.testing.assert_array_equal(tiled, naive)
+        reference = onnxruntime_outputs(onnx_path, meta["inputs"], random_inputs(meta["inputs"], seed=s))
+        parity = compare_outputs([tiled], reference)
+        assert parity["max_abs_diff"] <= TOLERANCE and parity["argmax_agree"], parity
 
 
 def test_exported_subnet_matches_onnxruntime(tmp_path, fast_x86, cifar_supernet):

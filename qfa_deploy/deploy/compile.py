@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 LIBRARY_NAME = "model.so"
 CUDA_SOURCE_NAME = "model.cu"  # beside the library for CUDA targets: the kernels, for offline nvcc
-SCHEDULES = ("generic", "none")
+SCHEDULES = ("generic", "tiled-cpu", "none")
 
 
 def compile_artifact(
@@ -49,7 +49,9 @@ def compile_artifact(
             applied (workloads it does not cover stay untuned).
         batch_size: the value given to symbolic (dynamic) input dimensions.
         schedule: "generic" (CPU targets: inline cheap stages and parallelize outer loops of the
-            workloads no database covers; bit-identical results) or "none" (TVM's naive loops).
+            workloads no database covers; bit-identical results), "tiled-cpu" (opt-in: as generic,
+            but conv2d functions register-tiled and vectorized, each output still summed in the
+            naive order: bit-identical results) or "none" (TVM's naive loops).
 
     Returns:
         JSON-ready metadata: device, target, tvm_version, tuning_database (sha256 or None),
@@ -86,16 +88,17 @@ def compile_artifact(
         db_hash = database_sha256(database)
         mod = apply_database(mod, target, database)  # legalizes and fuses, then swaps in the schedules
     applied = "metaschedule" if database is not None else "none"
-    if schedule == "generic" and dev.target_kind == "llvm":
+    if schedule in ("generic", "tiled-cpu") and dev.target_kind == "llvm":
         from tvm import relax
 
-        from qfa_deploy.deploy.schedule import generic_cpu_schedule
+        from qfa_deploy.deploy.schedule import generic_cpu_schedule, tiled_cpu_schedule
 
         if database is None:
             with target:
                 mod = relax.get_pipeline("zero")(mod)  # legalize + fuse, as tvm.compile would
-        mod = generic_cpu_schedule(mod)
-        applied = "metaschedule+generic-cpu" if database is not None else "generic-cpu"
+        mod = (tiled_cpu_schedule if schedule == "tiled-cpu" else generic_cpu_schedule)(mod)
+        name = "tiled-cpu" if schedule == "tiled-cpu" else "generic-cpu"
+        applied = f"metaschedule+{name}" if database is not None else name
     try:
         executable = tvm.compile(mod, target=target)
     except Exception as exc:
