@@ -2,9 +2,10 @@
 
 For N random subnets of qfa-mbv3-w1.2 at 224x224, batch 1, T threads, on this CPU:
 
-- artifact      the project's QDQ ONNX compiled by ``compile_artifact`` for the x86 profile: the
-                generic CPU schedule (inline + parallel outer loops), and with ``--database`` the
-                MetaSchedule schedules of ``qfa-deploy tune``
+- artifact      the project's QDQ ONNX compiled by ``compile_artifact`` for the x86 profile with
+                ``--schedule``: ``generic`` (the default: inline + parallel outer loops) or
+                ``tiled-cpu`` (register-tiled convs), and with ``--database`` the MetaSchedule
+                schedules of ``qfa-deploy tune``
 - tvm-untuned   the same QDQ ONNX, ``schedule="none"``: plain ``tvm.compile`` (TVM 0.27 has no
                 default CPU schedules: naive loops, one thread)
 - torch-fp32    the same subnet in full precision, PyTorch eager
@@ -16,7 +17,7 @@ The supernet is randomly initialised (latency does not depend on the weights); B
 statistics come from random calibration batches. Without the project's exporter installed the
 QDQ model is onnxruntime's quantize_static output instead (said in the output).
 
-    nice -n 10 python bench/deploy_latency.py --subnets 10 --threads 2
+    nice -n 10 python bench/deploy_latency.py --subnets 10 --threads 2 [--schedule tiled-cpu]
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from qfa_deploy.deploy.compile import SCHEDULES
 
 SPACE = "qfa-mbv3-w1.2"
 
@@ -121,6 +124,8 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--database", type=Path, default=None, help="MetaSchedule database for the artifact.")
+    parser.add_argument("--schedule", default="generic", choices=SCHEDULES,
+                        help="The artifact's CPU schedule (compile_artifact's; default: the export default).")
     parser.add_argument("--json", type=Path, default=None, help="Also write the results here.")
     args = parser.parse_args(argv)
 
@@ -138,7 +143,8 @@ def main(argv=None) -> int:
     rng = random.Random(args.seed)
     peers = ("tvm-untuned", "torch-fp32", "ort-fp32", "ort-int8")
     rows = []
-    print(f"{SPACE} @{args.resolution}, batch 1, {args.threads} threads, median of {args.repeat} runs (ms)")
+    print(f"{SPACE} @{args.resolution}, batch 1, {args.threads} threads, median of {args.repeat} runs (ms); "
+          f"artifact schedule {args.schedule!r}")
     print(f"{'subnet':<8} {'artifact':>9} " + " ".join(f"{p:>11}" for p in peers) + "   artifact/best peer")
     for i in range(args.subnets):
         cfg = sample_arch(SPACE, rng, resolutions=[args.resolution])
@@ -158,7 +164,7 @@ def main(argv=None) -> int:
             if not qdq.exists():
                 qdq = tmp / "ort-int8.onnx"
             start = time.perf_counter()
-            meta = compile_artifact(qdq, device, tmp / "artifact", database=args.database)
+            meta = compile_artifact(qdq, device, tmp / "artifact", database=args.database, schedule=args.schedule)
             compile_s = time.perf_counter() - start
             compile_artifact(qdq, device, tmp / "untuned", schedule="none")
             x = torch.randn(1, 3, args.resolution, args.resolution)

@@ -21,13 +21,17 @@ from qfa_deploy.deploy._text import one_line
 from qfa_deploy.deploy.device import Device, load_device
 from qfa_deploy.errors import QfaError
 
-__all__ = ["LIBRARY_NAME", "CUDA_SOURCE_NAME", "SCHEDULES", "compile_artifact", "file_sha256", "onnx_input_specs"]
+__all__ = [
+    "LIBRARY_NAME", "CUDA_SOURCE_NAME", "DEFAULT_SCHEDULE", "SCHEDULES", "compile_artifact", "file_sha256",
+    "onnx_input_specs",
+]
 
 log = logging.getLogger(__name__)
 
 LIBRARY_NAME = "model.so"
 CUDA_SOURCE_NAME = "model.cu"  # beside the library for CUDA targets: the kernels, for offline nvcc
 SCHEDULES = ("generic", "tiled-cpu", "none")
+DEFAULT_SCHEDULE = "generic"  # what latency tables are measured with: changing it means rebuilding them
 
 
 def compile_artifact(
@@ -37,7 +41,7 @@ def compile_artifact(
     *,
     database: Path | None = None,
     batch_size: int = 1,
-    schedule: str = "generic",
+    schedule: str = DEFAULT_SCHEDULE,
 ) -> dict:
     """Import ``onnx_path``, compile it for ``device`` and write ``out_dir/model.so``.
 

@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from qfa_deploy.arch import ArchConfig, sample_arch
+from qfa_deploy.deploy.compile import DEFAULT_SCHEDULE
 from qfa_deploy.deploy.device import Device, host_cpu, load_device
 from qfa_deploy.deploy.runner import open_session
 from qfa_deploy.errors import QfaError
@@ -54,7 +55,7 @@ class BuildPlan:
         """The journal's first record: a resumed build must measure exactly the same way."""
         return {"kind": "header", "device": self.device, "space": self.space, "resolution": self.resolution,
                 "fit_samples": self.fit_samples, "seed": self.seed, "tvm_target": str(dev.tvm_target()),
-                "threads": dev.threads, "protocol": dev.protocol.to_dict()}
+                "threads": dev.threads, "protocol": dev.protocol.to_dict(), "schedule": DEFAULT_SCHEDULE}
 
 
 def fit_correction(part_sums: list[float], measured: list[float]) -> tuple[float, float]:
@@ -74,6 +75,7 @@ def _provenance(dev: Device, plan: BuildPlan, bits_probe: dict) -> dict:
         "tvm_target": str(dev.tvm_target()),
         "tvm_version": tvm.__version__,
         "tuning_db": None,
+        "schedule": DEFAULT_SCHEDULE,
         "protocol": dev.protocol.to_dict(),
         "threads": dev.threads,
         "runner": dev.runner.to_dict(),
