@@ -284,3 +284,21 @@ def test_search_cli_errors(tmp_path, tiny_predictor):
     r = _cli(["search", "--predictor", str(pred), "--max-latency-ms", "3", "-o", str(tmp_path / "p.json")])
     assert r.exit_code == 2 and "--table" in r.output
     assert not (tmp_path / "p.json").exists()
+
+
+def test_evaluate_choice_reports_the_latency_statistic_of_the_device_protocol(tmp_path):
+    """The chosen subnet, really calibrated, scored, exported, compiled and profiled: its measured latency
+    is the statistic the device's table holds (x86-1t: the minimum), not always the median."""
+    from qfa_deploy.commands.common import load_supernet
+    from qfa_deploy.data import load_splits
+    from qfa_deploy.search.end_to_end import evaluate_choice
+
+    net = load_supernet(None)
+    cfg = ArchConfig.smallest(net.space.name)
+    out = evaluate_choice(net, cfg, load_splits(net.space), {"predicted_top1": 0.4}, calib_batches=1,
+                          test_limit=100, device="x86-1t", artifact_dir=tmp_path / "art")
+    m = out["measured"]
+    assert m["test_images"] == 100 and 0.0 < m["top1"] <= 1.0
+    assert m["statistic"] == "min"
+    assert 0 < m["latency_ms"]["min"] <= m["latency_ms"]["median"]
+    assert (tmp_path / "art" / "meta.json").is_file()

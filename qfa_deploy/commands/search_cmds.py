@@ -288,7 +288,8 @@ def search(
                 if "latency_ms" in best_rec
                 else " (no --table: no latency prediction to compare)"
             )
-            click.echo(f"measured: {m.get('timing', 'latency')} median {m['latency_ms']['median']:.3f} ms{pred_lat}")
+            stat = m.get("statistic", "median")
+            click.echo(f"measured: {m.get('timing', 'latency')} {stat} {m['latency_ms'][stat]:.3f} ms{pred_lat}")
         click.echo(f"  {ev['deploy']}")
 
 

@@ -99,6 +99,8 @@ def evaluate_choice(
     profile = profile_artifact(folder, device)
     out["measured"]["latency_ms"] = profile["latency_ms"]
     out["measured"]["timing"] = profile.get("timing")
+    # the statistic the device's protocol (and so its latency table) stands for: median, or min on a shared host
+    out["measured"]["statistic"] = profile["protocol"].get("statistic", "median")
     out["deploy"] = f"compiled for {compiled.get('device', device)} and profiled ({profile.get('timing')})"
     out["artifact"] = str(folder)
     return out
