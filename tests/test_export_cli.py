@@ -190,15 +190,16 @@ def test_export_then_verify(inputs, work):
 
 @pytest.mark.slow
 def test_export_for_x86_then_verify_the_library(inputs, work):
-    """``--target x86`` hands the ONNX model to ``qfa_deploy.deploy.compile`` and records its meta;
-    ``verify`` runs the compiled library itself."""
+    """``--target x86`` hands the ONNX model to ``qfa_deploy.deploy.compile`` (here with the opt-in
+    ``--schedule tiled-cpu``) and records its meta; ``verify`` runs the compiled library itself."""
     out = work / "art"
     args = export_args(inputs, out)
     args[args.index("onnx")] = "x86"
-    result = run(*args, cwd=work)
+    result = run(*args, "--schedule", "tiled-cpu", cwd=work)
     assert result.returncode == 0, result.stderr
     meta = json.loads((out / "meta.json").read_text())
     assert meta["target"] == "x86" and meta["compile"]["target"]["kind"] == "llvm"
+    assert meta["compile"]["schedule"] == "tiled-cpu"
     library = meta["compile"]["library"]
     assert set(meta["files"]) == {"model.onnx", library} and leftovers(work) == []
     assert meta["files"][library] == hashlib.sha256((out / library).read_bytes()).hexdigest()

@@ -49,3 +49,14 @@ def load_supernet(checkpoint: str | None, space: str | None = None):
     except RuntimeError:
         raise QfaError(f"{path}: weights do not match the {payload['space']!r} supernet") from None
     return net.eval()
+
+
+def schedule_option(command):
+    """``--schedule``: how CPU workloads that no tuning database covers are scheduled (``compile_artifact``)."""
+    from qfa_deploy.deploy.compile import DEFAULT_SCHEDULE, SCHEDULES
+
+    return click.option(
+        "--schedule", type=click.Choice(SCHEDULES), default=DEFAULT_SCHEDULE, show_default=True,
+        help="CPU workloads no tuning database covers: generic (inline + parallel loops; what latency tables "
+             "are measured with), tiled-cpu (generic plus register-tiled conv2d: ~14x faster, opt-in) or none.",
+    )(command)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from qfa_deploy.commands.common import emit_json, write_text_atomic
+from qfa_deploy.commands.common import emit_json, schedule_option, write_text_atomic
 from qfa_deploy.errors import QfaError
 
 __all__ = ["COMMANDS"]
@@ -53,9 +53,7 @@ def devices(as_json):
               help="Artifact folder: model.so, model.onnx, meta.json.")
 @click.option("--database", type=click.Path(file_okay=False), default=None,
               help="MetaSchedule database from `qfa-deploy tune` to apply.")
-@click.option("--schedule", type=click.Choice(["generic", "tiled-cpu", "none"]), default="generic", show_default=True,
-              help="CPU workloads no database covers: generic (inline + parallel loops), tiled-cpu (generic, "
-                   "plus register-tiled conv2d; opt-in) or none (naive).")
+@schedule_option
 @click.option("--json", "as_json", is_flag=True, help="Print meta.json.")
 def compile_cmd(onnx_file, device, out_dir, database, schedule, as_json):
     """Compile a QDQ ONNX model with TVM for DEVICE into an artifact folder."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from qfa_deploy.commands.common import emit_json, load_supernet, set_threads
+from qfa_deploy.commands.common import emit_json, load_supernet, schedule_option, set_threads
 from qfa_deploy.errors import QfaError
 
 __all__ = ["COMMANDS"]
@@ -14,7 +14,7 @@ __all__ = ["COMMANDS"]
 CALIB_BATCH_SIZE = 100
 
 
-def _compiler(target: str):
+def _compiler(target: str, schedule: str):
     """``compile_artifact`` of the TVM deploy module, checked before any work is done."""
     try:
         from qfa_deploy.deploy.compile import compile_artifact
@@ -28,7 +28,7 @@ def _compiler(target: str):
         pass
     else:
         load_device(target)  # unknown device -> QfaError now, not after calibration
-    return lambda onnx_path, device, out_dir: compile_artifact(onnx_path, device, out_dir)
+    return lambda onnx_path, device, out_dir: compile_artifact(onnx_path, device, out_dir, schedule=schedule)
 
 
 @click.command()
@@ -57,7 +57,8 @@ def _compiler(target: str):
 @click.option("--out", required=True, type=click.Path(), help="Artifact folder to create.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @click.option("--threads", type=int, default=None, help="Torch intra-op threads.")
-def export(arch_path, target, checkpoint, calib_batches, data_dir, out, force, threads):
+@schedule_option
+def export(arch_path, target, checkpoint, calib_batches, data_dir, out, force, threads, schedule):
     """Calibrate, fold and export a subnet: OUT/model.onnx (QDQ) and OUT/meta.json."""
     from qfa_deploy.arch import load_arch
     from qfa_deploy.data import load_splits
@@ -73,7 +74,7 @@ def export(arch_path, target, checkpoint, calib_batches, data_dir, out, force, t
     if calib_batches < 1:
         raise QfaError("--calib-batches must be at least 1")
     load_arch(arch_path)  # missing or malformed config: fail before anything is written
-    compile_fn = None if target == "onnx" else _compiler(target)
+    compile_fn = None if target == "onnx" else _compiler(target, schedule)
     ckpt = Path(checkpoint) if checkpoint else default_checkpoint()
     with staged_directory(out, force) as folder:
         net = load_supernet(str(ckpt))
