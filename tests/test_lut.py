@@ -122,3 +122,23 @@ def test_resuming_a_journal_measured_with_another_protocol_is_refused(tmp_path):
     with pytest.raises(QfaError, match="differs in protocol"):
         build_table(plan, out, progress=False)
     assert not out.exists()
+
+
+def test_part_models_fold_the_right_config_when_asked_from_several_threads():
+    """Builds with --workers N ask for parts from N threads; each must get its own config's shapes."""
+    from concurrent.futures import ThreadPoolExecutor
+    from dataclasses import replace
+
+    from qfa_deploy.lut.parts import PartModels
+
+    models = PartModels(SPACE, 32)
+    base = ArchConfig.largest(SPACE)
+    n = len(base.kernel)
+    cfgs = [replace(base, kernel=(k,) * n, expand=(e,) * n) for k in (3, 5, 7) for e in (3, 6)]
+
+    def kernels(cfg):
+        return {block.depthwise.weight.shape[-1] for block in models.folded(cfg).blocks[1:]}
+
+    with ThreadPoolExecutor(3) as pool:
+        got = list(pool.map(kernels, cfgs))
+    assert got == [{c.kernel[0]} for c in cfgs]

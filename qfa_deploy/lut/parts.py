@@ -8,6 +8,7 @@ expand) pair come from one full-depth config, so the 9 configs of a 3x3 space gi
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 from functools import lru_cache
 
@@ -36,6 +37,9 @@ class PartModels:
         torch.manual_seed(seed)
         self.supernet = QFASupernet(self.space).eval()
         self._generator = torch.Generator().manual_seed(seed)
+        # extract() switches the shared supernet to a config: builds measuring several boards ask from
+        # several threads, and interleaved switches would extract one config's weights into another's shapes
+        self._lock = threading.Lock()
         _, self.sizes, self.head_size = spatial_sizes(self.space, resolution)
         self._where: dict[str, tuple[int, int, int]] = {}
         for b in range(self.space.num_blocks):
@@ -44,8 +48,9 @@ class PartModels:
                     self._where.setdefault(str(block_key(self.space, b, self.sizes[b], k, e)), (b, k, e))
 
     def folded(self, cfg: ArchConfig) -> FoldedSubnet:
-        """``cfg`` extracted, calibrated on two random batches, folded."""
-        return _fold_cached(self, cfg)
+        """``cfg`` extracted, calibrated on two random batches, folded (thread-safe)."""
+        with self._lock:
+            return _fold_cached(self, cfg)
 
     def _fold(self, cfg: ArchConfig) -> FoldedSubnet:
         subnet = extract(self.supernet, cfg)
