@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qfa_deploy.deploy.compile import SCHEDULES
+from qfa_deploy.deploy.compile import DEFAULT_SCHEDULE, SCHEDULES
 
 SPACE = "qfa-mbv3-w1.2"
 
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--database", type=Path, default=None, help="MetaSchedule database for the artifact.")
-    parser.add_argument("--schedule", default="generic", choices=SCHEDULES,
+    parser.add_argument("--schedule", default=DEFAULT_SCHEDULE, choices=SCHEDULES,
                         help="The artifact's CPU schedule (compile_artifact's; default: the export default).")
     parser.add_argument("--json", type=Path, default=None, help="Also write the results here.")
     args = parser.parse_args(argv)

@@ -288,7 +288,7 @@ def search(
                 if "latency_ms" in best_rec
                 else " (no --table: no latency prediction to compare)"
             )
-            stat = m.get("statistic", "median")
+            stat = m["statistic"]
             click.echo(f"measured: {m.get('timing', 'latency')} {stat} {m['latency_ms'][stat]:.3f} ms{pred_lat}")
         click.echo(f"  {ev['deploy']}")
 

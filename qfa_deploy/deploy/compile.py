@@ -92,16 +92,16 @@ def compile_artifact(
         db_hash = database_sha256(database)
         mod = apply_database(mod, target, database)  # legalizes and fuses, then swaps in the schedules
     applied = "metaschedule" if database is not None else "none"
-    if schedule in ("generic", "tiled-cpu") and dev.target_kind == "llvm":
+    if schedule != "none" and dev.target_kind == "llvm":
         from tvm import relax
 
-        from qfa_deploy.deploy.schedule import generic_cpu_schedule, tiled_cpu_schedule
+        from qfa_deploy.deploy.schedule import CPU_SCHEDULES
 
         if database is None:
             with target:
                 mod = relax.get_pipeline("zero")(mod)  # legalize + fuse, as tvm.compile would
-        mod = (tiled_cpu_schedule if schedule == "tiled-cpu" else generic_cpu_schedule)(mod)
-        name = "tiled-cpu" if schedule == "tiled-cpu" else "generic-cpu"
+        name, apply_schedule = CPU_SCHEDULES[schedule]
+        mod = apply_schedule(mod)
         applied = f"metaschedule+{name}" if database is not None else name
     try:
         executable = tvm.compile(mod, target=target)

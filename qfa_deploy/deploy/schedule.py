@@ -23,13 +23,35 @@ from __future__ import annotations
 
 import logging
 
-__all__ = ["generic_cpu_schedule"]
+__all__ = ["CPU_SCHEDULES", "generic_cpu_schedule", "tiled_cpu_schedule"]
 
 log = logging.getLogger(__name__)
 
 
 def generic_cpu_schedule(mod):
     """``mod`` (a legalized, fused Relax IRModule) with its unscheduled PrimFuncs scheduled as above."""
+    count = _schedule_each(mod, _inline_and_parallelize)
+    log.info("generic CPU schedule applied to %d functions", count)
+    return mod
+
+
+def _inline_and_parallelize(sch, name: str) -> bool:
+    try:
+        root = sch.get_sblock("root")
+    except Exception:  # no root block (an extern or already lowered function)
+        return False
+    for block in sch.get_child_blocks(root):
+        _inline(sch, block)
+    for block in sch.get_child_blocks(root):
+        loops = sch.get_loops(block)
+        if loops:
+            _try(sch.parallel, loops[0])
+    return True
+
+
+def _schedule_each(mod, schedule_one) -> int:
+    """Run ``schedule_one(sch, name) -> bool`` on every PrimFunc of ``mod`` that no schedule has claimed yet;
+    the functions it scheduled replace their originals, marked scheduled. Returns their number."""
     from tvm import tirx
     from tvm.s_tir import Schedule
 
@@ -39,20 +61,13 @@ def generic_cpu_schedule(mod):
             continue
         try:
             sch = Schedule(func)
-            root = sch.get_sblock("root")
-        except Exception:  # no root block (an extern or already lowered function)
+        except Exception:  # not a schedulable function
             continue
-        for block in sch.get_child_blocks(root):
-            _inline(sch, block)
-        for block in sch.get_child_blocks(root):
-            loops = sch.get_loops(block)
-            if loops:
-                _try(sch.parallel, loops[0])
-        updates[gvar] = sch.mod["main"].with_attr("tir.is_scheduled", True)
+        if schedule_one(sch, gvar.name_hint):
+            updates[gvar] = sch.mod["main"].with_attr("tir.is_scheduled", True)
     for gvar, func in updates.items():
         mod[gvar] = func
-    log.info("generic CPU schedule applied to %d functions", len(updates))
-    return mod
+    return len(updates)
 
 
 def _inline(sch, block) -> None:
@@ -97,23 +112,17 @@ def tiled_cpu_schedule(mod):
     on a 1x1 map (squeeze-excite, classifier) vectorize over output channels instead. PrimFuncs with
     no such conv, or on which a primitive refuses, get the generic schedule.
     """
-    from tvm import tirx
-    from tvm.s_tir import Schedule
-
-    tiled = {}
-    for gvar, func in mod.functions.items():
-        if not isinstance(func, tirx.PrimFunc) or _is_scheduled(func):
-            continue
-        try:
-            sch = Schedule(func)
-            if _tile_conv(sch):
-                tiled[gvar] = sch.mod["main"].with_attr("tir.is_scheduled", True)
-        except Exception as exc:  # a primitive refused: this function gets the generic schedule instead
-            log.debug("tiled-cpu: %s left to the generic schedule (%s)", gvar.name_hint, exc)
-    for gvar, func in tiled.items():
-        mod[gvar] = func
-    log.info("tiled CPU schedule: %d conv functions tiled", len(tiled))
+    count = _schedule_each(mod, _tile_conv_or_leave)
+    log.info("tiled CPU schedule: %d conv functions tiled", count)
     return generic_cpu_schedule(mod)  # the rest (it skips functions marked scheduled)
+
+
+def _tile_conv_or_leave(sch, name: str) -> bool:
+    try:
+        return _tile_conv(sch)
+    except Exception as exc:  # a primitive refused: this function gets the generic schedule instead
+        log.debug("tiled-cpu: %s left to the generic schedule (%s)", name, exc)
+        return False
 
 
 def _tile_conv(sch) -> bool:
@@ -235,3 +244,7 @@ def _pick_tile(co: int, ow: int, max_channels: int) -> tuple[int, int]:
 
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
+
+
+# compile_artifact's ``schedule`` value -> (the name its meta records, the pass)
+CPU_SCHEDULES = {"generic": ("generic-cpu", generic_cpu_schedule), "tiled-cpu": ("tiled-cpu", tiled_cpu_schedule)}

@@ -54,8 +54,13 @@ class BuildPlan:
     def header(self, dev: Device) -> dict:
         """The journal's first record: a resumed build must measure exactly the same way."""
         return {"kind": "header", "device": self.device, "space": self.space, "resolution": self.resolution,
-                "fit_samples": self.fit_samples, "seed": self.seed, "tvm_target": str(dev.tvm_target()),
-                "threads": dev.threads, "protocol": dev.protocol.to_dict(), "schedule": DEFAULT_SCHEDULE}
+                "fit_samples": self.fit_samples, "seed": self.seed, **_measured_with(dev)}
+
+
+def _measured_with(dev: Device) -> dict:
+    """How every measurement of a build is taken (in the journal's header and the table's provenance)."""
+    return {"tvm_target": str(dev.tvm_target()), "threads": dev.threads, "protocol": dev.protocol.to_dict(),
+            "schedule": DEFAULT_SCHEDULE}
 
 
 def fit_correction(part_sums: list[float], measured: list[float]) -> tuple[float, float]:
@@ -72,12 +77,9 @@ def _provenance(dev: Device, plan: BuildPlan, bits_probe: dict) -> dict:
 
     return {
         "device": dev.name,
-        "tvm_target": str(dev.tvm_target()),
+        **_measured_with(dev),
         "tvm_version": tvm.__version__,
         "tuning_db": None,
-        "schedule": DEFAULT_SCHEDULE,
-        "protocol": dev.protocol.to_dict(),
-        "threads": dev.threads,
         "runner": dev.runner.to_dict(),
         "emulated": dev.emulated,
         "host_cpu": host_cpu(),
