@@ -1,36 +1,21 @@
-"""fold: a calibrated static subnet as fixed integer weights, per-channel scales and constants.
+"""fold: a calibrated static subnet as fixed integer weights, per-channel multipliers and bias tables.
 
-The folded form is what every exporter reads (no exporter looks at the PyTorch modules). For each
-quantized conv, with input activation quantizer ``(b_a, s, Z, c)`` (``FixedActQuant``: scale,
-integer zero point, real shift; ``qmax_a = 2^b_a - 1``), LSQ weight step ``d`` at ``b_w`` bits,
-BatchNorm ``(gamma, beta, mean, var, eps)`` and conv bias ``b0``::
-
-    w_int    = round(clamp(w / d, -2^(b_w-1), 2^(b_w-1) - 1))      int8, on the b_w-bit grid
-    f        = gamma / sqrt(var + eps)                              (f = 1 without BN)
-    scale[o] = d * f[o]                                             per output channel
-    bias[o]  = beta[o] + (b0[o] - mean[o]) * f[o]                   (b0 without BN)
-
-and the layer computes (Clip only where ``b_a`` is narrower than the 8-bit container)::
-
-    q     = round(clip(x + c, -Z s, (qmax_a - Z) s) / s) + Z        uint8 codes in [0, qmax_a]
-    x_hat = (q - Z) s - c
-    y     = act(conv(x_hat, w_int * scale[o]) + bias[o])
-
-BatchNorm goes into the per-channel scale, never into the weights, so the weights stay on their
-grid. BatchQuant's real-valued offset is folded exactly as the integer zero point ``Z`` plus the
-constant shift ``c`` (see ``qfa_deploy.quant.batchquant``), never rounded away. For a conv without
-padding (the 1x1 convs and the head) the post-dequantize ``- c`` can also go into the bias exactly::
-
-    conv(x_hat - c, W)[o] = conv(x_hat, W)[o] - c * scale[o] * sum(w_int[o])
-    =>  bias'[o] = bias[o] - c * scale[o] * sum(w_int[o])           (``shift_in_bias``)
-
-(with zero padding the border would see ``0`` instead of ``-c``, so padded convs keep the explicit
-subtraction). Squeeze-excite stays in float. ``folded_forward`` runs the folded form in PyTorch
-with the same operations, in the same order, as the exported QDQ graph.
+The folded form is what every exporter reads (no exporter looks at the PyTorch modules). Each
+quantized conv becomes a ``FoldedConv`` (``qfa_deploy.nn.integer_conv``, whose docstring gives the
+formulas): int8 weights on their b-bit grid, the input quantizer's fixed ``(s, Z, c)``, and an
+epilogue ``acc * m[o] + bias[o, row(h), col(w)]`` applied to the exact integer accumulator
+``acc = conv(q - Z, w_int)``. BatchNorm goes into ``m`` and the bias, never into the weights, so the
+weights stay on their grid. BatchQuant's real-valued offset is folded exactly: the integer zero
+point ``Z`` plus the constant shift ``c``, added before quantisation and, after the conv, a bias
+term ``-c d f M`` that depends on which kernel taps meet the zero padding (border classes), never
+rounded away. Squeeze-excite stays in float. ``folded_forward`` runs the folded form in PyTorch
+with the same operations, in the same order, as the exported QDQ graph; the eval-mode PyTorch
+subnet runs the same ``integer_conv``.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,10 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from qfa_deploy.arch import ArchConfig
-from qfa_deploy.nn.layers import ACTIVATIONS, QuantConv, SqueezeExcite, apply_act
+from qfa_deploy.nn.integer_conv import EXACT_FLOAT32_BOUND, FoldedConv, frozen_array, integer_conv, quantize_codes
+from qfa_deploy.nn.layers import QuantConv, SqueezeExcite
 from qfa_deploy.nn.mbconv import MBConv
-from qfa_deploy.quant import FixedActQuant
-from qfa_deploy.quant.lsq import signed_range
 
 __all__ = [
     "FoldedBlock",
@@ -54,67 +38,7 @@ __all__ = [
     "quantize_codes",
 ]
 
-CONTAINER_BITS = 8  # uint8 activations, int8 weights
-
-
-def _frozen(array: np.ndarray, dtype) -> np.ndarray:
-    out = np.ascontiguousarray(array, dtype=dtype)
-    out.setflags(write=False)
-    return out
-
-
-@dataclass(frozen=True, eq=False)
-class FoldedConv:
-    """One quantized conv in integer form (see the module docstring for the formulas)."""
-
-    name: str  # readable path, e.g. "stage2/block1/expand"
-    weight: np.ndarray  # int8 [out, in / groups, k, k], values on the w_bits grid
-    w_bits: int
-    scale: np.ndarray  # float32 [out]: LSQ step * BN factor
-    bias: np.ndarray  # float32 [out]
-    stride: int
-    padding: int
-    groups: int
-    act: str  # "none" | "relu" | "hswish"
-    act_quant: FixedActQuant  # the quantizer of this conv's input
-    shift_in_bias: bool = False  # the post-dequantize "- c" is already in ``bias``
-
-    def __post_init__(self) -> None:
-        if self.act not in ACTIVATIONS:
-            raise ValueError(f"{self.name}: unknown activation {self.act!r}")
-        lo, hi = signed_range(self.w_bits)
-        if self.weight.size and (self.weight.min() < lo or self.weight.max() > hi):
-            raise ValueError(f"{self.name}: integer weights leave the {self.w_bits}-bit grid")
-        if self.shift_in_bias and self.padding != 0:
-            raise ValueError(f"{self.name}: the input shift can only go into the bias of an unpadded conv")
-
-    @property
-    def a_bits(self) -> int:
-        return self.act_quant.bits
-
-    @property
-    def out_channels(self) -> int:
-        return self.weight.shape[0]
-
-    @property
-    def kernel_size(self) -> int:
-        return self.weight.shape[-1]
-
-    @property
-    def needs_clip(self) -> bool:
-        """Whether the b-bit code range is narrower than the uint8 container."""
-        return self.a_bits < CONTAINER_BITS
-
-    def clip_range(self) -> tuple[float, float]:
-        """``(-Z s, (qmax - Z) s)`` as float32 values (the bounds PyTorch's eval clamp uses)."""
-        q = self.act_quant
-        lo = np.float32(-q.zero_point * q.scale)
-        hi = np.float32((q.qmax - q.zero_point) * q.scale)
-        return float(lo), float(hi)
-
-    def dequantized_weight(self) -> np.ndarray:
-        """``w_int * scale[o]`` in float32, as DequantizeLinear computes it."""
-        return self.weight.astype(np.float32) * self.scale[:, None, None, None]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, eq=False)
@@ -180,47 +104,12 @@ class FoldedSubnet:
 # -- folding ---------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def _fold_conv(conv: QuantConv, name: str, fold_shift: bool) -> FoldedConv:
-    if conv.weight_quant.bits is None or conv.act_quant.bits is None:
-        raise ValueError(f"{name}: fold needs a quantized conv (got full precision)")
-    if conv.training:
-        raise ValueError(f"{name}: fold needs an eval-mode, calibrated subnet (call .eval())")
-    w_int = conv.weight_quant.integer(conv.weight.detach()).double()
-    step = float(conv.weight_quant.active_step())
-    out_ch = w_int.shape[0]
-    b0 = conv.bias.detach().double() if conv.bias is not None else torch.zeros(out_ch, dtype=torch.float64)
-    if conv.bn is not None:
-        bn = conv.bn
-        factor = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
-        bias = bn.bias.double() + (b0 - bn.running_mean.double()) * factor
-    else:
-        factor = torch.ones(out_ch, dtype=torch.float64)
-        bias = b0
-    scale32 = (step * factor).float()
-    act_quant = conv.act_quant.fixed()
-    k = conv.kernel_size
-    padding = k // 2
-    shift_in_bias = fold_shift and padding == 0 and act_quant.shift != 0.0
-    if shift_in_bias:
-        bias = bias - act_quant.shift * scale32.double() * w_int.sum(dim=(1, 2, 3))
-    return FoldedConv(
-        name=name,
-        weight=_frozen(w_int.numpy(), np.int8),
-        w_bits=conv.weight_quant.bits,
-        scale=_frozen(scale32.numpy(), np.float32),
-        bias=_frozen(bias.float().numpy(), np.float32),
-        stride=conv.stride,
-        padding=padding,
-        groups=conv.in_channels if conv.depthwise else 1,
-        act=conv.act,
-        act_quant=act_quant,
-        shift_in_bias=shift_in_bias,
-    )
+def _fold_conv(conv: QuantConv, name: str, in_hw: tuple[int, int]) -> FoldedConv:
+    return conv.folded(conv.in_channels, in_hw, name)
 
 
 def _fold_se(se: SqueezeExcite, name: str) -> FoldedSE:
-    arr = lambda t: _frozen(t.detach().numpy(), np.float32)  # noqa: E731
+    arr = lambda t: frozen_array(t.detach().numpy(), np.float32)  # noqa: E731
     return FoldedSE(
         name=name,
         reduce_weight=arr(se.reduce.weight),
@@ -230,15 +119,17 @@ def _fold_se(se: SqueezeExcite, name: str) -> FoldedSE:
     )
 
 
-def _fold_block(block: MBConv, name: str, fold_shift: bool) -> FoldedBlock:
+def _fold_block(block: MBConv, name: str, in_hw: tuple[int, int]) -> FoldedBlock:
     if block.se is not None and type(block.se) is not SqueezeExcite:
         raise ValueError(f"{name}: fold reads a static subnet (got {type(block.se).__name__})")
+    expand = None if block.expand is None else _fold_conv(block.expand, f"{name}/expand", in_hw)
+    depthwise = _fold_conv(block.depthwise, f"{name}/depthwise", in_hw)
     return FoldedBlock(
         name=name,
-        expand=None if block.expand is None else _fold_conv(block.expand, f"{name}/expand", fold_shift),
-        depthwise=_fold_conv(block.depthwise, f"{name}/depthwise", fold_shift),
+        expand=expand,
+        depthwise=depthwise,
         se=None if block.se is None else _fold_se(block.se, f"{name}/se"),
-        project=_fold_conv(block.project, f"{name}/project", fold_shift),
+        project=_fold_conv(block.project, f"{name}/project", depthwise.out_hw),
         residual=block.residual,
     )
 
@@ -249,14 +140,12 @@ def block_names(arch: ArchConfig) -> list[str]:
     return [f"stage{i // depth}/block{i % depth}" for i in arch.active_blocks()]
 
 
-def fold(subnet, fold_shift_into_bias: bool = True) -> FoldedSubnet:
+def fold(subnet) -> FoldedSubnet:
     """Fold an extracted, calibrated ``StaticSubnet`` in eval mode.
 
     Args:
         subnet: from ``qfa_deploy.extract.extract`` (or ``evaluate.calibrated_subnet``), in eval
             mode; it is only read.
-        fold_shift_into_bias: put the post-dequantize shift of unpadded convs into their bias
-            (exact; padded convs always keep it explicit).
     """
     if subnet.training:
         raise ValueError("fold needs an eval-mode, calibrated subnet (call .eval())")
@@ -265,47 +154,26 @@ def fold(subnet, fold_shift_into_bias: bool = True) -> FoldedSubnet:
     blocks = list(subnet.blocks)
     if len(blocks) != len(names):
         raise ValueError(f"subnet runs {len(blocks)} blocks but its arch has {len(names)}")
-    fs = fold_shift_into_bias
-    return FoldedSubnet(
+    stem = _fold_conv(subnet.stem, "stem", (arch.resolution, arch.resolution))
+    folded_blocks = [_fold_block(subnet.first_block, "first_block", stem.out_hw)]
+    for block, name in zip(blocks, names, strict=True):
+        folded_blocks.append(_fold_block(block, name, folded_blocks[-1].project.out_hw))
+    final_expand = _fold_conv(subnet.final_expand, "final_expand", folded_blocks[-1].project.out_hw)
+    folded = FoldedSubnet(
         arch=arch,
-        stem=_fold_conv(subnet.stem, "stem", fs),
-        blocks=(
-            _fold_block(subnet.first_block, "first_block", fs),
-            *(_fold_block(b, n, fs) for b, n in zip(blocks, names, strict=True)),
-        ),
-        final_expand=_fold_conv(subnet.final_expand, "final_expand", fs),
-        feature_mix=_fold_conv(subnet.feature_mix, "feature_mix", fs),
-        classifier=_fold_conv(subnet.classifier, "classifier", fs),
+        stem=stem,
+        blocks=tuple(folded_blocks),
+        final_expand=final_expand,
+        feature_mix=_fold_conv(subnet.feature_mix, "feature_mix", (1, 1)),  # after the global pool
+        classifier=_fold_conv(subnet.classifier, "classifier", (1, 1)),
     )
+    loose = [c.name for c in folded.convs() if c.accumulator_bound >= EXACT_FLOAT32_BOUND]
+    if loose:  # still correct, but runtimes may then round their sums differently
+        log.warning("accumulators of %s may exceed 2^24: not exact in float32", ", ".join(loose))
+    return folded
 
 
 # -- running the folded form -----------------------------------------------------------------
-
-
-def quantize_codes(x: torch.Tensor, conv: FoldedConv) -> torch.Tensor:
-    """The integer codes of ``conv``'s input quantizer: shift, clip, QuantizeLinear (float tensor)."""
-    q = conv.act_quant
-    if q.shift != 0.0:
-        x = x + torch.tensor(q.shift, dtype=torch.float32)
-    if conv.needs_clip:
-        lo, hi = conv.clip_range()
-        x = torch.clamp(x, lo, hi)
-    scale = torch.tensor(q.scale, dtype=torch.float32)
-    return torch.clamp(torch.round(x / scale) + q.zero_point, 0, 2**CONTAINER_BITS - 1)
-
-
-def _conv(x: torch.Tensor, conv: FoldedConv, codes: dict | None) -> torch.Tensor:
-    q = conv.act_quant
-    codes_t = quantize_codes(x, conv)
-    if codes is not None:
-        codes[conv.name] = codes_t.to(torch.uint8)
-    x_hat = (codes_t - q.zero_point) * torch.tensor(q.scale, dtype=torch.float32)
-    if q.shift != 0.0 and not conv.shift_in_bias:
-        x_hat = x_hat - torch.tensor(q.shift, dtype=torch.float32)
-    weight = torch.from_numpy(conv.dequantized_weight())
-    bias = torch.from_numpy(conv.bias.copy()).view(-1, 1, 1)
-    y = F.conv2d(x_hat, weight, None, conv.stride, conv.padding, 1, conv.groups) + bias
-    return apply_act(y, conv.act)
 
 
 def _se(x: torch.Tensor, se: FoldedSE) -> torch.Tensor:
@@ -325,15 +193,15 @@ def folded_forward(
     activation quantizer, keyed by conv name.
     """
     codes: dict[str, torch.Tensor] | None = {} if return_codes else None
-    x = _conv(x.float(), folded.stem, codes)
+    x = integer_conv(x.float(), folded.stem, codes)
     for block in folded.blocks:
-        y = x if block.expand is None else _conv(x, block.expand, codes)
-        y = _conv(y, block.depthwise, codes)
+        y = x if block.expand is None else integer_conv(x, block.expand, codes)
+        y = integer_conv(y, block.depthwise, codes)
         if block.se is not None:
             y = _se(y, block.se)
-        y = _conv(y, block.project, codes)
+        y = integer_conv(y, block.project, codes)
         x = x + y if block.residual else y
-    x = _conv(x, folded.final_expand, codes)
-    x = _conv(x.mean((2, 3), keepdim=True), folded.feature_mix, codes)
-    logits = _conv(x, folded.classifier, codes).flatten(1)
+    x = integer_conv(x, folded.final_expand, codes)
+    x = integer_conv(x.mean((2, 3), keepdim=True), folded.feature_mix, codes)
+    logits = integer_conv(x, folded.classifier, codes).flatten(1)
     return (logits, codes) if return_codes else logits

@@ -123,16 +123,20 @@ def test_graph_structure_and_metadata(exported):
         assert int(numpy_helper.to_array(zp)) == conv.act_quant.zero_point
         assert (f"{n}/quant/clip" in nodes) == (conv.a_bits < 8)
         assert (f"{n}/quant/shift" in nodes) == (conv.act_quant.shift != 0.0)
-        assert (f"{n}/dequant/shift" in nodes) == (conv.act_quant.shift != 0.0 and not conv.shift_in_bias)
+        # the codes and the weights dequantize to integers (scale 1): the Conv sums are exact
+        dq = nodes[f"{n}/dequant"]
+        assert float(numpy_helper.to_array(inits[dq.input[1]])) == 1.0 and dq.input[2] == q.input[2]
         wdq = nodes[f"{n}/weight"]
-        assert wdq.op_type == "DequantizeLinear" and {a.name: a.i for a in wdq.attribute} == {"axis": 0}
+        assert wdq.op_type == "DequantizeLinear" and not wdq.attribute
         w = inits[wdq.input[0]]
         assert w.data_type == TensorProto.INT8
         lo, hi = signed_range(conv.w_bits)
         w_int = numpy_helper.to_array(w)
         assert w_int.min() >= lo and w_int.max() <= hi and np.array_equal(w_int, conv.weight)
-        assert numpy_helper.to_array(inits[wdq.input[1]]).shape == (conv.out_channels,)
+        assert float(numpy_helper.to_array(inits[wdq.input[1]])) == 1.0
         assert len(nodes[f"{n}/conv"].input) == 2  # the bias is a separate Add (see onnx_export)
+        assert np.array_equal(numpy_helper.to_array(inits[f"{n}/multiplier"]).ravel(), conv.multiplier)
+        assert (f"{n}/bias/map" in nodes) == conv.border_classes
     assert "stage0/block0/expand/quant" in nodes and "stage1/block1/depthwise/quant" in nodes
 
     meta = model_metadata(model)

@@ -2,20 +2,25 @@
 
 Every quantized conv becomes (names are ``<conv>/<part>``, e.g. ``stage2/block1/expand/quant``)::
 
-    x ─[Add c: quant/shift]─[Clip: quant/clip]─ QuantizeLinear(s, Z: uint8) ─ DequantizeLinear(s, Z)
-      ─[Sub c: dequant/shift]─ Conv(W = DequantizeLinear(w_int8, scale[o], 0, axis=0)) ─ Add bias ─[act]
+    x ─[Add c: quant/shift]─[Clip: quant/clip]─ QuantizeLinear(s, Z: uint8) ─ DequantizeLinear(1, Z)
+      ─ Conv(W = DequantizeLinear(w_int8, 1, 0)) ─ Mul m: rescale ─ Add bias[, border map] ─[act]
 
-- ``quant/shift`` and ``dequant/shift`` carry BatchQuant's real offset ``c`` exactly (absent when
-  ``c == 0``; the second is absent when the folder put it into the bias of an unpadded conv).
+which is ``qfa_deploy.nn.integer_conv`` op for op:
+
+- The dequantized codes ``q - Z`` and weights ``w_int`` are integers held in float32, so the Conv's
+  sums are exact in any order (onnxruntime's NCHWc kernels, TVM's tiles, PyTorch's oneDNN); the
+  input scale, LSQ step and BN factor are the per-channel multiplier ``m`` of ``rescale``.
+- ``quant/shift`` adds BatchQuant's real offset ``c`` before quantisation (absent when ``c == 0``);
+  its effect after the conv is in the bias, which on a padded conv differs where taps meet the
+  padding: there ``bias`` is a small table (channels x row classes x column classes), gathered by
+  two constant index vectors (``bias/rows``, ``bias/map``) into the per-position bias.
 - ``quant/clip`` restricts the uint8 container to the b-bit range ``[-Z s, (2^b - 1 - Z) s]``; the
   8-bit quantizers (stem, feature mix, classifier) saturate in QuantizeLinear itself.
-- Weights are stored pre-quantized as int8 initializers on their b-bit grid, with the per-output-
-  channel scale ``LSQ step * BN factor``; BatchNorm is gone (folded), SE stays float.
-- The folded bias is a separate ``add_bias`` node, not the Conv's third input: onnxruntime's
-  default optimisations (``WeightBiasQuantization``) round a float Conv bias fed by DQ inputs to
-  int32 at scale ``s_x * s_w``, the accumulator step, which at 2-4 bits is coarse enough to move
-  codes (seen: 26% of top-1 decisions changed). With the Add, optimised and unoptimised
-  onnxruntime agree exactly, and TVM fuses the Add into the conv anyway.
+- Weights are stored pre-quantized as int8 initializers on their b-bit grid; BatchNorm is gone
+  (folded), SE stays float.
+- The bias is an ``Add`` after the ``Mul``, not the Conv's third input: onnxruntime's default
+  optimisations would fold a Conv bias into the integer accumulator (and a QDQ conv's bias to
+  int32 at a coarse step), which is no longer the same arithmetic.
 
 The graph input is ``input`` (float32 NCHW, batch symbolic unless fixed, at the subnet's
 resolution), the output ``logits`` (float32 [N, classes]). ``metadata_props`` record the canonical
@@ -112,18 +117,12 @@ def _quantized_conv(g: GraphBuilder, x: str, conv: FoldedConv, codes: list[str])
     zero_point = g.const(f"{n}/quant/zero_point", np.uint8(q.zero_point))
     code = g.node("QuantizeLinear", [x, scale, zero_point], f"{n}/quant")
     codes.append(code)
-    x = g.node("DequantizeLinear", [code, scale, zero_point], f"{n}/dequant")
-    if shift is not None and not conv.shift_in_bias:
-        x = g.node("Sub", [x, shift], f"{n}/dequant/shift")
+    one = g.const(f"{n}/unit_scale", np.float32(1.0))
+    x = g.node("DequantizeLinear", [code, one, zero_point], f"{n}/dequant")  # q - Z, exact
     weight = g.node(
         "DequantizeLinear",
-        [
-            g.const(f"{n}/weight_int8", conv.weight),
-            g.const(f"{n}/weight_scale", conv.scale),
-            g.const(f"{n}/weight_zero_point", np.zeros(conv.out_channels, dtype=np.int8)),
-        ],
+        [g.const(f"{n}/weight_int8", conv.weight), one, g.const(f"{n}/weight_zero_point", np.int8(0))],
         f"{n}/weight",
-        axis=0,
     )
     k, p, s = conv.kernel_size, conv.padding, conv.stride
     y = g.node(
@@ -136,7 +135,12 @@ def _quantized_conv(g: GraphBuilder, x: str, conv: FoldedConv, codes: list[str])
         dilations=[1, 1],
         group=conv.groups,
     )
-    y = g.node("Add", [y, g.const(f"{n}/bias", conv.bias.reshape(-1, 1, 1))], f"{n}/add_bias")
+    y = g.node("Mul", [y, g.const(f"{n}/multiplier", conv.multiplier.reshape(-1, 1, 1))], f"{n}/rescale")
+    bias = g.const(f"{n}/bias", conv.bias)
+    if conv.border_classes:  # per-position bias: gather the table by each output row's and column's class
+        bias = g.node("Gather", [bias, g.const(f"{n}/bias_rows", conv.bias_rows)], f"{n}/bias/rows", axis=1)
+        bias = g.node("Gather", [bias, g.const(f"{n}/bias_cols", conv.bias_cols)], f"{n}/bias/map", axis=2)
+    y = g.node("Add", [y, bias], f"{n}/add_bias")
     return g.act(y, conv.act, f"{n}/{conv.act}")
 
 

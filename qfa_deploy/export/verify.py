@@ -29,7 +29,7 @@ import torch
 
 from qfa_deploy.arch import ArchConfig
 from qfa_deploy.data import ArraySource, resize
-from qfa_deploy.fold import block_names, fold, folded_forward
+from qfa_deploy.fold import block_names, fold, folded_forward, quantize_codes
 
 __all__ = [
     "RUNTIMES",
@@ -71,31 +71,31 @@ def pytorch_codes(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Logits of the PyTorch eval subnet and the uint8 codes of its input quantizers, by conv name.
 
-    Codes are computed from each quantizer's input with its ``fixed()`` constants, as BatchQuant's
-    eval forward rounds them: ``round(clamp(x + c, -Z s, (qmax - Z) s) / s) + Z``.
+    Codes are computed from each quantized conv's input as its eval forward does
+    (``qfa_deploy.nn.integer_conv.quantize_codes``).
 
-    With ``forced_codes`` (another runtime's codes), each quantizer still records the codes it
-    computes from its input but passes on ``(q_forced - Z) s - c`` (teacher forcing). Every
-    quantizer then sees the upstream codes of the other runtime, so a difference in the returned
-    codes is that quantizer's own, not one propagated from an earlier rounding tie.
+    With ``forced_codes`` (another runtime's codes), each conv still records the codes it computes
+    from its input but then runs on ``(q_forced - Z) s - c``, an input that quantizes back to exactly
+    those codes (teacher forcing). Every quantizer then sees the upstream codes of the other runtime,
+    so a difference in the returned codes is that quantizer's own, not one propagated from an
+    earlier rounding tie.
     """
     codes: dict[str, torch.Tensor] = {}
 
     def hook(name):
-        def run(module, inputs, output):
-            fq = module.fixed()
-            lo = -fq.zero_point * fq.scale
-            hi = (fq.qmax - fq.zero_point) * fq.scale
-            q = torch.round(torch.clamp(inputs[0] + fq.shift, lo, hi) / fq.scale) + fq.zero_point
-            codes[name] = q.to(torch.uint8)
-            if forced_codes is not None:
-                forced = torch.as_tensor(np.asarray(forced_codes[name])).to(torch.float32)
-                return (forced - fq.zero_point) * fq.scale - fq.shift
-            return output
+        def run(module, inputs):
+            x = inputs[0]
+            folded = module.folded(x.shape[1], (x.shape[-2], x.shape[-1]), name)
+            codes[name] = quantize_codes(x, folded).to(torch.uint8)
+            if forced_codes is None:
+                return None
+            fq = folded.act_quant
+            forced = torch.as_tensor(np.asarray(forced_codes[name])).to(torch.float32)
+            return ((forced - fq.zero_point) * fq.scale - fq.shift,)
 
         return run
 
-    hooks = [conv.act_quant.register_forward_hook(hook(name)) for name, conv in named_quant_convs(subnet)]
+    hooks = [conv.register_forward_pre_hook(hook(name)) for name, conv in named_quant_convs(subnet)]
     try:
         logits = subnet(x)
     finally:

@@ -1,7 +1,10 @@
 """Static quantized layers: a conv with its input (activation) and weight quantizers, BN, activation.
 
 A ``QuantConv`` quantizes its *input* with BatchQuant at the conv's activation bits, its weight with
-LSQ at the conv's weight bits, then runs conv -> BN -> activation. The elastic supernet subclasses it
+LSQ at the conv's weight bits, then runs conv -> BN -> activation (training: fake quantization in
+float, with gradients). In eval mode a quantized conv runs its exact integer form instead
+(``qfa_deploy.nn.integer_conv``): the same arithmetic as the folded subnet and the exported graphs,
+so the PyTorch reference and the deployments agree bit for bit on the convolutions. The elastic supernet subclasses it
 (``ElasticQuantConv``) and only changes where the weight comes from, so the static subnets that
 ``extract`` returns run the very same code.
 """
@@ -12,30 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qfa_deploy.nn.functional import ACTIVATIONS, apply_act, crop_to_input
+from qfa_deploy.nn.integer_conv import FoldedConv, fold_conv, integer_conv
 from qfa_deploy.quant import LSQ, BatchQuant
 
 __all__ = ["ACTIVATIONS", "QuantConv", "SqueezeExcite", "apply_act"]
-
-ACTIVATIONS = ("none", "relu", "hswish")
-
-
-def apply_act(x: torch.Tensor, act: str) -> torch.Tensor:
-    if act == "relu":
-        return F.relu(x)
-    if act == "hswish":
-        return F.hardswish(x)
-    return x
-
-
-def _crop_to_input(weight: torch.Tensor, size: int) -> tuple[torch.Tensor, int]:
-    """Drop the kernel border that only ever meets zero padding (exact, and much faster on the
-    small late-stage maps: a 7x7 kernel on a 2x2 map only uses its centre 3x3)."""
-    k = weight.shape[-1]
-    useful = 2 * size - 1
-    if k <= useful:
-        return weight, k // 2
-    lo = (k - useful) // 2
-    return weight[..., lo : lo + useful, lo : lo + useful], size - 1
 
 
 class QuantConv(nn.Module):
@@ -85,10 +69,19 @@ class QuantConv(nn.Module):
     def active_bias(self, out_channels: int) -> torch.Tensor | None:
         return self.bias
 
+    def quantized(self) -> bool:
+        return self.weight_quant.bits is not None and self.act_quant.bits is not None
+
+    def folded(self, in_channels: int, in_hw: tuple[int, int], name: str = "") -> FoldedConv:
+        """This conv's exact integer form (eval mode) for an input of ``in_channels`` x ``in_hw``."""
+        return fold_conv(self, in_channels, in_hw, name)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training and self.quantized():  # evaluation runs what the exports run
+            return integer_conv(x, self.folded(x.shape[1], (x.shape[-2], x.shape[-1])))
         x = self.act_quant(x)
         weight = self.weight_quant(self.active_weight(x.shape[1]))
-        weight, padding = _crop_to_input(weight, x.shape[-1])
+        weight, padding = crop_to_input(weight, x.shape[-1])
         groups = x.shape[1] if self.depthwise else 1
         y = F.conv2d(x, weight, self.active_bias(weight.shape[0]), self.stride, padding, 1, groups)
         if self.bn is not None:
