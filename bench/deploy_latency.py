@@ -3,8 +3,8 @@
 For N random subnets of qfa-mbv3-w1.2 at 224x224, batch 1, T threads, on this CPU:
 
 - artifact      the project's QDQ ONNX compiled by ``compile_artifact`` for the x86 profile with
-                ``--schedule``: ``generic`` (the default: inline + parallel outer loops) or
-                ``tiled-cpu`` (register-tiled convs), and with ``--database`` the MetaSchedule
+                ``--schedule``: ``tiled-cpu`` (the default: register-tiled convs) or
+                ``generic`` (inline + parallel outer loops only), and with ``--database`` the MetaSchedule
                 schedules of ``qfa-deploy tune``
 - tvm-untuned   the same QDQ ONNX, ``schedule="none"``: plain ``tvm.compile`` (TVM 0.27 has no
                 default CPU schedules: naive loops, one thread)

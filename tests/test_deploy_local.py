@@ -24,7 +24,8 @@ from deploy_helpers import (
 
 from qfa_deploy.cli import cli
 from qfa_deploy.deploy import compile_artifact, list_devices, load_device, profile_artifact
-from qfa_deploy.deploy.compile import file_sha256
+from qfa_deploy.deploy.compile import DEFAULT_SCHEDULE, file_sha256
+from qfa_deploy.deploy.schedule import CPU_SCHEDULES
 from qfa_deploy.errors import QfaError
 
 TOLERANCE = 1e-5  # bit-exact on onnxruntime-quantized models; float rounding on hand-built ones
@@ -53,7 +54,7 @@ def test_compile_writes_library_and_meta(ort_artifact):
     assert meta["library_sha256"] == file_sha256(lib)
     assert meta["target"]["kind"] == "llvm" and meta["target"]["mcpu"] not in ("", "host")
     assert meta["tvm_version"].startswith("0.27")
-    assert meta["tuning_database"] is None and meta["schedule"] == "generic-cpu"
+    assert meta["tuning_database"] is None and meta["schedule"] == CPU_SCHEDULES[DEFAULT_SCHEDULE][0]
     assert meta["inputs"] == [{"name": "input", "shape": [1, 3, 16, 16], "dtype": "float32"}]
     json.dumps(meta)  # JSON-ready
     assert not list(folder.glob(".model.*"))  # no temporary left behind

@@ -57,6 +57,6 @@ def schedule_option(command):
 
     return click.option(
         "--schedule", type=click.Choice(SCHEDULES), default=DEFAULT_SCHEDULE, show_default=True,
-        help="CPU workloads no tuning database covers: generic (inline + parallel loops; what latency tables "
-             "are measured with), tiled-cpu (generic plus register-tiled conv2d: ~14x faster, opt-in) or none.",
+        help="CPU workloads no tuning database covers: tiled-cpu (register-tiled conv2d; what latency tables "
+             "are measured with), generic (inline + parallel loops only, ~14x slower) or none (naive loops).",
     )(command)
