@@ -13,6 +13,7 @@ For N random subnets of qfa-mbv3-w1.2 at 224x224, batch 1, T threads, on this CP
 - ort-int8      that ONNX quantized by onnxruntime's quantize_static (QDQ, uint8/int8), onnxruntime
 
 Prints per-subnet medians (ms) and the artifact's ratio to the best peer, then geometric means.
+Each runtime is timed in a fresh process of its own (``_isolated``), one after another.
 The supernet is randomly initialised (latency does not depend on the weights); BN/BatchQuant
 statistics come from random calibration batches. Without the project's exporter installed the
 QDQ model is onnxruntime's quantize_static output instead (said in the output).
@@ -23,11 +24,13 @@ QDQ model is onnxruntime's quantize_static output instead (said in the output).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import copy
 import dataclasses
 import json
 import logging
 import math
+import multiprocessing
 import random
 import statistics
 import sys
@@ -115,6 +118,37 @@ def _tvm_ms(folder: Path, device, warmup: int, repeat: int, resolution: int) -> 
         return 1e3 * statistics.median(session.time(vm, x, protocol).seconds)
 
 
+def _ort_ms(path: Path, threads: int, warmup: int, repeat: int, resolution: int) -> float:
+    session = _ort_session(path, threads)
+    x = np.random.default_rng(0).standard_normal((1, 3, resolution, resolution)).astype(np.float32)
+    return _median_ms(lambda: session.run(None, {"input": x}), warmup, repeat)
+
+
+def _torch_ms(state: Path, cfg: dict, threads: int, warmup: int, repeat: int, resolution: int) -> float:
+    from qfa_deploy.arch import ArchConfig
+    from qfa_deploy.extract import extract
+    from qfa_deploy.nn.supernet import QFASupernet
+
+    torch.set_num_threads(threads)
+    arch = ArchConfig.from_dict(cfg)
+    supernet = QFASupernet(SPACE)
+    supernet.set_active(arch, quantized=False)
+    net = extract(supernet, arch).eval()
+    net.load_state_dict(torch.load(state, weights_only=True))
+    x = torch.randn(1, 3, resolution, resolution)
+    with torch.no_grad():
+        return _median_ms(lambda: net(x), warmup, repeat)
+
+
+def _isolated(fn, *args) -> float:
+    """``fn(*args)`` in a fresh process. Runtimes measured one after another in one process share
+    it with the others' thread pools (TVM's pinned workers, torch's OpenMP team, onnxruntime's
+    spinning pool), which at 2 threads on 2 cores slowed whichever ran next by up to 2x."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        return pool.submit(fn, *args).result()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subnets", type=int, default=10)
@@ -167,20 +201,15 @@ def main(argv=None) -> int:
             meta = compile_artifact(qdq, device, tmp / "artifact", database=args.database, schedule=args.schedule)
             compile_s = time.perf_counter() - start
             compile_artifact(qdq, device, tmp / "untuned", schedule="none")
-            x = torch.randn(1, 3, args.resolution, args.resolution)
-            xn = x.numpy()
-            ort_fp = _ort_session(tmp / "fp32.onnx", args.threads)
-            ort_q = _ort_session(tmp / "ort-int8.onnx", args.threads)
-            w, r = args.warmup, args.repeat
-            with torch.no_grad():
-                ms = {
-                    "artifact": _tvm_ms(tmp / "artifact", device, w, r, args.resolution),
-                    "tvm-untuned": None,
-                    "torch-fp32": _median_ms(lambda net=fp_net, x=x: net(x), w, r),
-                    "ort-fp32": _median_ms(lambda s=ort_fp, xn=xn: s.run(None, {"input": xn}), w, r),
-                    "ort-int8": _median_ms(lambda s=ort_q, xn=xn: s.run(None, {"input": xn}), w, r),
-                }
-            ms["tvm-untuned"] = _tvm_ms(tmp / "untuned", device, w, r, args.resolution)
+            torch.save(fp_net.state_dict(), tmp / "fp32.pt")
+            w, r, res, t = args.warmup, args.repeat, args.resolution, args.threads
+            ms = {
+                "artifact": _isolated(_tvm_ms, tmp / "artifact", device, w, r, res),
+                "tvm-untuned": _isolated(_tvm_ms, tmp / "untuned", device, w, r, res),
+                "torch-fp32": _isolated(_torch_ms, tmp / "fp32.pt", cfg.to_dict(), t, w, r, res),
+                "ort-fp32": _isolated(_ort_ms, tmp / "fp32.onnx", t, w, r, res),
+                "ort-int8": _isolated(_ort_ms, tmp / "ort-int8.onnx", t, w, r, res),
+            }
         best = min(v for k, v in ms.items() if k not in ("artifact", "tvm-untuned"))
         ratio = ms["artifact"] / best
         rows.append({"arch": cfg.to_dict(), "ms": ms, "ratio_to_best_peer": ratio, "compile_s": compile_s,

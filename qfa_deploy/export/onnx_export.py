@@ -81,19 +81,28 @@ class GraphBuilder:
         self.initializers.append(numpy_helper.from_array(np.asarray(value), self._claim(name)))
         return name
 
+    def shared_const(self, name: str, value: np.ndarray) -> str:
+        """An initializer every node may read (created on first use)."""
+        return name if name in self._names else self.const(name, value)
+
     def node(self, op: str, inputs: list[str], name: str, output: str | None = None, **attrs) -> str:
         out = self._claim(output or name)
         self.nodes.append(helper.make_node(op, inputs, [out], name=name, **attrs))
         return out
 
+    def hard_gate(self, x: str, name: str) -> str:
+        """``clip(x + 3, 0, 6)``: PyTorch's hard-sigmoid and hard-swish, before their last ops."""
+        three, zero, six = (self.shared_const(f"const/{v}", np.float32(v)) for v in (3, 0, 6))
+        y = self.node("Add", [x, three], f"{name}/plus3")
+        return self.node("Clip", [y, zero, six], f"{name}/relu6")
+
     def act(self, x: str, act: str, name: str) -> str:
         if act == "relu":
             return self.node("Relu", [x], name)
-        if act == "hswish":
-            if self.opset >= 14:
-                return self.node("HardSwish", [x], name)
-            gate = self.node("HardSigmoid", [x], f"{name}/gate", alpha=1.0 / 6.0, beta=0.5)
-            return self.node("Mul", [x, gate], name)
+        if act == "hswish":  # x * clip(x + 3, 0, 6) / 6, op for op as PyTorch computes it (not HardSwish's
+            # x * clip(x / 6 + 0.5, 0, 1), which rounds differently and then moves codes)
+            y = self.node("Mul", [x, self.hard_gate(x, name)], f"{name}/times_x")
+            return self.node("Div", [y, self.shared_const("const/6", np.float32(6))], name)
         return x
 
 
@@ -160,7 +169,7 @@ def _squeeze_excite(g: GraphBuilder, x: str, se: FoldedSE) -> str:
         f"{n}/expand",
         kernel_shape=[1, 1],
     )
-    gate = g.node("HardSigmoid", [y], f"{n}/gate", alpha=1.0 / 6.0, beta=0.5)
+    gate = g.node("Div", [g.hard_gate(y, f"{n}/gate"), g.shared_const("const/6", np.float32(6))], f"{n}/gate")
     return g.node("Mul", [x, gate], f"{n}/scale")
 
 
@@ -197,7 +206,7 @@ def export_onnx(
 
     Args:
         folded: from ``qfa_deploy.fold.fold``.
-        opset: ONNX opset (13..21; opsets below 14 spell hard-swish as ``x * HardSigmoid(x)``).
+        opset: ONNX opset (13..21).
         batch: fixed batch size, or ``None`` for a symbolic ``batch`` dimension.
         expose_codes: also output the uint8 codes of every QuantizeLinear (for parity tests).
     """
