@@ -26,9 +26,13 @@ __all__ = ["Session", "Timing", "elf_machine", "open_session"]
 log = logging.getLogger(__name__)
 
 _ELF_MACHINES = {3: "x86", 40: "arm", 62: "x86_64", 183: "aarch64", 243: "riscv"}
-_THREADPOOL_BIG_CORES = 1  # runtime.config_threadpool affinity mode: pin to the big (here: all) cores
-# The CPUs this process may use, read before TVM's thread pool pins threads to cores 0..n-1 (it ignores
-# a `taskset` mask); restored afterwards when it is narrower than the machine.
+# runtime.config_threadpool affinity modes. Remote boards (e.g. a Pi's four equal cores): the "big"
+# cores. Here: one worker per CPU this process may use, named explicitly - the "big" mode ranks cores
+# by their reported frequency, and on a VM that can leave a pool of one thread (2 threads ran no
+# faster than 1) and ignores a `taskset` mask.
+_THREADPOOL_BIG_CORES = 1
+_THREADPOOL_ONE_CORE_PER_THREAD = -2
+# The CPUs this process may use (its `taskset` mask), read before TVM's pool starts any thread.
 _ALLOWED_CPUS = frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else frozenset()
 
 
@@ -157,25 +161,15 @@ class Session:
             if self.remote is None:
                 import tvm
 
-                threads = min(threads, len(_ALLOWED_CPUS) or os.cpu_count() or threads)
-                tvm.get_global_func("runtime.config_threadpool")(_THREADPOOL_BIG_CORES, threads)
-                _keep_process_affinity()
+                cpus = sorted(_ALLOWED_CPUS) or list(range(os.cpu_count() or threads))
+                threads = min(threads, len(cpus))
+                configure = tvm.get_global_func("runtime.config_threadpool")
+                configure(_THREADPOOL_ONE_CORE_PER_THREAD, threads, [str(c) for c in cpus[:threads]])
             else:
                 self.remote.get_function("runtime.config_threadpool")(_THREADPOOL_BIG_CORES, threads)
         except Exception as exc:  # a runtime without a thread pool: run with its defaults
             log.warning("could not pin %d threads on %s: %s", threads, self.device.name, one_line(exc))
         self._threads_set = True
-
-
-def _keep_process_affinity() -> None:
-    """Give every thread of this process back the CPU mask it was started with (e.g. by taskset)."""
-    if not _ALLOWED_CPUS or len(_ALLOWED_CPUS) >= (os.cpu_count() or 0):
-        return
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            os.sched_setaffinity(int(tid), _ALLOWED_CPUS)
-        except OSError:  # a thread that has just exited
-            pass
 
 
 def open_session(device: Device, *, timeout: float = 30.0, session_timeout: float = 0) -> Session:

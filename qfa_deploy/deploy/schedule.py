@@ -192,11 +192,13 @@ def _tile_conv(sch) -> bool:
         elif depthwise:
             sch.compute_at(block, outer, preserve_unit_loops=True)
             _fill_then_copy(sch, block)
+    # parallel before the reduction is split into init + update: after, two blocks write the
+    # accumulators under the loop and the parallel primitive refuses (it was silently serial)
+    _try(sch.parallel, outer)
     sch.unroll(unrolled)
     sch.vectorize(vec)
     sch.decompose_reduction(conv, rc)  # the init stage inherits the tile loops' unroll/vectorize
     _vectorize_tile(sch, acc, over_channels=gemv)
-    _try(sch.parallel, outer)
     return True
 
 
