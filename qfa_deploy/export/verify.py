@@ -85,7 +85,7 @@ def pytorch_codes(
     def hook(name):
         def run(module, inputs):
             x = inputs[0]
-            folded = module.folded(x.shape[1], (x.shape[-2], x.shape[-1]), name)
+            folded = module.folded_for(x)  # the fold the forward then runs: cached, so folded once
             codes[name] = quantize_codes(x, folded).to(torch.uint8)
             if forced_codes is None:
                 return None

@@ -50,6 +50,7 @@ class QuantConv(nn.Module):
         self.act_quant = act_quant_cls(a_bit_choices)
         self.weight_quant = LSQ(w_bit_choices)
         self.weight_quant.init_steps(self.weight)
+        self._fold_cache: tuple | None = None  # (key, what keeps the key's ids and addresses unique, fold)
 
     @staticmethod
     def make_bn(channels: int) -> nn.BatchNorm2d:
@@ -73,12 +74,48 @@ class QuantConv(nn.Module):
         return self.weight_quant.bits is not None and self.act_quant.bits is not None
 
     def folded(self, in_channels: int, in_hw: tuple[int, int], name: str = "") -> FoldedConv:
-        """This conv's exact integer form (eval mode) for an input of ``in_channels`` x ``in_hw``."""
-        return fold_conv(self, in_channels, in_hw, name)
+        """This conv's exact integer form (eval mode) for an input of ``in_channels`` x ``in_hw``.
+
+        Cached, because the eval forward needs it on every batch and ``fold_conv`` redoes all its
+        float64 work each time; a change to anything it reads refolds (see ``_fold_key``).
+        """
+        tensors = [*self.parameters(), *self.buffers()]
+        key = self._fold_key(in_channels, in_hw, name, tensors)
+        if self._fold_cache is None or self._fold_cache[0] != key:
+            # Holding the tensors and their storages keeps their ids and addresses from being reused
+            # by others while the key names them.
+            alive = [(t, t.untyped_storage()) for t in tensors]
+            self._fold_cache = (key, alive, fold_conv(self, in_channels, in_hw, name))
+        return self._fold_cache[2]
+
+    def folded_for(self, x: torch.Tensor) -> FoldedConv:
+        """The integer form the eval forward runs on input ``x`` (the same cache entry)."""
+        return self.folded(x.shape[1], (x.shape[-2], x.shape[-1]))
+
+    def _fold_key(self, in_channels: int, in_hw: tuple[int, int], name: str, tensors: list[torch.Tensor]) -> tuple:
+        """Everything ``fold_conv`` reads: its arguments; every public attribute of this conv and its
+        submodules (bits and bit choices, active width and kernel, stride, BN eps, mode, ... - all of
+        them, so that a choice added later cannot go stale); and every parameter and buffer (weights,
+        kernel transforms, BN, LSQ steps, BatchQuant ranges) by identity, address and version. In-place
+        writes (optimizer steps, calibration, ``load_state_dict``, ``w.add_()`` under ``no_grad``) bump
+        ``_version``; ``.data = ...`` and ``.to()`` change the address. Writes through a ``.data`` alias
+        (``w.data.add_()``) bump nothing: call ``.eval()`` after them, which drops the cache."""
+        attrs = tuple((k, v) for m in self.modules() for k, v in vars(m).items() if not k.startswith("_"))
+        versions = tuple((id(t), t.data_ptr(), t._version) for t in tensors)
+        return in_channels, tuple(in_hw), name, attrs, versions
+
+    def train(self, mode: bool = True) -> QuantConv:
+        # Either way the next eval folds afresh: training rewrites weights and statistics, and
+        # .eval() is how to refold after writes the key cannot see.
+        self._fold_cache = None
+        return super().train(mode)
+
+    def __getstate__(self) -> dict:
+        return {**super().__getstate__(), "_fold_cache": None}  # a copy has its own tensors: it folds afresh
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training and self.quantized():  # evaluation runs what the exports run
-            return integer_conv(x, self.folded(x.shape[1], (x.shape[-2], x.shape[-1])))
+            return integer_conv(x, self.folded_for(x))
         x = self.act_quant(x)
         weight = self.weight_quant(self.active_weight(x.shape[1]))
         weight, padding = crop_to_input(weight, x.shape[-1])
