@@ -116,6 +116,24 @@ def test_tiled_schedule_is_bit_identical_on_small_net(tmp_path, fast_x86):
     np.testing.assert_array_equal(outputs["tiled-cpu"][0], outputs["none"][0])
 
 
+def test_tiled_convs_keep_a_parallel_loop(tmp_path):
+    """Every conv function keeps a parallel outer loop (a refused ``parallel`` once left them all serial)."""
+    import onnx
+    from tvm import relax, tirx
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from qfa_deploy.deploy.schedule import tiled_cpu_schedule
+
+    model = onnx.load(ort_qdq_model(tmp_path / "model.onnx", resolution=16))
+    mod = from_onnx(model, shape_dict={"input": [1, 3, 16, 16]}, keep_params_in_input=False)
+    with load_device("x86").tvm_target():
+        mod = relax.get_pipeline("zero")(mod)
+    mod = tiled_cpu_schedule(mod)
+    convs = {gv.name_hint: f.script() for gv, f in mod.functions.items()
+             if isinstance(f, tirx.PrimFunc) and "conv2d" in gv.name_hint}
+    assert convs and all("T.parallel" in text for text in convs.values()), sorted(convs)
+
+
 @pytest.mark.slow
 def test_tiled_schedule_is_bit_identical(tmp_path, fast_x86, cifar_supernet):
     """Register tiling (tiled-cpu) reorders no output's sum over (ci, kh, kw): the same bits as TVM's

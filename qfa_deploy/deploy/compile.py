@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 LIBRARY_NAME = "model.so"
 CUDA_SOURCE_NAME = "model.cu"  # beside the library for CUDA targets: the kernels, for offline nvcc
-SCHEDULES = ("generic", "tiled-cpu", "none")
+SCHEDULES = ("generic", "tiled-cpu", "tiled-vnni", "none")
 DEFAULT_SCHEDULE = "tiled-cpu"  # what latency tables are measured with: changing it means rebuilding them
 
 
@@ -54,8 +54,9 @@ def compile_artifact(
         batch_size: the value given to symbolic (dynamic) input dimensions.
         schedule: for the CPU workloads no database covers: "tiled-cpu" (the default: conv2d
             functions register-tiled and vectorized, each output still summed in the naive order,
-            the rest as "generic"), "generic" (inline cheap stages and parallelize outer loops) or
-            "none" (TVM's naive loops); all three give bit-identical results.
+            the rest as "generic"), "tiled-vnni" (AVX512-VNNI CPUs: 1x1 convs as uint8 x int8 dot
+            products with int32 sums, the rest as "tiled-cpu"), "generic" (inline cheap stages and
+            parallelize outer loops) or "none" (TVM's naive loops); all give bit-identical results.
 
     Returns:
         JSON-ready metadata: device, target, tvm_version, tuning_database (sha256 or None),
@@ -85,6 +86,9 @@ def compile_artifact(
         raise QfaError(f"TVM cannot import {onnx_path}: {one_line(exc)}") from None
     if schedule not in SCHEDULES:
         raise QfaError(f"schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
+    cpu_schedule = _cpu_schedule(schedule, dev, target)
+    if cpu_schedule is not None and cpu_schedule.rewrite is not None:
+        mod = cpu_schedule.rewrite(mod)
     db_hash = None
     if database is not None:
         from qfa_deploy.deploy.tune import apply_database, database_sha256
@@ -92,16 +96,14 @@ def compile_artifact(
         db_hash = database_sha256(database)
         mod = apply_database(mod, target, database)  # legalizes and fuses, then swaps in the schedules
     applied = "metaschedule" if database is not None else "none"
-    if schedule != "none" and dev.target_kind == "llvm":
+    if cpu_schedule is not None:
         from tvm import relax
-
-        from qfa_deploy.deploy.schedule import CPU_SCHEDULES
 
         if database is None:
             with target:
                 mod = relax.get_pipeline("zero")(mod)  # legalize + fuse, as tvm.compile would
-        name, apply_schedule = CPU_SCHEDULES[schedule]
-        mod = apply_schedule(mod)
+        mod = cpu_schedule.apply(mod)
+        name = cpu_schedule.name
         applied = f"metaschedule+{name}" if database is not None else name
     try:
         executable = tvm.compile(mod, target=target)
@@ -125,6 +127,22 @@ def compile_artifact(
         "inputs": inputs,
         "compile_seconds": round(seconds, 3),
     }
+
+
+def _cpu_schedule(schedule: str, dev: Device, target):
+    """The ``CpuSchedule`` to apply (None: "none", or a non-CPU target); QfaError if the target lacks
+    the CPU feature it needs."""
+    if schedule == "none" or dev.target_kind != "llvm":
+        return None
+    from tvm.target.codegen import target_has_features
+
+    from qfa_deploy.deploy.schedule import CPU_SCHEDULES
+
+    chosen = CPU_SCHEDULES[schedule]
+    if chosen.needs and not target_has_features(chosen.needs, target):
+        raise QfaError(f"schedule {schedule} needs a CPU with {chosen.needs}; device {dev.name}'s target "
+                       f"({target}) has none: use --schedule tiled-cpu")
+    return chosen
 
 
 def onnx_input_specs(model, batch_size: int = 1) -> list[dict]:

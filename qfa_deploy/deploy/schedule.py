@@ -1,29 +1,28 @@
-"""CPU schedules for untuned workloads: ``generic_cpu_schedule`` (the default) and ``tiled_cpu_schedule``.
+"""CPU schedules for untuned workloads: ``generic``, ``tiled-cpu`` (the default) and ``tiled-vnni``.
 
 TVM 0.27 compiles untuned CPU workloads as naive loop nests, one thread, every stage of a fused
 function (padding, conv, bias add, quantize/clip/cast, dequantize) materialised in its own buffer.
-This pass, applied after legalization and fusion, (1) inlines each injective stage into its
-consumer (or, for epilogues, into its producer) where TIR allows it, and (2) marks the outermost
-loop of every remaining stage ``parallel`` where that is legal. It changes the order of no
-arithmetic inside a stage, so results stay bit-identical to the untuned build (checked by the
-parity tests). Functions a tuning database already scheduled are left alone.
 
-Speed is unconfirmed: all measurements so far were taken while a training job held both cores of
-this 2-core machine at a higher priority. One qfa-mbv3-w1.2 subnet at 224, 2 threads, same run:
-5520 ms untuned -> 2184 ms (compile 49 s -> 21 s); but bench/deploy_latency.py later showed no gain
-(1 thread: 1081 vs 1104 ms, 2 threads: 800 vs 767 ms). Measure on an idle machine before relying on it.
+- ``generic_cpu_schedule``, applied after legalization and fusion, (1) inlines each injective stage
+  into its consumer (or, for epilogues, into its producer) where TIR allows it, and (2) marks the
+  outermost loop of every remaining stage ``parallel`` where that is legal.
+- ``tiled_cpu_schedule`` register-tiles the conv2d functions on top (see its docstring).
+- ``tiled_vnni_schedule`` runs the 1x1 convs, rewritten by ``int8_pointwise.lower_pointwise_int8``
+  before legalization, as uint8 x int8 dot products on AVX512-VNNI, the rest as ``tiled-cpu``.
 
-``tiled_cpu_schedule`` (``schedule="tiled-cpu"``, opt-in) register-tiles the conv2d functions on top
-(see its docstring), also without reordering any output's sum. Three qfa-mbv3-w1.2 subnets at 224,
-1 thread on a core shared with another job (znver4), same run: 470/369/616 ms generic -> 35/31/53 ms
-tiled, onnxruntime fp32 37/30/56 ms; outputs bit-identical to the generic build.
+None changes any output's value: the first two reorder no sum, and the exported graph's convs sum
+integers exactly (below 2^24) in any order, so all are bit-identical to the naive build (parity
+tests). Functions a tuning database already scheduled are left alone. Measured figures:
+docs/deploy.md.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import NamedTuple
 
-__all__ = ["CPU_SCHEDULES", "generic_cpu_schedule", "tiled_cpu_schedule"]
+__all__ = ["CPU_SCHEDULES", "CpuSchedule", "generic_cpu_schedule", "tiled_cpu_schedule", "tiled_vnni_schedule"]
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +78,8 @@ def _try(primitive, *args) -> bool:
     try:
         primitive(*args)
         return True
-    except Exception:  # the primitive's own legality check said no: leave that stage as it is
+    except Exception as exc:  # the primitive's own legality check said no: leave that stage as it is
+        log.debug("%s refused: %s", getattr(primitive, "__name__", primitive), str(exc).strip().splitlines()[-1:])
         return False
 
 
@@ -121,7 +121,7 @@ def _tile_conv_or_leave(sch, name: str) -> bool:
     try:
         return _tile_conv(sch)
     except Exception as exc:  # a primitive refused: this function gets the generic schedule instead
-        log.debug("tiled-cpu: %s left to the generic schedule (%s)", name, exc)
+        log.warning("tiled-cpu: %s left to the generic schedule (%s)", name, str(exc).strip().splitlines()[-1:])
         return False
 
 
@@ -194,7 +194,7 @@ def _tile_conv(sch) -> bool:
             _fill_then_copy(sch, block)
     # parallel before the reduction is split into init + update: after, two blocks write the
     # accumulators under the loop and the parallel primitive refuses (it was silently serial)
-    _try(sch.parallel, outer)
+    sch.parallel(outer)  # a refusal here is a bug (it once left every conv serial): fail loudly into the log
     sch.unroll(unrolled)
     sch.vectorize(vec)
     sch.decompose_reduction(conv, rc)  # the init stage inherits the tile loops' unroll/vectorize
@@ -248,5 +248,45 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-# compile_artifact's ``schedule`` value -> (the name its meta records, the pass)
-CPU_SCHEDULES = {"generic": ("generic-cpu", generic_cpu_schedule), "tiled-cpu": ("tiled-cpu", tiled_cpu_schedule)}
+# ---------------------------------------------------------------------------------------------
+# "tiled-vnni": 1x1 convs as uint8 x int8 dot products (AVX512-VNNI), the rest as "tiled-cpu"
+# ---------------------------------------------------------------------------------------------
+
+
+def tiled_vnni_schedule(mod):
+    """``mod`` (lowered by ``int8_pointwise.lower_pointwise_int8`` before legalization) with its int8
+    pointwise functions tensorized on VNNI, every other PrimFunc as ``tiled_cpu_schedule``."""
+    from qfa_deploy.deploy.int8_pointwise import schedule_int8_pointwise
+
+    def int8_or_leave(sch, name: str) -> bool:
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+        try:
+            return schedule_int8_pointwise(sch, blocks, _inline)
+        except Exception as exc:  # left to the tiled schedule: correct, but without VNNI
+            log.warning("tiled-vnni: %s not tensorized (%s)", name, exc)
+            return False
+
+    count = _schedule_each(mod, int8_or_leave)
+    log.info("tiled-vnni: %d int8 pointwise functions tensorized", count)
+    return tiled_cpu_schedule(mod)
+
+
+class CpuSchedule(NamedTuple):
+    name: str  # what the artifact's meta.json records
+    apply: Callable  # on the legalized, fused Relax module
+    rewrite: Callable | None = None  # on the imported Relax module, before legalization
+    needs: str | None = None  # an LLVM CPU feature the target must have
+
+
+def _lower_pointwise_int8(mod):
+    from qfa_deploy.deploy.int8_pointwise import lower_pointwise_int8
+
+    return lower_pointwise_int8(mod)
+
+
+# compile_artifact's ``schedule`` value -> how it is applied
+CPU_SCHEDULES = {
+    "generic": CpuSchedule("generic-cpu", generic_cpu_schedule),
+    "tiled-cpu": CpuSchedule("tiled-cpu", tiled_cpu_schedule),
+    "tiled-vnni": CpuSchedule("tiled-vnni", tiled_vnni_schedule, _lower_pointwise_int8, "avx512vnni"),
+}

@@ -1,0 +1,224 @@
+"""Pointwise convs as uint8 x int8 dot products (x86 AVX512-VNNI), exact by construction.
+
+The exported graph computes every quantized conv as ``Conv(q - Z, w_int)`` on float tensors holding
+integers, whose every partial sum is an integer below 2^24 (``qfa_deploy.nn.integer_conv``), so the
+float conv is exact. For a 1x1 conv the same sum can be taken on the integers themselves:
+
+    acc[o] = sum_c q[c] * w[o, c] - comp[o],    comp[o] = sum_c Z[c] * w[o, c]
+
+with ``q`` the uint8 codes, ``w`` int8 and int32 accumulation, which VNNI's ``vpdpbusd`` does 64
+products at a time (four times the multiply-adds of a float FMA). The result is converted to float
+and the graph goes on unchanged, so the outputs are bit-identical to the float build.
+
+``lower_pointwise_int8(mod)`` rewrites, in the imported Relax module, each
+``conv2d(dequantize(q, 1, Z), dequantize(W, 1, 0))`` with a 1x1 kernel, stride 1 and one group into
+one ``call_tir`` of three stages: pack the codes to ``[C/4, H, W, 4]`` (four channels of a pixel
+side by side, the operand layout of ``vpdpbusd``), the packed dot product into int32 tiles of 16
+output channels (weights pre-packed at compile time to ``[O/16, C/4, 16, 4]``), and the
+conversion back to an NCHW float tensor, which the conv's epilogue then fuses onto.
+``schedule_int8_pointwise`` tensorizes the dot product with TVM's VNNI intrinsic.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import numpy as np
+
+__all__ = ["INT8_BLOCKS", "lower_pointwise_int8", "schedule_int8_pointwise"]
+
+log = logging.getLogger(__name__)
+
+INT8_BLOCKS = ("int8_pack", "int8_dot", "int8_out")  # the stages' block names, found again by the schedule
+_LANES = 16  # int32 accumulators per vpdpbusd (one zmm register): output channels per tile
+_GROUP = 4  # uint8 x int8 products summed into each accumulator lane
+_OUT_EWISE_FUSABLE = 4  # Relax op pattern: elementwise consumers may fuse onto the output
+
+
+def lower_pointwise_int8(mod):
+    """``mod`` (an imported, not yet legalized Relax module) with its integer 1x1 convs on int8 dot products."""
+    from tvm import ir, relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    conv2d, dequantize = ir.Op.get("relax.nn.conv2d"), ir.Op.get("relax.dequantize")
+
+    @mutator
+    class Rewriter(PyExprMutator):
+        def __init__(self, module):
+            super().__init__(module)
+            self.module, self.lowered = module, []
+
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if call.op != conv2d:
+                return call
+            operands = _integer_operands(call, self.lookup_binding, dequantize)
+            if operands is None:
+                return call
+            codes, weight, zero_point = operands
+            packed, comp = _pack_weight(weight, zero_point)
+            out = self.builder_.call_te(
+                _pointwise_int8, codes, relax.const(packed), relax.const(comp), int(weight.shape[0]),
+                primfunc_name_hint="conv2d_int8",
+            )
+            self.lowered.append(out.args[0])
+            return out
+
+        def run(self):
+            for gvar, func in self.module.functions.items():
+                if isinstance(func, relax.Function):
+                    self.builder_.update_func(gvar, self.visit_expr(func))
+            module = self.builder_.get()
+            for gvar in self.lowered:  # let the conv's epilogue fuse onto it, as onto a conv2d
+                module[gvar] = module[gvar].with_attr("op_pattern", _OUT_EWISE_FUSABLE)
+            return module
+
+    rewriter = Rewriter(mod)
+    mod = relax.transform.DeadCodeElimination()(rewriter.run())  # the codes' float copies, now unread
+    log.info("int8 pointwise: %d 1x1 convs lowered to uint8 x int8 dot products", len(rewriter.lowered))
+    return mod
+
+
+def _integer_operands(call, lookup_binding, dequantize):
+    """(codes var, int8 weight [O, C], zero points [C] int) if ``call`` is an integer 1x1 conv, else None."""
+    from tvm import ir
+
+    attrs = call.attrs
+    if (int(attrs.groups) != 1 or [int(s) for s in attrs.strides] != [1, 1]
+            or any(int(p) for p in attrs.padding) or [int(d) for d in attrs.dilation] != [1, 1]
+            or attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW" or attrs.out_layout != "NCHW"):
+        return None
+    data, weight = (lookup_binding(arg) if isinstance(arg, ir.expr.Var) else None for arg in call.args)
+    if not all(isinstance(e, ir.expr.Call) and e.op == dequantize for e in (data, weight)):
+        return None
+    codes, w_int = data.args[0], weight.args[0]
+    if not isinstance(w_int, ir.expr.Constant) or w_int.value.dtype != "int8":
+        return None
+    if codes.ty.dtype != "uint8" or codes.ty.ndim != 4:
+        return None
+    w = w_int.value.numpy()
+    if w.ndim != 4 or w.shape[2:] != (1, 1):
+        return None
+    scales = [_constant(data.args[1]), _constant(weight.args[1])]
+    zero_point, w_zero = _constant(data.args[2]), _constant(weight.args[2])
+    if any(s is None or not np.all(s == 1.0) for s in scales) or w_zero is None or np.any(w_zero != 0):
+        return None
+    channels = w.shape[1]
+    if zero_point is None or zero_point.size not in (1, channels):
+        return None
+    return codes, w[:, :, 0, 0], np.broadcast_to(zero_point.astype(np.int64).reshape(-1), (channels,))
+
+
+def _constant(expr):
+    from tvm import ir
+
+    return expr.value.numpy() if isinstance(expr, ir.expr.Constant) else None
+
+
+def _pack_weight(w: np.ndarray, zero_point: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weights [O, C] int8 -> [O/16, C/4, 16, 4] (zero-padded), and comp[O] = sum_c Z[c] w[o, c] (int32)."""
+    out_ch, in_ch = w.shape
+    o_pad, c_pad = -(-out_ch // _LANES) * _LANES, -(-in_ch // _GROUP) * _GROUP
+    padded = np.zeros((o_pad, c_pad), np.int8)
+    padded[:out_ch, :in_ch] = w
+    packed = padded.reshape(o_pad // _LANES, _LANES, c_pad // _GROUP, _GROUP).transpose(0, 2, 1, 3)
+    comp = (w.astype(np.int64) @ zero_point).astype(np.int32)
+    return np.ascontiguousarray(packed), comp
+
+
+def _pointwise_int8(codes, packed, comp, out_channels: int):
+    """TE: codes [N, C, H, W] uint8, packed weights, comp [O] int32 -> float32 [N, O, H, W]."""
+    from tvm import te, tirx
+
+    n, channels, height, width = codes.shape
+    o_blocks, c_groups = packed.shape[0], packed.shape[1]
+
+    def pack(i, g, y, x, k):
+        c = g * _GROUP + k
+        if int(channels) % _GROUP == 0:
+            return codes[i, c, y, x]
+        return tirx.if_then_else(c < channels, codes[i, c, y, x], tirx.const(0, "uint8"))
+
+    codes4 = te.compute((n, c_groups, height, width, _GROUP), pack, name=INT8_BLOCKS[0])
+    g = te.reduce_axis((0, c_groups), "g")
+    k = te.reduce_axis((0, _GROUP), "k")
+    acc = te.compute(
+        (n, o_blocks, height, width, _LANES),
+        lambda i, ob, y, x, lane: te.sum(
+            codes4[i, g, y, x, k].astype("int32") * packed[ob, g, lane, k].astype("int32"), axis=[g, k]
+        ),
+        name=INT8_BLOCKS[1],
+    )
+    return te.compute(
+        (n, out_channels, height, width),
+        lambda i, o, y, x: (acc[i, o // _LANES, y, x, o % _LANES] - comp[o]).astype("float32"),
+        name=INT8_BLOCKS[2],
+    )
+
+
+@functools.cache
+def _vnni_intrinsic() -> str:
+    """Register (once) and name a tensor intrinsic: C[16] int32 += A[4] uint8 . B[16, 4] int8 per lane.
+
+    TVM 0.27 ships one (``dot_16x4_vnni``) whose call passes the byte operands as <16 x i32>; the
+    LLVM it is built with (22) declares ``llvm.x86.avx512.vpdpbusd.512`` on <64 x i8> and rejects it.
+    """
+    from tvm.s_tir import TensorIntrin
+    from tvm.s_tir.tensor_intrin.x86 import dot_product_16x4_u8i8i32_desc
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def vnni_16x4(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            a_word = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")  # the 4 codes, broadcast to 16 lanes
+            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                C.vload([0], dtype="int32x16"),
+                T.reinterpret(T.broadcast(a_word, 16), dtype="uint8x64"),
+                B.vload([0, 0], dtype="int8x64"),
+                dtype="int32x16",
+            )
+
+    name = "qfa_vnni_dot_16x4"
+    TensorIntrin.register(name, dot_product_16x4_u8i8i32_desc, vnni_16x4, override=True)
+    return name
+
+
+def schedule_int8_pointwise(sch, blocks, inline) -> bool:
+    """Tile and tensorize the int8 dot product of ``sch`` (a fused PrimFunc made from ``_pointwise_int8``);
+    False if it has none. ``blocks`` are the root's child blocks; ``inline(sch, block)`` folds an
+    epilogue stage into its neighbour."""
+    named = {sch.get(b).name_hint: b for b in blocks}
+    if not all(name in named for name in INT8_BLOCKS):
+        return False
+    pack, dot = named[INT8_BLOCKS[0]], named[INT8_BLOCKS[1]]
+    for block in blocks:  # the conversion and the conv's epilogue: one stage writing the output
+        if not any(sch.get(block).same_as(sch.get(b)) for b in (pack, dot)):
+            inline(sch, block)
+    (out,) = sch.get_consumers(dot)
+
+    n, ob, y, x, lane, g, k = sch.get_loops(dot)
+    width = int(sch.get(x).extent)
+    cols = max(d for d in range(1, min(width, 28) + 1) if width % d == 0)
+    xo, xi = sch.split(x, [None, cols])
+    sch.reorder(n, ob, y, xo, g, xi, lane, k)
+    outer = sch.fuse(n, ob, y)
+    sch.reverse_compute_at(out, xo, preserve_unit_loops=True)
+    sch.parallel(outer)
+    init = sch.decompose_reduction(dot, g)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.tensorize(lane, _vnni_intrinsic())
+    sch.unroll(xi)
+    o_loop, x_loop = sch.get_loops(out)[-3], sch.get_loops(out)[-1]
+    sch.vectorize(x_loop)
+    sch.unroll(o_loop)
+    pack_loops = sch.get_loops(pack)
+    sch.parallel(sch.fuse(*pack_loops[:3]))
+    return True

@@ -1,0 +1,72 @@
+"""tiled-vnni: 1x1 convs as uint8 x int8 dot products (AVX512-VNNI), bit-identical to the float build."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from deploy_helpers import FAST_PROTOCOL, artifact_dir, device_file, exported_subnet_model
+
+from qfa_deploy.deploy import compile_artifact, load_device
+from qfa_deploy.deploy.int8_pointwise import _pack_weight
+from qfa_deploy.errors import QfaError
+
+
+def _host_has_vnni() -> bool:
+    from tvm.target.codegen import target_has_features
+
+    return bool(target_has_features("avx512vnni", load_device("x86").tvm_target()))
+
+
+@pytest.fixture(scope="module")
+def fast_x86(tmp_path_factory):
+    return device_file(tmp_path_factory.mktemp("devices"), "x86", name="x86-fast", protocol=FAST_PROTOCOL)
+
+
+def test_packed_weights_and_zero_point_compensation():
+    rng = np.random.default_rng(0)
+    w = rng.integers(-8, 8, (40, 36)).astype(np.int8)  # 40 outputs: not a multiple of 16, padded
+    zero_point = rng.integers(0, 16, 36)
+    packed, comp = _pack_weight(w, zero_point)
+    assert packed.shape == (3, 9, 16, 4) and packed.dtype == np.int8 and packed.flags.c_contiguous
+    o, c = np.meshgrid(np.arange(40), np.arange(36), indexing="ij")
+    np.testing.assert_array_equal(packed[o // 16, c // 4, o % 16, c % 4], w)  # where the dot product reads it
+    assert not packed[2, :, 8:, :].any()  # padded output channels are zero
+    codes = rng.integers(0, 16, (36, 5))
+    exact = w.astype(np.int64) @ (codes - zero_point[:, None])  # the conv on (q - Z)
+    np.testing.assert_array_equal(w.astype(np.int64) @ codes - comp[:, None], exact)
+    assert comp.dtype == np.int32
+
+
+@pytest.mark.skipif(not _host_has_vnni(), reason="this CPU has no AVX512-VNNI")
+def test_tiled_vnni_is_bit_identical_to_tiled_cpu(tmp_path, fast_x86, cifar_supernet, caplog):
+    from qfa_deploy.deploy.parity import compare_outputs, onnxruntime_outputs, random_inputs
+    from qfa_deploy.deploy.runner import open_session
+
+    onnx_path = exported_subnet_model(tmp_path / "subnet.onnx", cifar_supernet, seed=7)
+    outputs = {}
+    for schedule in ("tiled-vnni", "tiled-cpu"):
+        folder = artifact_dir(tmp_path / schedule, onnx_path)
+        with caplog.at_level(logging.INFO, logger="qfa_deploy"):
+            meta = compile_artifact(folder / "model.onnx", str(fast_x86), folder, schedule=schedule)
+        assert meta["schedule"] == schedule
+        with open_session(load_device(str(fast_x86))) as session:
+            vm = session.load(folder / "model.so")
+            outputs[schedule] = [session.run(vm, random_inputs(meta["inputs"], seed=s))[0] for s in range(2)]
+    lowered = [r.getMessage() for r in caplog.records if "1x1 convs lowered" in r.getMessage()]
+    assert lowered and not lowered[0].startswith("int8 pointwise: 0 "), lowered
+    assert not [r for r in caplog.records if "not tensorized" in r.getMessage()]
+    for s, (vnni, tiled) in enumerate(zip(outputs["tiled-vnni"], outputs["tiled-cpu"], strict=True)):
+        np.testing.assert_array_equal(vnni, tiled)
+        parity = compare_outputs([vnni], onnxruntime_outputs(onnx_path, meta["inputs"],
+                                                             random_inputs(meta["inputs"], seed=s)))
+        assert parity["max_abs_diff"] <= 1e-5 and parity["argmax_agree"], parity
+
+
+def test_tiled_vnni_needs_a_vnni_target(tmp_path, cifar_supernet):
+    device = device_file(tmp_path, "x86", name="x86-haswell", target={"kind": "llvm", "mcpu": "haswell"})
+    onnx_path = exported_subnet_model(tmp_path / "subnet.onnx", cifar_supernet, seed=7)
+    with pytest.raises(QfaError, match="tiled-vnni needs a CPU with avx512vnni"):
+        compile_artifact(onnx_path, str(device), tmp_path / "out", schedule="tiled-vnni")
+    assert not (tmp_path / "out" / "model.so").exists()
