@@ -161,15 +161,29 @@ def _pointwise_int8(codes, packed, comp, out_channels: int):
 def _vnni_intrinsic() -> str:
     """Register (once) and name a tensor intrinsic: C[16] int32 += A[4] uint8 . B[16, 4] int8 per lane.
 
-    TVM 0.27 ships one (``dot_16x4_vnni``) whose call passes the byte operands as <16 x i32>; the
-    LLVM it is built with (22) declares ``llvm.x86.avx512.vpdpbusd.512`` on <64 x i8> and rejects it.
+    Our own, not TVM's ``dot_16x4_vnni``: that one passes the byte operands as <16 x i32> where the
+    LLVM TVM 0.27 is built with (22) declares ``llvm.x86.avx512.vpdpbusd.512`` on <64 x i8>, and
+    importing ``tvm.s_tir.tensor_intrin`` parses every target's intrinsics (~35 s).
     """
     from tvm.s_tir import TensorIntrin
-    from tvm.s_tir.tensor_intrin.x86 import dot_product_16x4_u8i8i32_desc
     from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
-    def vnni_16x4(
+    def semantics(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            for i, k in T.grid(16, 4):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def vpdpbusd(
         A: T.Buffer((4,), "uint8", offset_factor=1),
         B: T.Buffer((16, 4), "int8", offset_factor=1),
         C: T.Buffer((16,), "int32", offset_factor=1),
@@ -187,7 +201,7 @@ def _vnni_intrinsic() -> str:
             )
 
     name = "qfa_vnni_dot_16x4"
-    TensorIntrin.register(name, dot_product_16x4_u8i8i32_desc, vnni_16x4, override=True)
+    TensorIntrin.register(name, semantics, vpdpbusd, override=True)
     return name
 
 
