@@ -2,10 +2,10 @@
 
 For N random subnets of qfa-mbv3-w1.2 at 224x224, batch 1, T threads, on this CPU:
 
-- artifact      the project's QDQ ONNX compiled by ``compile_artifact`` for the x86 profile with
-                ``--schedule``: ``tiled-cpu`` (the default: register-tiled convs) or
-                ``generic`` (inline + parallel outer loops only), and with ``--database`` the MetaSchedule
-                schedules of ``qfa-deploy tune``
+- artifact:S    the project's QDQ ONNX compiled by ``compile_artifact`` for the x86 profile with each
+                ``--schedule`` S: ``tiled-cpu`` (the default: register-tiled convs), ``tiled-vnni``
+                (1x1 convs as uint8 x int8 VNNI dot products), ``generic``; with ``--database`` the
+                MetaSchedule schedules of ``qfa-deploy tune``
 - tvm-untuned   the same QDQ ONNX, ``schedule="none"``: plain ``tvm.compile`` (TVM 0.27 has no
                 default CPU schedules: naive loops, one thread)
 - torch-fp32    the same subnet in full precision, PyTorch eager
@@ -14,11 +14,12 @@ For N random subnets of qfa-mbv3-w1.2 at 224x224, batch 1, T threads, on this CP
 
 Prints per-subnet medians (ms) and the artifact's ratio to the best peer, then geometric means.
 Each runtime is timed in a fresh process of its own (``_isolated``), one after another.
-The supernet is randomly initialised (latency does not depend on the weights); BN/BatchQuant
-statistics come from random calibration batches. Without the project's exporter installed the
+The supernet is randomly initialised; BN/BatchQuant statistics come from random calibration
+batches (for the float peers too: without them a random float net sinks into denormals and runs
+up to 4x slower, which no trained net does). Without the project's exporter installed the
 QDQ model is onnxruntime's quantize_static output instead (said in the output).
 
-    nice -n 10 python bench/deploy_latency.py --subnets 10 --threads 2 [--schedule tiled-cpu]
+    python bench/deploy_latency.py --subnets 10 --threads 2 [--schedule tiled-cpu tiled-vnni]
 """
 
 from __future__ import annotations
@@ -168,8 +169,8 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--database", type=Path, default=None, help="MetaSchedule database for the artifact.")
-    parser.add_argument("--schedule", default=DEFAULT_SCHEDULE, choices=SCHEDULES,
-                        help="The artifact's CPU schedule (compile_artifact's; default: the export default).")
+    parser.add_argument("--schedule", nargs="+", default=[DEFAULT_SCHEDULE], choices=SCHEDULES,
+                        help="The artifact's CPU schedule(s), one artifact column each (default: the export default).")
     parser.add_argument("--json", type=Path, default=None, help="Also write the results here.")
     args = parser.parse_args(argv)
 
@@ -185,11 +186,14 @@ def main(argv=None) -> int:
     device = dataclasses.replace(device, threads=args.threads)
     supernet = QFASupernet(SPACE).eval()
     rng = random.Random(args.seed)
+    artifacts = [f"artifact:{s}" for s in args.schedule]
     peers = ("tvm-untuned", "torch-fp32", "ort-fp32", "ort-int8")
+    best_of = ("torch-fp32", "ort-fp32", "ort-int8")  # what a user would otherwise deploy
+    columns = (*artifacts, *peers)
     rows = []
     print(f"{SPACE} @{args.resolution}, batch 1, {args.threads} threads, median of {args.repeat} runs (ms); "
-          f"artifact schedule {args.schedule!r}")
-    print(f"{'subnet':<8} {'artifact':>9} " + " ".join(f"{p:>11}" for p in peers) + "   artifact/best peer")
+          f"tuning database: {args.database or 'none'}")
+    print(f"{'subnet':<8} " + " ".join(f"{c:>20}" for c in columns) + "   artifact/best peer")
     for i in range(args.subnets):
         cfg = sample_arch(SPACE, rng, resolutions=[args.resolution])
         with tempfile.TemporaryDirectory(prefix="qfa-bench-") as tmp:
@@ -208,34 +212,40 @@ def main(argv=None) -> int:
             exporter = _qdq_model(subnet.eval(), qdq) or "onnxruntime quantize_static (fallback)"
             if not qdq.exists():
                 qdq = tmp / "ort-int8.onnx"
-            start = time.perf_counter()
-            meta = compile_artifact(qdq, device, tmp / "artifact", database=args.database, schedule=args.schedule)
-            compile_s = time.perf_counter() - start
+            compile_s, metas = {}, {}
+            for schedule, column in zip(args.schedule, artifacts, strict=True):
+                start = time.perf_counter()
+                metas[column] = compile_artifact(qdq, device, tmp / column, database=args.database, schedule=schedule)
+                compile_s[column] = time.perf_counter() - start
             compile_artifact(qdq, device, tmp / "untuned", schedule="none")
             torch.save(fp_net.state_dict(), tmp / "fp32.pt")
             w, r, res, t = args.warmup, args.repeat, args.resolution, args.threads
-            ms = {
-                "artifact": _isolated(_tvm_ms, tmp / "artifact", device, w, r, res),
+            ms = {column: _isolated(_tvm_ms, tmp / column, device, w, r, res) for column in artifacts}
+            ms |= {
                 "tvm-untuned": _isolated(_tvm_ms, tmp / "untuned", device, w, r, res),
                 "torch-fp32": _isolated(_torch_ms, tmp / "fp32.pt", cfg.to_dict(), t, w, r, res),
                 "ort-fp32": _isolated(_ort_ms, tmp / "fp32.onnx", t, w, r, res),
                 "ort-int8": _isolated(_ort_ms, tmp / "ort-int8.onnx", t, w, r, res),
             }
-        best = min(v for k, v in ms.items() if k not in ("artifact", "tvm-untuned"))
-        ratio = ms["artifact"] / best
-        rows.append({"arch": cfg.to_dict(), "ms": ms, "ratio_to_best_peer": ratio, "compile_s": compile_s,
-                     "exporter": exporter, "tuning_database": meta["tuning_database"], "schedule": meta["schedule"]})
-        print(f"{i:<8} {ms['artifact']:9.2f} " + " ".join(f"{ms[p]:11.2f}" for p in peers) + f"   {ratio:6.2f}x",
-              flush=True)
-    geo = {k: math.exp(statistics.mean(math.log(r["ms"][k]) for r in rows)) for k in ("artifact", *peers)}
-    print("geomean  " + f"{geo['artifact']:9.2f} " + " ".join(f"{geo[p]:11.2f}" for p in peers)
-          + f"   {geo['artifact'] / min(geo[p] for p in peers[1:]):6.2f}x")
-    compile_s = statistics.mean(r["compile_s"] for r in rows)
-    print(f"QDQ model from: {rows[0]['exporter']}; artifact compile {compile_s:.1f} s on average; "
-          f"tuning database: {args.database or 'none'}")
+        best = min(ms[p] for p in best_of)
+        ratios = {column: ms[column] / best for column in artifacts}
+        rows.append({"arch": cfg.to_dict(), "ms": ms, "ratio_to_best_peer": ratios, "compile_s": compile_s,
+                     "exporter": exporter, "tuning_database": metas[artifacts[0]]["tuning_database"],
+                     "schedules": {c: m["schedule"] for c, m in metas.items()}})
+        print(f"{i:<8} " + " ".join(f"{ms[c]:20.2f}" for c in columns) + "   "
+              + " ".join(f"{v:.2f}x" for v in ratios.values()), flush=True)
+    geo = {k: math.exp(statistics.mean(math.log(r["ms"][k]) for r in rows)) for k in columns}
+    best = min(geo[p] for p in best_of)
+    print("geomean  " + " ".join(f"{geo[c]:20.2f}" for c in columns) + "   "
+          + " ".join(f"{geo[c] / best:.2f}x" for c in artifacts))
+    for column in artifacts:
+        mean_s = statistics.mean(r["compile_s"][column] for r in rows)
+        print(f"{column}: compile {mean_s:.1f} s on average")
+    print(f"QDQ model from: {rows[0]['exporter']}")
     if args.json:
         args.json.write_text(json.dumps({"threads": args.threads, "resolution": args.resolution, "rows": rows,
-                                         "geomean_ms": geo}, indent=2))
+                                         "geomean_ms": geo, "geomean_ratio_to_best_peer":
+                                         {c: geo[c] / best for c in artifacts}}, indent=2))
     return 0
 
 

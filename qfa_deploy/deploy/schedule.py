@@ -7,7 +7,7 @@ function (padding, conv, bias add, quantize/clip/cast, dequantize) materialised 
   into its consumer (or, for epilogues, into its producer) where TIR allows it, and (2) marks the
   outermost loop of every remaining stage ``parallel`` where that is legal.
 - ``tiled_cpu_schedule`` register-tiles the conv2d functions on top (see its docstring).
-- ``tiled_vnni_schedule`` runs the 1x1 convs, rewritten by ``int8_pointwise.lower_pointwise_int8``
+- ``tiled_vnni_schedule`` runs the 1x1 convs, rewritten by ``int8_lowering.lower_integer_convs``
   before legalization, as uint8 x int8 dot products on AVX512-VNNI, the rest as ``tiled-cpu``.
 
 None changes any output's value: the first two reorder no sum, and the exported graph's convs sum
@@ -250,9 +250,9 @@ def _divisors(n: int) -> list[int]:
 
 
 def tiled_vnni_schedule(mod):
-    """``mod`` (lowered by ``int8_pointwise.lower_pointwise_int8`` before legalization) with its int8
+    """``mod`` (lowered by ``int8_lowering.lower_integer_convs`` before legalization) with its int8
     pointwise functions tensorized on VNNI, every other PrimFunc as ``tiled_cpu_schedule``."""
-    from qfa_deploy.deploy.int8_pointwise import schedule_int8_pointwise
+    from qfa_deploy.deploy.int8_lowering import schedule_int8_pointwise
 
     def int8_or_leave(sch, name: str) -> bool:
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
@@ -274,15 +274,15 @@ class CpuSchedule(NamedTuple):
     needs: str | None = None  # an LLVM CPU feature the target must have
 
 
-def _lower_pointwise_int8(mod):
-    from qfa_deploy.deploy.int8_pointwise import lower_pointwise_int8
+def _lower_integer_convs(mod):
+    from qfa_deploy.deploy.int8_lowering import lower_integer_convs
 
-    return lower_pointwise_int8(mod)
+    return lower_integer_convs(mod)
 
 
 # compile_artifact's ``schedule`` value -> how it is applied
 CPU_SCHEDULES = {
     "generic": CpuSchedule("generic-cpu", generic_cpu_schedule),
     "tiled-cpu": CpuSchedule("tiled-cpu", tiled_cpu_schedule),
-    "tiled-vnni": CpuSchedule("tiled-vnni", tiled_vnni_schedule, _lower_pointwise_int8, "avx512vnni"),
+    "tiled-vnni": CpuSchedule("tiled-vnni", tiled_vnni_schedule, _lower_integer_convs, "avx512vnni"),
 }

@@ -1,4 +1,4 @@
-"""Pointwise convs as uint8 x int8 dot products (x86 AVX512-VNNI), exact by construction.
+"""Integer convs read the uint8 codes: 1x1 convs as uint8 x int8 dot products (x86 AVX512-VNNI).
 
 The exported graph computes every quantized conv as ``Conv(q - Z, w_int)`` on float tensors holding
 integers, whose every partial sum is an integer below 2^24 (``qfa_deploy.nn.integer_conv``), so the
@@ -10,13 +10,19 @@ with ``q`` the uint8 codes, ``w`` int8 and int32 accumulation, which VNNI's ``vp
 products at a time (four times the multiply-adds of a float FMA). The result is converted to float
 and the graph goes on unchanged, so the outputs are bit-identical to the float build.
 
-``lower_pointwise_int8(mod)`` rewrites, in the imported Relax module, each
-``conv2d(dequantize(q, 1, Z), dequantize(W, 1, 0))`` with a 1x1 kernel, stride 1 and one group into
-one ``call_tir`` of three stages: pack the codes to ``[C/4, H, W, 4]`` (four channels of a pixel
-side by side, the operand layout of ``vpdpbusd``), the packed dot product into int32 tiles of 16
-output channels (weights pre-packed at compile time to ``[O/16, C/4, 16, 4]``), and the
-conversion back to an NCHW float tensor, which the conv's epilogue then fuses onto.
-``schedule_int8_pointwise`` tensorizes the dot product with TVM's VNNI intrinsic.
+``lower_integer_convs(mod)`` rewrites, in the imported Relax module, each
+``conv2d(dequantize(q, 1, Z), dequantize(W, 1, 0))``:
+
+- 1x1, stride 1, one group: one ``call_tir`` of three stages: pack the codes to ``[C/4, H, W, 4]``
+  (four channels of a pixel side by side, the operand layout of ``vpdpbusd``), the packed dot
+  product into int32 tiles of 16 output channels (weights pre-packed at compile time to
+  ``[O/16, C/4, 16, 4]``), and the conversion back to an NCHW float tensor, onto which the conv's
+  epilogue then fuses. ``schedule_int8_pointwise`` tensorizes the dot product on VNNI.
+- depthwise: the same float conv, but dequantizing the codes in its own padding stage, so that the
+  tensor between the producer and the conv is uint8 instead of float (a quarter of the bytes).
+
+With every reader of a dequantized tensor rewritten, the dequantize is dead and the producing
+function ends at its quantize.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import logging
 
 import numpy as np
 
-__all__ = ["INT8_BLOCKS", "lower_pointwise_int8", "schedule_int8_pointwise"]
+__all__ = ["INT8_BLOCKS", "lower_integer_convs", "schedule_int8_pointwise"]
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +42,9 @@ _GROUP = 4  # uint8 x int8 products summed into each accumulator lane
 _OUT_EWISE_FUSABLE = 4  # Relax op pattern: elementwise consumers may fuse onto the output
 
 
-def lower_pointwise_int8(mod):
-    """``mod`` (an imported, not yet legalized Relax module) with its integer 1x1 convs on int8 dot products."""
+def lower_integer_convs(mod):
+    """``mod`` (an imported, not yet legalized Relax module) with its integer convs reading the codes:
+    1x1 convs as int8 dot products, depthwise convs dequantizing inside their padding stage."""
     from tvm import ir, relax
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
@@ -47,7 +54,7 @@ def lower_pointwise_int8(mod):
     class Rewriter(PyExprMutator):
         def __init__(self, module):
             super().__init__(module)
-            self.module, self.lowered = module, []
+            self.module, self.lowered = module, {"pointwise": [], "depthwise": []}
 
         def visit_call_(self, call):
             call = super().visit_call_(call)
@@ -57,12 +64,27 @@ def lower_pointwise_int8(mod):
             if operands is None:
                 return call
             codes, weight, zero_point = operands
-            packed, comp = _pack_weight(weight, zero_point)
-            out = self.builder_.call_te(
-                _pointwise_int8, codes, relax.const(packed), relax.const(comp), int(weight.shape[0]),
-                primfunc_name_hint="conv2d_int8",
-            )
-            self.lowered.append(out.args[0])
+            attrs = call.attrs
+            strides, padding = [int(v) for v in attrs.strides], [int(v) for v in attrs.padding]
+            if int(attrs.groups) == 1 and weight.shape[2:] == (1, 1) and strides == [1, 1] and not any(padding):
+                kind = "pointwise"
+                packed, comp = _pack_weight(weight[:, :, 0, 0], zero_point)
+                out = self.builder_.call_te(
+                    _pointwise_int8, codes, relax.const(packed), relax.const(comp), int(weight.shape[0]),
+                    primfunc_name_hint="conv2d_int8",
+                )
+            elif int(attrs.groups) == weight.shape[0] == codes.ty.shape[1] and weight.shape[1] == 1:
+                # depthwise: no channel sum for VNNI to take, but reading the uint8 codes (not their float
+                # copy) lets the producer write a quarter of the bytes
+                kind = "depthwise"
+                out = self.builder_.call_te(
+                    _depthwise_from_codes, codes, relax.const(weight.astype(np.float32)),
+                    relax.const(zero_point.astype(np.float32)), strides, padding,
+                    primfunc_name_hint="conv2d_codes",
+                )
+            else:
+                return call
+            self.lowered[kind].append(out.args[0])
             return out
 
         def run(self):
@@ -70,23 +92,25 @@ def lower_pointwise_int8(mod):
                 if isinstance(func, relax.Function):
                     self.builder_.update_func(gvar, self.visit_expr(func))
             module = self.builder_.get()
-            for gvar in self.lowered:  # let the conv's epilogue fuse onto it, as onto a conv2d
+            for gvar in (*self.lowered["pointwise"], *self.lowered["depthwise"]):
+                # let the conv's epilogue fuse onto it, as onto a conv2d
                 module[gvar] = module[gvar].with_attr("op_pattern", _OUT_EWISE_FUSABLE)
             return module
 
     rewriter = Rewriter(mod)
     mod = relax.transform.DeadCodeElimination()(rewriter.run())  # the codes' float copies, now unread
-    log.info("int8 pointwise: %d 1x1 convs lowered to uint8 x int8 dot products", len(rewriter.lowered))
+    log.info("integer convs: %d 1x1 convs lowered to uint8 x int8 dot products, %d depthwise convs read codes",
+             len(rewriter.lowered["pointwise"]), len(rewriter.lowered["depthwise"]))
     return mod
 
 
 def _integer_operands(call, lookup_binding, dequantize):
-    """(codes var, int8 weight [O, C], zero points [C] int) if ``call`` is an integer 1x1 conv, else None."""
+    """(codes var, int8 weight [O, C/g, kh, kw], zero points [C] int) if ``call`` is a conv of dequantized
+    codes (scale 1) by dequantized int8 weights (scale 1, zero point 0), NCHW/OIHW, else None."""
     from tvm import ir
 
     attrs = call.attrs
-    if (int(attrs.groups) != 1 or [int(s) for s in attrs.strides] != [1, 1]
-            or any(int(p) for p in attrs.padding) or [int(d) for d in attrs.dilation] != [1, 1]
+    if ([int(d) for d in attrs.dilation] != [1, 1]
             or attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW" or attrs.out_layout != "NCHW"):
         return None
     data, weight = (lookup_binding(arg) if isinstance(arg, ir.expr.Var) else None for arg in call.args)
@@ -98,16 +122,16 @@ def _integer_operands(call, lookup_binding, dequantize):
     if codes.ty.dtype != "uint8" or codes.ty.ndim != 4:
         return None
     w = w_int.value.numpy()
-    if w.ndim != 4 or w.shape[2:] != (1, 1):
+    if w.ndim != 4:
         return None
     scales = [_constant(data.args[1]), _constant(weight.args[1])]
     zero_point, w_zero = _constant(data.args[2]), _constant(weight.args[2])
     if any(s is None or not np.all(s == 1.0) for s in scales) or w_zero is None or np.any(w_zero != 0):
         return None
-    channels = w.shape[1]
+    channels = int(codes.ty.shape[1])
     if zero_point is None or zero_point.size not in (1, channels):
         return None
-    return codes, w[:, :, 0, 0], np.broadcast_to(zero_point.astype(np.int64).reshape(-1), (channels,))
+    return codes, w, np.broadcast_to(zero_point.astype(np.int64).reshape(-1), (channels,))
 
 
 def _constant(expr):
@@ -154,6 +178,34 @@ def _pointwise_int8(codes, packed, comp, out_channels: int):
         (n, out_channels, height, width),
         lambda i, o, y, x: (acc[i, o // _LANES, y, x, o % _LANES] - comp[o]).astype("float32"),
         name=INT8_BLOCKS[2],
+    )
+
+
+def _depthwise_from_codes(codes, weight, zero_point, strides, padding):
+    """TE: a depthwise conv of (codes - Z) [N, C, H, W], zero padded, as TOPI's group_conv2d_nchw sums it
+    (same block names and loop order, so ``tiled_cpu_schedule`` tiles it like any depthwise conv)."""
+    from tvm import te, tirx
+
+    n, channels, height, width = codes.shape
+    kh, kw = int(weight.shape[2]), int(weight.shape[3])
+    top, left, bottom, right = padding
+    sh, sw = strides
+
+    def pad(i, c, y, x):
+        inside = tirx.all(y >= top, y < height + top, x >= left, x < width + left)
+        value = codes[i, c, y - top, x - left].astype("float32") - zero_point[c]
+        return tirx.if_then_else(inside, value, tirx.const(0.0, "float32"))
+
+    padded = te.compute((n, channels, height + top + bottom, width + left + right), pad, name="pad_temp")
+    rc, ry, rx = te.reduce_axis((0, 1), "rc"), te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
+    out_h = (height + top + bottom - kh) // sh + 1
+    out_w = (width + left + right - kw) // sw + 1
+    return te.compute(
+        (n, channels, out_h, out_w),
+        lambda i, c, y, x: te.sum(
+            padded[i, c + rc, y * sh + ry, x * sw + rx] * weight[c, rc, ry, rx], axis=[rc, ry, rx]
+        ),
+        name="group_conv2d_nchw",
     )
 
 
