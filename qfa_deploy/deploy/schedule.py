@@ -22,6 +22,8 @@ import logging
 from collections.abc import Callable
 from typing import NamedTuple
 
+from qfa_deploy.deploy._text import one_line
+
 __all__ = ["CPU_SCHEDULES", "CpuSchedule", "generic_cpu_schedule", "tiled_cpu_schedule", "tiled_vnni_schedule"]
 
 log = logging.getLogger(__name__)
@@ -79,7 +81,7 @@ def _try(primitive, *args) -> bool:
         primitive(*args)
         return True
     except Exception as exc:  # the primitive's own legality check said no: leave that stage as it is
-        log.debug("%s refused: %s", getattr(primitive, "__name__", primitive), str(exc).strip().splitlines()[-1:])
+        log.debug("%s refused: %s", getattr(primitive, "__name__", primitive), one_line(exc))
         return False
 
 
@@ -122,7 +124,7 @@ def _tile_conv_or_leave(sch, name: str) -> bool:
     try:
         return _tile_conv(sch)
     except Exception as exc:  # a primitive refused: this function gets the generic schedule instead
-        log.warning("tiled-cpu: %s left to the generic schedule (%s)", name, str(exc).strip().splitlines()[-1:])
+        log.warning("tiled-cpu: %s left to the generic schedule (%s)", name, one_line(exc))
         return False
 
 
@@ -259,7 +261,7 @@ def tiled_vnni_schedule(mod):
         try:
             return schedule_int8_pointwise(sch, blocks, _inline)
         except Exception as exc:  # left to the tiled schedule: correct, but without VNNI
-            log.warning("tiled-vnni: %s not tensorized (%s)", name, exc)
+            log.warning("tiled-vnni: %s not tensorized (%s)", name, one_line(exc))
             return False
 
     count = _schedule_each(mod, int8_or_leave)
