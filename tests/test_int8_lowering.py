@@ -10,7 +10,7 @@ import pytest
 from deploy_helpers import FAST_PROTOCOL, artifact_dir, device_file, exported_subnet_model
 
 from qfa_deploy.deploy import compile_artifact, load_device
-from qfa_deploy.deploy.int8_lowering import _pack_weight
+from qfa_deploy.deploy.int8_lowering import _depthwise_lanes, _pack_depthwise_weight, _pack_weight
 from qfa_deploy.errors import QfaError
 
 
@@ -40,6 +40,17 @@ def test_packed_weights_and_zero_point_compensation():
     assert comp.dtype == np.int32
 
 
+def test_depthwise_weights_are_blocked_one_vector_per_tap():
+    rng = np.random.default_rng(1)
+    w = rng.integers(-8, 8, (72, 1, 5, 5)).astype(np.int8)
+    lanes = _depthwise_lanes(72)
+    assert lanes == 8 and _depthwise_lanes(192) == 16  # a zmm of floats where the channels allow it
+    blocked = _pack_depthwise_weight(w, lanes)
+    assert blocked.shape == (9, 5, 5, 8) and blocked.dtype == np.float32 and blocked.flags.c_contiguous
+    c, ky, kx = np.meshgrid(np.arange(72), np.arange(5), np.arange(5), indexing="ij")
+    np.testing.assert_array_equal(blocked[c // 8, ky, kx, c % 8], w[:, 0])  # where the conv reads tap (ky, kx)
+
+
 @pytest.mark.skipif(not _host_has_vnni(), reason="this CPU has no AVX512-VNNI")
 def test_tiled_vnni_is_bit_identical_to_tiled_cpu(tmp_path, fast_x86, cifar_supernet, caplog):
     from qfa_deploy.deploy.parity import compare_outputs, onnxruntime_outputs, random_inputs
@@ -58,7 +69,10 @@ def test_tiled_vnni_is_bit_identical_to_tiled_cpu(tmp_path, fast_x86, cifar_supe
     (lowered,) = [r.getMessage() for r in caplog.records if "1x1 convs lowered" in r.getMessage()]
     pointwise, depthwise = (int(n) for n in re.findall(r"(\d+) (?:1x1|depthwise) convs", lowered))
     assert pointwise > 0 and depthwise > 0, lowered
-    assert not [r for r in caplog.records if "not tensorized" in r.getMessage()]
+    assert not [r for r in caplog.records if "not scheduled" in r.getMessage()]
+    (scheduled,) = [r.getMessage() for r in caplog.records if "functions channel-blocked" in r.getMessage()]
+    tensorized, blocked = (int(n) for n in re.findall(r"(\d+) (?:int8 pointwise|depthwise) functions", scheduled))
+    assert tensorized > 0 and blocked > 0, scheduled
     for s, (vnni, tiled) in enumerate(zip(outputs["tiled-vnni"], outputs["tiled-cpu"], strict=True)):
         np.testing.assert_array_equal(vnni, tiled)
         parity = compare_outputs([vnni], onnxruntime_outputs(onnx_path, meta["inputs"],

@@ -18,8 +18,11 @@ and the graph goes on unchanged, so the outputs are bit-identical to the float b
   product into int32 tiles of 16 output channels (weights pre-packed at compile time to
   ``[O/16, C/4, 16, 4]``), and the conversion back to an NCHW float tensor, onto which the conv's
   epilogue then fuses. ``schedule_int8_pointwise`` tensorizes the dot product on VNNI.
-- depthwise: the same float conv, but dequantizing the codes in its own padding stage, so that the
-  tensor between the producer and the conv is uint8 instead of float (a quarter of the bytes).
+- depthwise (channels a multiple of 8): the same float sums, but dequantizing the codes in its own
+  padding stage, so that the tensor between the producer and the conv is uint8 instead of float (a
+  quarter of the bytes), into planes of 16 (or 8) channels side by side: every tap is then one
+  contiguous vector load and FMA whatever the stride or the width (NCHW rows of 7 or 14 pixels,
+  read with stride 2, wasted most of a vector). ``schedule_depthwise_blocked`` tiles it.
 
 With every reader of a dequantized tensor rewritten, the dequantize is dead and the producing
 function ends at its quantize.
@@ -32,13 +35,17 @@ import logging
 
 import numpy as np
 
-__all__ = ["INT8_BLOCKS", "lower_integer_convs", "schedule_int8_pointwise"]
+__all__ = [
+    "DEPTHWISE_BLOCKS", "INT8_BLOCKS", "lower_integer_convs", "schedule_depthwise_blocked", "schedule_int8_pointwise",
+]
 
 log = logging.getLogger(__name__)
 
 INT8_BLOCKS = ("int8_pack", "int8_dot", "int8_out")  # the stages' block names, found again by the schedule
+DEPTHWISE_BLOCKS = ("dw_pad", "dw_conv", "dw_out")
 _LANES = 16  # int32 accumulators per vpdpbusd (one zmm register): output channels per tile
 _GROUP = 4  # uint8 x int8 products summed into each accumulator lane
+_DW_COLS = 14  # output pixels per depthwise tile: one accumulator vector each
 _OUT_EWISE_FUSABLE = 4  # Relax op pattern: elementwise consumers may fuse onto the output
 
 
@@ -73,12 +80,14 @@ def lower_integer_convs(mod):
                     _pointwise_int8, codes, relax.const(packed), relax.const(comp), int(weight.shape[0]),
                     primfunc_name_hint="conv2d_int8",
                 )
-            elif int(attrs.groups) == weight.shape[0] == codes.ty.shape[1] and weight.shape[1] == 1:
+            elif (int(attrs.groups) == weight.shape[0] == codes.ty.shape[1] and weight.shape[1] == 1
+                  and weight.shape[0] % 8 == 0):
                 # depthwise: no channel sum for VNNI to take, but reading the uint8 codes (not their float
                 # copy) lets the producer write a quarter of the bytes
                 kind = "depthwise"
+                lanes = _depthwise_lanes(int(weight.shape[0]))
                 out = self.builder_.call_te(
-                    _depthwise_from_codes, codes, relax.const(weight.astype(np.float32)),
+                    _depthwise_from_codes, codes, relax.const(_pack_depthwise_weight(weight, lanes)),
                     relax.const(zero_point.astype(np.float32)), strides, padding,
                     primfunc_name_hint="conv2d_codes",
                 )
@@ -181,31 +190,55 @@ def _pointwise_int8(codes, packed, comp, out_channels: int):
     )
 
 
+def _depthwise_lanes(channels: int) -> int:
+    """Channels per block of the channel-blocked depthwise conv: a zmm (16 floats), else a ymm (8)."""
+    return next(lanes for lanes in (16, 8) if channels % lanes == 0)
+
+
+def _pack_depthwise_weight(w: np.ndarray, lanes: int) -> np.ndarray:
+    """Depthwise weights [C, 1, kh, kw] -> [C/lanes, kh, kw, lanes] float32: one vector per tap and block."""
+    channels, _, kh, kw = w.shape
+    blocked = w.astype(np.float32).reshape(channels // lanes, lanes, kh, kw).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(blocked)
+
+
 def _depthwise_from_codes(codes, weight, zero_point, strides, padding):
-    """TE: a depthwise conv of (codes - Z) [N, C, H, W], zero padded, as TOPI's group_conv2d_nchw sums it
-    (same block names and loop order, so ``tiled_cpu_schedule`` tiles it like any depthwise conv)."""
+    """TE: a depthwise conv of (codes - Z) [N, C, H, W], zero padded, computed channel-blocked.
+
+    The padding stage dequantizes the uint8 codes into planes of ``lanes`` channels side by side
+    ([N, C/lanes, Hp, Wp, lanes]), so every tap of the kernel is one contiguous vector load and one FMA
+    against the tap's weight vector whatever the stride or width; the sum runs over (kh, kw) in order,
+    as TOPI's conv sums it. The last stage writes NCHW floats, onto which the conv's epilogue fuses.
+    """
     from tvm import te, tirx
 
     n, channels, height, width = codes.shape
-    kh, kw = int(weight.shape[2]), int(weight.shape[3])
+    blocks, kh, kw, lanes = (int(d) for d in weight.shape)
     top, left, bottom, right = padding
     sh, sw = strides
 
-    def pad(i, c, y, x):
+    def pad(i, cb, y, x, lane):
         inside = tirx.all(y >= top, y < height + top, x >= left, x < width + left)
+        c = cb * lanes + lane
         value = codes[i, c, y - top, x - left].astype("float32") - zero_point[c]
         return tirx.if_then_else(inside, value, tirx.const(0.0, "float32"))
 
-    padded = te.compute((n, channels, height + top + bottom, width + left + right), pad, name="pad_temp")
-    rc, ry, rx = te.reduce_axis((0, 1), "rc"), te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
+    padded = te.compute((n, blocks, height + top + bottom, width + left + right, lanes), pad,
+                        name=DEPTHWISE_BLOCKS[0])
+    ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
     out_h = (height + top + bottom - kh) // sh + 1
     out_w = (width + left + right - kw) // sw + 1
+    acc = te.compute(
+        (n, blocks, out_h, out_w, lanes),
+        lambda i, cb, y, x, lane: te.sum(
+            padded[i, cb, y * sh + ry, x * sw + rx, lane] * weight[cb, ry, rx, lane], axis=[ry, rx]
+        ),
+        name=DEPTHWISE_BLOCKS[1],
+    )
     return te.compute(
         (n, channels, out_h, out_w),
-        lambda i, c, y, x: te.sum(
-            padded[i, c + rc, y * sh + ry, x * sw + rx] * weight[c, rc, ry, rx], axis=[rc, ry, rx]
-        ),
-        name="group_conv2d_nchw",
+        lambda i, c, y, x: acc[i, c // lanes, y, x, c % lanes],
+        name=DEPTHWISE_BLOCKS[2],
     )
 
 
@@ -287,4 +320,38 @@ def schedule_int8_pointwise(sch, blocks, inline) -> bool:
     sch.unroll(o_loop)
     pack_loops = sch.get_loops(pack)
     sch.parallel(sch.fuse(*pack_loops[:3]))
+    return True
+
+
+def schedule_depthwise_blocked(sch, blocks, inline) -> bool:
+    """Register-tile the channel-blocked depthwise conv of ``sch`` (a fused PrimFunc made from
+    ``_depthwise_from_codes``); False if it has none. Arguments as ``schedule_int8_pointwise``."""
+    named = {sch.get(b).name_hint: b for b in blocks}
+    if not all(name in named for name in DEPTHWISE_BLOCKS):
+        return False
+    pad, conv = named[DEPTHWISE_BLOCKS[0]], named[DEPTHWISE_BLOCKS[1]]
+    for block in blocks:  # the NCHW write and the conv's epilogue: one stage
+        if not any(sch.get(block).same_as(sch.get(b)) for b in (pad, conv)):
+            inline(sch, block)
+    (out,) = sch.get_consumers(conv)
+
+    n, cb, y, x, lane, ry, rx = sch.get_loops(conv)
+    width = int(sch.get(x).extent)
+    cols = max(d for d in range(1, min(width, _DW_COLS) + 1) if width % d == 0)
+    xo, xi = sch.split(x, [None, cols])
+    sch.reorder(n, cb, y, xo, ry, rx, xi, lane)
+    outer = sch.fuse(n, cb)
+    sch.compute_inline(sch.cache_write(conv, 0, "local"))  # the output stage reads the accumulators
+    sch.reverse_compute_at(out, xo, preserve_unit_loops=True)
+    sch.compute_at(pad, outer, preserve_unit_loops=True)
+    fill = sch.decompose_padding(pad, sch.get_loops(pad)[-3])
+    for block in (fill, pad):  # the copy gathers a pixel's channels (measured: as fast as the other order)
+        sch.vectorize(sch.get_loops(block)[-1])
+    sch.parallel(outer)
+    sch.unroll(xi)
+    sch.vectorize(lane)
+    sch.decompose_reduction(conv, ry)
+    out_loops = sch.get_loops(out)  # (channel, row, pixel) of the tile, written NCHW along the pixels
+    sch.vectorize(out_loops[-1])
+    sch.unroll(out_loops[-3])
     return True

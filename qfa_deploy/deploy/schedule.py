@@ -7,8 +7,9 @@ function (padding, conv, bias add, quantize/clip/cast, dequantize) materialised 
   into its consumer (or, for epilogues, into its producer) where TIR allows it, and (2) marks the
   outermost loop of every remaining stage ``parallel`` where that is legal.
 - ``tiled_cpu_schedule`` register-tiles the conv2d functions on top (see its docstring).
-- ``tiled_vnni_schedule`` runs the 1x1 convs, rewritten by ``int8_lowering.lower_integer_convs``
-  before legalization, as uint8 x int8 dot products on AVX512-VNNI, the rest as ``tiled-cpu``.
+- ``tiled_vnni_schedule`` runs the integer convs rewritten by ``int8_lowering.lower_integer_convs``
+  before legalization: 1x1 convs as uint8 x int8 dot products on AVX512-VNNI, depthwise convs
+  channel-blocked (one vector of channels per tap); the rest as ``tiled-cpu``.
 
 None changes any output's value: the first two reorder no sum, and the exported graph's convs sum
 integers exactly (below 2^24) in any order, so all are bit-identical to the naive build (parity
@@ -253,19 +254,27 @@ def _divisors(n: int) -> list[int]:
 
 def tiled_vnni_schedule(mod):
     """``mod`` (lowered by ``int8_lowering.lower_integer_convs`` before legalization) with its int8
-    pointwise functions tensorized on VNNI, every other PrimFunc as ``tiled_cpu_schedule``."""
-    from qfa_deploy.deploy.int8_lowering import schedule_int8_pointwise
+    pointwise functions tensorized on VNNI and its depthwise convs tiled channel-blocked, every other
+    PrimFunc as ``tiled_cpu_schedule``."""
+    from qfa_deploy.deploy.int8_lowering import schedule_depthwise_blocked, schedule_int8_pointwise
 
-    def int8_or_leave(sch, name: str) -> bool:
+    counts = {"pointwise": 0, "depthwise": 0}
+
+    def lowered_or_leave(sch, name: str) -> bool:
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
-        try:
-            return schedule_int8_pointwise(sch, blocks, _inline)
-        except Exception as exc:  # left to the tiled schedule: correct, but without VNNI
-            log.warning("tiled-vnni: %s not tensorized (%s)", name, one_line(exc))
-            return False
+        for kind, schedule_one in (("pointwise", schedule_int8_pointwise), ("depthwise", schedule_depthwise_blocked)):
+            try:
+                if schedule_one(sch, blocks, _inline):
+                    counts[kind] += 1
+                    return True
+            except Exception as exc:  # left to the generic schedule: correct, but slow
+                log.warning("tiled-vnni: %s not scheduled (%s)", name, one_line(exc))
+                return False
+        return False
 
-    count = _schedule_each(mod, int8_or_leave)
-    log.info("tiled-vnni: %d int8 pointwise functions tensorized", count)
+    _schedule_each(mod, lowered_or_leave)
+    log.info("tiled-vnni: %d int8 pointwise functions tensorized, %d depthwise functions channel-blocked",
+             counts["pointwise"], counts["depthwise"])
     return tiled_cpu_schedule(mod)
 
 
