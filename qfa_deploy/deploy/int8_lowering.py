@@ -25,7 +25,8 @@ and the graph goes on unchanged, so the outputs are bit-identical to the float b
   read with stride 2, wasted most of a vector). ``schedule_depthwise_blocked`` tiles it.
 
 With every reader of a dequantized tensor rewritten, the dequantize is dead and the producing
-function ends at its quantize.
+function ends at its quantize. After fusion, ``block_expand_outputs`` hands the codes from a 1x1 conv
+to the depthwise conv that reads them in the blocked layout both already compute in.
 """
 
 from __future__ import annotations
@@ -302,6 +303,11 @@ def schedule_int8_pointwise(sch, blocks, inline) -> bool:
         if not any(sch.get(block).same_as(sch.get(b)) for b in (pack, dot)):
             inline(sch, block)
     (out,) = sch.get_consumers(dot)
+    out_shape = sch.get(out).writes[0].source.shape
+    blocked = len(out_shape) == 5  # codes for a depthwise conv (``block_expand_outputs``)
+    if blocked:
+        lanes = int(out_shape[-1])
+        sch.transform_block_layout(out, lambda n, o, y, x: (n, o // lanes, y, x, o % lanes))
 
     n, ob, y, x, lane, g, k = sch.get_loops(dot)
     width = int(sch.get(x).extent)
@@ -315,9 +321,14 @@ def schedule_int8_pointwise(sch, blocks, inline) -> bool:
     sch.vectorize(sch.get_loops(init)[-1])
     sch.tensorize(lane, _vnni_intrinsic())
     sch.unroll(xi)
-    o_loop, x_loop = sch.get_loops(out)[-3], sch.get_loops(out)[-1]
-    sch.vectorize(x_loop)
-    sch.unroll(o_loop)
+    if blocked:  # a vector of channels per pixel, as the tile holds them
+        x_loop, lane_loop = sch.get_loops(out)[-2:]
+        sch.vectorize(lane_loop)
+        sch.unroll(x_loop)
+    else:  # NCHW rows: a vector of pixels per channel
+        o_loop, x_loop = sch.get_loops(out)[-3], sch.get_loops(out)[-1]
+        sch.vectorize(x_loop)
+        sch.unroll(o_loop)
     pack_loops = sch.get_loops(pack)
     sch.parallel(sch.fuse(*pack_loops[:3]))
     return True
@@ -355,3 +366,76 @@ def schedule_depthwise_blocked(sch, blocks, inline) -> bool:
     sch.vectorize(out_loops[-1])
     sch.unroll(out_loops[-3])
     return True
+
+
+
+def block_expand_outputs(mod):
+    """``mod`` (legalized and fused) with the codes between each int8 1x1 conv and the depthwise conv
+    that alone reads them in the depthwise's blocked layout [N, C/lanes, H, W, lanes].
+
+    The 1x1 conv's int32 tiles are channel-blocked already, so neither side transposes any more
+    (writing NCHW and gathering it back took most of both functions' time). Both PrimFuncs are
+    copied (a fused function can be shared by several call sites) and the copies' buffers re-laid out;
+    ``schedule_int8_pointwise`` and ``schedule_depthwise_blocked`` then schedule them like the others.
+    """
+    from tvm import ir, relax, tirx
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+    from tvm.s_tir import Schedule
+
+    call_tir = ir.Op.get("relax.call_tir")
+    main = mod["main"]
+    var2val = relax.analysis.get_var2val(main)
+    uses: dict = {}
+    for value in (*var2val.values(), main.body.body):
+        for var in relax.analysis.free_vars(value):
+            uses[var] = uses.get(var, 0) + 1
+
+    def stages(call) -> tuple[str, ...]:
+        if not (isinstance(call, ir.expr.Call) and call.op == call_tir):
+            return ()
+        func = mod[call.args[0]]
+        if not isinstance(func, tirx.PrimFunc):
+            return ()
+        sch = Schedule(func)
+        return tuple(sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root")))
+
+    edges = []  # (1x1 conv call, depthwise call, lanes)
+    for value in var2val.values():
+        if DEPTHWISE_BLOCKS[0] not in stages(value):
+            continue
+        codes = value.args[1].fields[0]
+        producer = var2val.get(codes)
+        lanes = _depthwise_lanes(int(codes.ty.shape[1]))
+        # the depthwise blocks as the 1x1 conv's tiles do (16 channels); blocks of 8 stay NCHW
+        if lanes == _LANES and uses.get(codes) == 1 and producer is not None and INT8_BLOCKS[1] in stages(producer):
+            edges.append((producer, value, lanes))
+
+    def relaid(func, lanes: int, side: str):
+        sch = Schedule(func)
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+        index_map = lambda n, c, h, w: (n, c // lanes, h, w, c % lanes)  # noqa: E731
+        if side == "write":  # the last stage writes the function's output
+            sch.transform_layout(blocks[-1], ("write", 0), index_map)
+        else:  # the padding stage reads the codes (its first operand)
+            (pad,) = [b for b in blocks if sch.get(b).name_hint == DEPTHWISE_BLOCKS[0]]
+            sch.transform_layout(pad, ("read", 0), index_map)
+        return sch.mod["main"]
+
+    @mutator
+    class Relayout(PyExprMutator):
+        def visit_call_(self, call):
+            new = super().visit_call_(call)
+            for producer, consumer, lanes in edges:
+                for original, side in ((producer, "write"), (consumer, "read")):
+                    if call.same_as(original):
+                        gvar = call.args[0]
+                        copy = self.builder_.add_func(relaid(mod[gvar], lanes, side), gvar.name_hint + "_blocked")
+                        n, c, h, w = (int(d) for d in producer.ty.shape)
+                        out_ty = relax.TensorType([n, c // lanes, h, w, lanes], "uint8") if side == "write" else call.ty
+                        return relax.call_tir(copy, new.args[1], out_ty)
+            return new
+
+    relayout = Relayout(mod)
+    relayout.builder_.update_func(mod.get_global_var("main"), relayout.visit_expr(main))
+    log.info("tiled-vnni: %d 1x1 conv -> depthwise edges channel-blocked", len(edges))
+    return relax.transform.DeadCodeElimination()(relayout.builder_.get())
