@@ -25,8 +25,8 @@ and the graph goes on unchanged, so the outputs are bit-identical to the float b
   read with stride 2, wasted most of a vector). ``schedule_depthwise_blocked`` tiles it.
 
 With every reader of a dequantized tensor rewritten, the dequantize is dead and the producing
-function ends at its quantize. After fusion, ``block_expand_outputs`` hands the codes from a 1x1 conv
-to the depthwise conv that reads them in the blocked layout both already compute in.
+function ends at its quantize. After fusion, ``keep_codes_blocked`` hands the codes from one integer conv to the
+next in the channel-blocked layout both compute in.
 """
 
 from __future__ import annotations
@@ -303,11 +303,10 @@ def schedule_int8_pointwise(sch, blocks, inline) -> bool:
         if not any(sch.get(block).same_as(sch.get(b)) for b in (pack, dot)):
             inline(sch, block)
     (out,) = sch.get_consumers(dot)
-    out_shape = sch.get(out).writes[0].source.shape
-    blocked = len(out_shape) == 5  # codes for a depthwise conv (``block_expand_outputs``)
-    if blocked:
-        lanes = int(out_shape[-1])
-        sch.transform_block_layout(out, lambda n, o, y, x: (n, o // lanes, y, x, o % lanes))
+    blocked = _iterate_blocked(sch, out)
+    packed_in_place = len(sch.get(pack).reads[0].source.shape) == 5  # blocked codes: 4 channels side by side
+    if packed_in_place:
+        sch.compute_inline(pack)
 
     n, ob, y, x, lane, g, k = sch.get_loops(dot)
     width = int(sch.get(x).extent)
@@ -321,16 +320,10 @@ def schedule_int8_pointwise(sch, blocks, inline) -> bool:
     sch.vectorize(sch.get_loops(init)[-1])
     sch.tensorize(lane, _vnni_intrinsic())
     sch.unroll(xi)
-    if blocked:  # a vector of channels per pixel, as the tile holds them
-        x_loop, lane_loop = sch.get_loops(out)[-2:]
-        sch.vectorize(lane_loop)
-        sch.unroll(x_loop)
-    else:  # NCHW rows: a vector of pixels per channel
-        o_loop, x_loop = sch.get_loops(out)[-3], sch.get_loops(out)[-1]
-        sch.vectorize(x_loop)
-        sch.unroll(o_loop)
-    pack_loops = sch.get_loops(pack)
-    sch.parallel(sch.fuse(*pack_loops[:3]))
+    _vectorize_output(sch, out, blocked)
+    if not packed_in_place:
+        pack_loops = sch.get_loops(pack)
+        sch.parallel(sch.fuse(*pack_loops[:3]))
     return True
 
 
@@ -345,6 +338,7 @@ def schedule_depthwise_blocked(sch, blocks, inline) -> bool:
         if not any(sch.get(block).same_as(sch.get(b)) for b in (pad, conv)):
             inline(sch, block)
     (out,) = sch.get_consumers(conv)
+    blocked = _iterate_blocked(sch, out)
 
     n, cb, y, x, lane, ry, rx = sch.get_loops(conv)
     width = int(sch.get(x).extent)
@@ -362,21 +356,45 @@ def schedule_depthwise_blocked(sch, blocks, inline) -> bool:
     sch.unroll(xi)
     sch.vectorize(lane)
     sch.decompose_reduction(conv, ry)
-    out_loops = sch.get_loops(out)  # (channel, row, pixel) of the tile, written NCHW along the pixels
-    sch.vectorize(out_loops[-1])
-    sch.unroll(out_loops[-3])
+    _vectorize_output(sch, out, blocked)
     return True
 
 
+def _iterate_blocked(sch, out) -> bool:
+    """If ``out`` (the stage writing the function's output) writes blocked codes [N, C/16, H, W, 16]
+    (``keep_codes_blocked``), make it iterate in that order too; True if so."""
+    shape = sch.get(out).writes[0].source.shape
+    if len(shape) != 5:
+        return False
+    lanes = int(shape[-1])
+    sch.transform_block_layout(out, lambda n, c, y, x: (n, c // lanes, y, x, c % lanes))
+    return True
 
-def block_expand_outputs(mod):
-    """``mod`` (legalized and fused) with the codes between each int8 1x1 conv and the depthwise conv
-    that alone reads them in the depthwise's blocked layout [N, C/lanes, H, W, lanes].
 
-    The 1x1 conv's int32 tiles are channel-blocked already, so neither side transposes any more
-    (writing NCHW and gathering it back took most of both functions' time). Both PrimFuncs are
-    copied (a fused function can be shared by several call sites) and the copies' buffers re-laid out;
-    ``schedule_int8_pointwise`` and ``schedule_depthwise_blocked`` then schedule them like the others.
+def _vectorize_output(sch, out, blocked: bool) -> None:
+    """The output stage at a tile: blocked, a vector of channels per pixel (as the tile holds them);
+    NCHW, a vector of pixels per channel (a transpose of the tile)."""
+    loops = sch.get_loops(out)
+    if blocked:
+        sch.vectorize(loops[-1])
+        sch.unroll(loops[-2])
+    else:
+        sch.vectorize(loops[-1])
+        sch.unroll(loops[-3])
+
+
+
+def keep_codes_blocked(mod):
+    """``mod`` (legalized and fused) with the codes handed from one integer conv to the next in the
+    blocked layout [N, C/16, H, W, 16] where both sides can take it.
+
+    The producers (an int8 1x1 conv, a channel-blocked depthwise conv) compute their outputs in
+    tiles of 16 channels, and the consumers (a depthwise conv, the codes packing of a 1x1 conv) want
+    channels side by side: written NCHW, the codes were transposed once on each side, which took
+    most of both functions' time. Only codes read by that one consumer are re-laid out; both
+    PrimFuncs are copied (a fused function can be shared by several call sites) and the copies'
+    buffers transformed; ``schedule_int8_pointwise`` and ``schedule_depthwise_blocked`` then schedule
+    them like the others.
     """
     from tvm import ir, relax, tirx
     from tvm.relax.expr_functor import PyExprMutator, mutator
@@ -399,43 +417,57 @@ def block_expand_outputs(mod):
         sch = Schedule(func)
         return tuple(sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root")))
 
-    edges = []  # (1x1 conv call, depthwise call, lanes)
+    readers = {DEPTHWISE_BLOCKS[0], INT8_BLOCKS[0]}  # the stages that read the codes
+    writers = {DEPTHWISE_BLOCKS[1], INT8_BLOCKS[1]}  # the convs whose tiles hold 16 channels of a pixel
+    edges = []  # (producer call, consumer call)
     for value in var2val.values():
-        if DEPTHWISE_BLOCKS[0] not in stages(value):
+        reader = readers.intersection(stages(value))
+        if not reader:
             continue
         codes = value.args[1].fields[0]
         producer = var2val.get(codes)
-        lanes = _depthwise_lanes(int(codes.ty.shape[1]))
-        # the depthwise blocks as the 1x1 conv's tiles do (16 channels); blocks of 8 stay NCHW
-        if lanes == _LANES and uses.get(codes) == 1 and producer is not None and INT8_BLOCKS[1] in stages(producer):
-            edges.append((producer, value, lanes))
+        if (int(codes.ty.shape[1]) % _LANES == 0 and uses.get(codes) == 1 and producer is not None
+                and writers.intersection(stages(producer))):
+            edges.append((producer, value, reader.pop()))
 
-    def relaid(func, lanes: int, side: str):
+    index_map = lambda n, c, h, w: (n, c // _LANES, h, w, c % _LANES)  # noqa: E731
+
+    def relaid(func, reader: str | None):
         sch = Schedule(func)
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
-        index_map = lambda n, c, h, w: (n, c // lanes, h, w, c % lanes)  # noqa: E731
-        if side == "write":  # the last stage writes the function's output
+        if reader is None:  # the producer: its last stage writes the function's output
             sch.transform_layout(blocks[-1], ("write", 0), index_map)
-        else:  # the padding stage reads the codes (its first operand)
-            (pad,) = [b for b in blocks if sch.get(b).name_hint == DEPTHWISE_BLOCKS[0]]
-            sch.transform_layout(pad, ("read", 0), index_map)
+        else:  # the consumer: the stage reading the codes (its first operand)
+            (stage,) = [b for b in blocks if sch.get(b).name_hint == reader]
+            sch.transform_layout(stage, ("read", 0), index_map)
         return sch.mod["main"]
 
     @mutator
     class Relayout(PyExprMutator):
+        def __init__(self, module):
+            super().__init__(module)
+            self.copies = {}  # (function, side) -> its re-laid-out copy: one per kind of call site
+
         def visit_call_(self, call):
             new = super().visit_call_(call)
-            for producer, consumer, lanes in edges:
-                for original, side in ((producer, "write"), (consumer, "read")):
-                    if call.same_as(original):
-                        gvar = call.args[0]
-                        copy = self.builder_.add_func(relaid(mod[gvar], lanes, side), gvar.name_hint + "_blocked")
-                        n, c, h, w = (int(d) for d in producer.ty.shape)
-                        out_ty = relax.TensorType([n, c // lanes, h, w, lanes], "uint8") if side == "write" else call.ty
-                        return relax.call_tir(copy, new.args[1], out_ty)
-            return new
+            sides = [(None, p) for p, _, _ in edges if call.same_as(p)]
+            sides += [(r, c) for _, c, r in edges if call.same_as(c)]
+            if not sides:
+                return new
+            # a conv can both receive and hand over blocked codes: transform its copy for each side
+            gvar, func = call.args[0], mod[call.args[0]]
+            for reader, _ in sides:
+                func = relaid(func, reader)
+            key = (gvar.name_hint, tuple(r or "" for r, _ in sides))
+            if key not in self.copies:
+                self.copies[key] = self.builder_.add_func(func, gvar.name_hint + "_blocked")
+            out_ty = call.ty
+            if any(reader is None for reader, _ in sides):
+                n, c, h, w = (int(d) for d in call.ty.shape)
+                out_ty = relax.TensorType([n, c // _LANES, h, w, _LANES], "uint8")
+            return relax.call_tir(self.copies[key], new.args[1], out_ty)
 
     relayout = Relayout(mod)
     relayout.builder_.update_func(mod.get_global_var("main"), relayout.visit_expr(main))
-    log.info("tiled-vnni: %d 1x1 conv -> depthwise edges channel-blocked", len(edges))
+    log.info("tiled-vnni: codes handed over channel-blocked on %d of the integer convs' edges", len(edges))
     return relax.transform.DeadCodeElimination()(relayout.builder_.get())

@@ -269,12 +269,12 @@ def tiled_vnni_schedule(mod):
     pointwise functions tensorized on VNNI and its depthwise convs tiled channel-blocked, every other
     PrimFunc as ``tiled_cpu_schedule``."""
     from qfa_deploy.deploy.int8_lowering import (
-        block_expand_outputs,
+        keep_codes_blocked,
         schedule_depthwise_blocked,
         schedule_int8_pointwise,
     )
 
-    mod = block_expand_outputs(mod)
+    mod = keep_codes_blocked(mod)
 
     counts = {"pointwise": 0, "depthwise": 0}
 
