@@ -10,7 +10,12 @@ import pytest
 from deploy_helpers import FAST_PROTOCOL, artifact_dir, device_file, exported_subnet_model
 
 from qfa_deploy.deploy import compile_artifact, load_device
-from qfa_deploy.deploy.int8_lowering import _depthwise_lanes, _pack_depthwise_weight, _pack_weight
+from qfa_deploy.deploy.int8_lowering import (
+    _depthwise_lanes,
+    _pack_depthwise_weight,
+    _pack_weight,
+    _tile_lanes,
+)
 from qfa_deploy.errors import QfaError
 
 
@@ -29,11 +34,16 @@ def test_packed_weights_and_zero_point_compensation():
     rng = np.random.default_rng(0)
     w = rng.integers(-8, 8, (40, 36)).astype(np.int8)  # 40 outputs: not a multiple of 16, padded
     zero_point = rng.integers(0, 16, 36)
-    packed, comp = _pack_weight(w, zero_point)
+    packed, comp = _pack_weight(w, zero_point, 16)
     assert packed.shape == (3, 9, 16, 4) and packed.dtype == np.int8 and packed.flags.c_contiguous
     o, c = np.meshgrid(np.arange(40), np.arange(36), indexing="ij")
     np.testing.assert_array_equal(packed[o // 16, c // 4, o % 16, c % 4], w)  # where the dot product reads it
     assert not packed[2, :, 8:, :].any()  # padded output channels are zero
+    assert _tile_lanes(40) == 8 and _tile_lanes(48) == 16 and _tile_lanes(36) == 16  # ymm tiles where they fit
+    narrow, narrow_comp = _pack_weight(w, zero_point, 8)
+    assert narrow.shape == (5, 9, 8, 4)
+    np.testing.assert_array_equal(narrow[o // 8, c // 4, o % 8, c % 4], w)
+    np.testing.assert_array_equal(narrow_comp, comp)
     codes = rng.integers(0, 16, (36, 5))
     exact = w.astype(np.int64) @ (codes - zero_point[:, None])  # the conv on (q - Z)
     np.testing.assert_array_equal(w.astype(np.int64) @ codes - comp[:, None], exact)

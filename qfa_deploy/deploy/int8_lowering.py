@@ -15,9 +15,10 @@ and the graph goes on unchanged, so the outputs are bit-identical to the float b
 
 - 1x1, stride 1, one group: one ``call_tir`` of three stages: pack the codes to ``[C/4, H, W, 4]``
   (four channels of a pixel side by side, the operand layout of ``vpdpbusd``), the packed dot
-  product into int32 tiles of 16 output channels (weights pre-packed at compile time to
-  ``[O/16, C/4, 16, 4]``), and the conversion back to an NCHW float tensor, onto which the conv's
-  epilogue then fuses. ``schedule_int8_pointwise`` tensorizes the dot product on VNNI.
+  product into int32 tiles of 16 output channels, or 8 where O is not a multiple of 16 (weights
+  pre-packed at compile time to ``[O/16, C/4, 16, 4]``), and the conversion back to an NCHW float
+  tensor, onto which the conv's epilogue then fuses. ``schedule_int8_pointwise`` tensorizes the dot
+  product on VNNI.
 - depthwise (channels a multiple of 8): the same float sums, but dequantizing the codes in its own
   padding stage, so that the tensor between the producer and the conv is uint8 instead of float (a
   quarter of the bytes), into planes of 16 (or 8) channels side by side: every tap is then one
@@ -25,8 +26,8 @@ and the graph goes on unchanged, so the outputs are bit-identical to the float b
   read with stride 2, wasted most of a vector). ``schedule_depthwise_blocked`` tiles it.
 
 With every reader of a dequantized tensor rewritten, the dequantize is dead and the producing
-function ends at its quantize. After fusion, ``keep_codes_blocked`` hands the codes from one integer conv to the
-next in the channel-blocked layout both compute in.
+function ends at its quantize. After fusion, ``keep_codes_blocked`` hands the codes from one integer
+conv to the next in the channel-blocked layout both compute in.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 
 INT8_BLOCKS = ("int8_pack", "int8_dot", "int8_out")  # the stages' block names, found again by the schedule
 DEPTHWISE_BLOCKS = ("dw_pad", "dw_conv", "dw_out")
-_LANES = 16  # int32 accumulators per vpdpbusd (one zmm register): output channels per tile
+_LANES = (16, 8)  # int32 accumulators per vpdpbusd (a zmm register, a ymm one): output channels per tile
 _GROUP = 4  # uint8 x int8 products summed into each accumulator lane
 _DW_COLS = 14  # output pixels per depthwise tile: one accumulator vector each
 _OUT_EWISE_FUSABLE = 4  # Relax op pattern: elementwise consumers may fuse onto the output
@@ -76,7 +77,7 @@ def lower_integer_convs(mod):
             strides, padding = [int(v) for v in attrs.strides], [int(v) for v in attrs.padding]
             if int(attrs.groups) == 1 and weight.shape[2:] == (1, 1) and strides == [1, 1] and not any(padding):
                 kind = "pointwise"
-                packed, comp = _pack_weight(weight[:, :, 0, 0], zero_point)
+                packed, comp = _pack_weight(weight[:, :, 0, 0], zero_point, _tile_lanes(int(weight.shape[0])))
                 out = self.builder_.call_te(
                     _pointwise_int8, codes, relax.const(packed), relax.const(comp), int(weight.shape[0]),
                     primfunc_name_hint="conv2d_int8",
@@ -150,13 +151,18 @@ def _constant(expr):
     return expr.value.numpy() if isinstance(expr, ir.expr.Constant) else None
 
 
-def _pack_weight(w: np.ndarray, zero_point: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Weights [O, C] int8 -> [O/16, C/4, 16, 4] (zero-padded), and comp[O] = sum_c Z[c] w[o, c] (int32)."""
+def _tile_lanes(channels: int) -> int:
+    """Output channels per int8 tile: 16 (a zmm of int32), or 8 (a ymm) where that avoids padding."""
+    return next((lanes for lanes in _LANES if channels % lanes == 0), _LANES[0])
+
+
+def _pack_weight(w: np.ndarray, zero_point: np.ndarray, lanes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Weights [O, C] int8 -> [O/lanes, C/4, lanes, 4] (zero-padded), and comp[O] = sum_c Z[c] w[o, c] (int32)."""
     out_ch, in_ch = w.shape
-    o_pad, c_pad = -(-out_ch // _LANES) * _LANES, -(-in_ch // _GROUP) * _GROUP
+    o_pad, c_pad = -(-out_ch // lanes) * lanes, -(-in_ch // _GROUP) * _GROUP
     padded = np.zeros((o_pad, c_pad), np.int8)
     padded[:out_ch, :in_ch] = w
-    packed = padded.reshape(o_pad // _LANES, _LANES, c_pad // _GROUP, _GROUP).transpose(0, 2, 1, 3)
+    packed = padded.reshape(o_pad // lanes, lanes, c_pad // _GROUP, _GROUP).transpose(0, 2, 1, 3)
     comp = (w.astype(np.int64) @ zero_point).astype(np.int32)
     return np.ascontiguousarray(packed), comp
 
@@ -166,7 +172,7 @@ def _pointwise_int8(codes, packed, comp, out_channels: int):
     from tvm import te, tirx
 
     n, channels, height, width = codes.shape
-    o_blocks, c_groups = packed.shape[0], packed.shape[1]
+    o_blocks, c_groups, lanes = packed.shape[0], packed.shape[1], int(packed.shape[2])
 
     def pack(i, g, y, x, k):
         c = g * _GROUP + k
@@ -178,7 +184,7 @@ def _pointwise_int8(codes, packed, comp, out_channels: int):
     g = te.reduce_axis((0, c_groups), "g")
     k = te.reduce_axis((0, _GROUP), "k")
     acc = te.compute(
-        (n, o_blocks, height, width, _LANES),
+        (n, o_blocks, height, width, lanes),
         lambda i, ob, y, x, lane: te.sum(
             codes4[i, g, y, x, k].astype("int32") * packed[ob, g, lane, k].astype("int32"), axis=[g, k]
         ),
@@ -186,7 +192,7 @@ def _pointwise_int8(codes, packed, comp, out_channels: int):
     )
     return te.compute(
         (n, out_channels, height, width),
-        lambda i, o, y, x: (acc[i, o // _LANES, y, x, o % _LANES] - comp[o]).astype("float32"),
+        lambda i, o, y, x: (acc[i, o // lanes, y, x, o % lanes] - comp[o]).astype("float32"),
         name=INT8_BLOCKS[2],
     )
 
@@ -244,8 +250,9 @@ def _depthwise_from_codes(codes, weight, zero_point, strides, padding):
 
 
 @functools.cache
-def _vnni_intrinsic() -> str:
-    """Register (once) and name a tensor intrinsic: C[16] int32 += A[4] uint8 . B[16, 4] int8 per lane.
+def _vnni_intrinsic(lanes: int) -> str:
+    """Register (once per width) and name a tensor intrinsic: C[lanes] int32 += A[4] uint8 . B[lanes, 4] int8
+    per lane, one ``vpdpbusd`` on a zmm (16 lanes) or a ymm (8) register.
 
     Our own, not TVM's ``dot_16x4_vnni``: that one passes the byte operands as <16 x i32> where the
     LLVM TVM 0.27 is built with (22) declares ``llvm.x86.avx512.vpdpbusd.512`` on <64 x i8>, and
@@ -254,16 +261,20 @@ def _vnni_intrinsic() -> str:
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
 
+    width = 32 * lanes  # register bits
+    acc_type, byte_type, word_type = f"int32x{lanes}", f"uint8x{4 * lanes}", f"int8x{4 * lanes}"
+    llvm_name = f"llvm.x86.avx512.vpdpbusd.{width}"
+
     @T.prim_func(s_tir=True)
     def semantics(
         A: T.Buffer((4,), "uint8", offset_factor=1),
-        B: T.Buffer((16, 4), "int8", offset_factor=1),
-        C: T.Buffer((16,), "int32", offset_factor=1),
+        B: T.Buffer((lanes, 4), "int8", offset_factor=1),
+        C: T.Buffer((lanes,), "int32", offset_factor=1),
     ) -> None:
         with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            for i, k in T.grid(16, 4):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            for i, k in T.grid(lanes, 4):
                 with T.sblock("update"):
                     vi, vk = T.axis.remap("SR", [i, k])
                     C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
@@ -271,22 +282,22 @@ def _vnni_intrinsic() -> str:
     @T.prim_func(s_tir=True)
     def vpdpbusd(
         A: T.Buffer((4,), "uint8", offset_factor=1),
-        B: T.Buffer((16, 4), "int8", offset_factor=1),
-        C: T.Buffer((16,), "int32", offset_factor=1),
+        B: T.Buffer((lanes, 4), "int8", offset_factor=1),
+        C: T.Buffer((lanes,), "int32", offset_factor=1),
     ) -> None:
         with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            a_word = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")  # the 4 codes, broadcast to 16 lanes
-            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-                C.vload([0], dtype="int32x16"),
-                T.reinterpret(T.broadcast(a_word, 16), dtype="uint8x64"),
-                B.vload([0, 0], dtype="int8x64"),
-                dtype="int32x16",
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            a_word = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")  # the 4 codes, broadcast to every lane
+            C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(llvm_name),
+                C.vload([0], dtype=acc_type),
+                T.reinterpret(T.broadcast(a_word, lanes), dtype=byte_type),
+                B.vload([0, 0], dtype=word_type),
+                dtype=acc_type,
             )
 
-    name = "qfa_vnni_dot_16x4"
+    name = f"qfa_vnni_dot_{lanes}x4"
     TensorIntrin.register(name, semantics, vpdpbusd, override=True)
     return name
 
@@ -318,7 +329,7 @@ def schedule_int8_pointwise(sch, blocks, inline) -> bool:
     sch.parallel(outer)
     init = sch.decompose_reduction(dot, g)
     sch.vectorize(sch.get_loops(init)[-1])
-    sch.tensorize(lane, _vnni_intrinsic())
+    sch.tensorize(lane, _vnni_intrinsic(int(sch.get(lane).extent)))
     sch.unroll(xi)
     _vectorize_output(sch, out, blocked)
     if not packed_in_place:
@@ -386,10 +397,10 @@ def _vectorize_output(sch, out, blocked: bool) -> None:
 
 def keep_codes_blocked(mod):
     """``mod`` (legalized and fused) with the codes handed from one integer conv to the next in the
-    blocked layout [N, C/16, H, W, 16] where both sides can take it.
+    blocked layout [N, C/lanes, H, W, lanes] (lanes 16 or 8) where both sides can take it.
 
     The producers (an int8 1x1 conv, a channel-blocked depthwise conv) compute their outputs in
-    tiles of 16 channels, and the consumers (a depthwise conv, the codes packing of a 1x1 conv) want
+    tiles of 16 or 8 channels, and the consumers (a depthwise conv, the codes packing of a 1x1 conv) want
     channels side by side: written NCHW, the codes were transposed once on each side, which took
     most of both functions' time. Only codes read by that one consumer are re-laid out; both
     PrimFuncs are copied (a fused function can be shared by several call sites) and the copies'
@@ -417,29 +428,39 @@ def keep_codes_blocked(mod):
         sch = Schedule(func)
         return tuple(sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root")))
 
+    def tile_lanes(call, stage: str) -> int:
+        """The channels side by side in ``stage`` of the callee (its buffer's last axis)."""
+        sch = Schedule(mod[call.args[0]])
+        block = sch.get_sblock(stage)
+        return int((sch.get(block).writes[0] if stage in writers else sch.get(block).reads[0]).source.shape[-1])
+
     readers = {DEPTHWISE_BLOCKS[0], INT8_BLOCKS[0]}  # the stages that read the codes
-    writers = {DEPTHWISE_BLOCKS[1], INT8_BLOCKS[1]}  # the convs whose tiles hold 16 channels of a pixel
-    edges = []  # (producer call, consumer call)
+    writers = {DEPTHWISE_BLOCKS[1], INT8_BLOCKS[1]}  # the convs whose tiles hold channels of a pixel side by side
+    edges = []  # (producer call, consumer call, consumer stage, lanes)
     for value in var2val.values():
         reader = readers.intersection(stages(value))
         if not reader:
             continue
+        reader = reader.pop()
         codes = value.args[1].fields[0]
         producer = var2val.get(codes)
-        if (int(codes.ty.shape[1]) % _LANES == 0 and uses.get(codes) == 1 and producer is not None
-                and writers.intersection(stages(producer))):
-            edges.append((producer, value, reader.pop()))
+        writer = writers.intersection(stages(producer)) if producer is not None else set()
+        if not writer or uses.get(codes) != 1:
+            continue
+        lanes = tile_lanes(producer, writer.pop())
+        # a depthwise conv takes blocks of its own width; a 1x1 conv any multiple of its 4-byte words
+        wanted = tile_lanes(value, DEPTHWISE_BLOCKS[1]) if reader == DEPTHWISE_BLOCKS[0] else lanes
+        if int(codes.ty.shape[1]) % lanes == 0 and lanes == wanted:
+            edges.append((producer, value, reader, lanes))
 
-    index_map = lambda n, c, h, w: (n, c // _LANES, h, w, c % _LANES)  # noqa: E731
-
-    def relaid(func, reader: str | None):
+    def relaid(func, reader: str | None, lanes: int):
+        index_map = lambda n, c, h, w: (n, c // lanes, h, w, c % lanes)  # noqa: E731
         sch = Schedule(func)
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
         if reader is None:  # the producer: its last stage writes the function's output
             sch.transform_layout(blocks[-1], ("write", 0), index_map)
         else:  # the consumer: the stage reading the codes (its first operand)
-            (stage,) = [b for b in blocks if sch.get(b).name_hint == reader]
-            sch.transform_layout(stage, ("read", 0), index_map)
+            sch.transform_layout(sch.get_sblock(reader), ("read", 0), index_map)
         return sch.mod["main"]
 
     @mutator
@@ -450,21 +471,22 @@ def keep_codes_blocked(mod):
 
         def visit_call_(self, call):
             new = super().visit_call_(call)
-            sides = [(None, p) for p, _, _ in edges if call.same_as(p)]
-            sides += [(r, c) for _, c, r in edges if call.same_as(c)]
+            sides = [(None, lanes) for p, _, _, lanes in edges if call.same_as(p)]
+            sides += [(reader, lanes) for _, c, reader, lanes in edges if call.same_as(c)]
             if not sides:
                 return new
             # a conv can both receive and hand over blocked codes: transform its copy for each side
             gvar, func = call.args[0], mod[call.args[0]]
-            for reader, _ in sides:
-                func = relaid(func, reader)
-            key = (gvar.name_hint, tuple(r or "" for r, _ in sides))
+            for reader, lanes in sides:
+                func = relaid(func, reader, lanes)
+            key = (gvar.name_hint, tuple(sides))
             if key not in self.copies:
                 self.copies[key] = self.builder_.add_func(func, gvar.name_hint + "_blocked")
             out_ty = call.ty
-            if any(reader is None for reader, _ in sides):
-                n, c, h, w = (int(d) for d in call.ty.shape)
-                out_ty = relax.TensorType([n, c // _LANES, h, w, _LANES], "uint8")
+            for reader, lanes in sides:
+                if reader is None:
+                    n, c, h, w = (int(d) for d in call.ty.shape)
+                    out_ty = relax.TensorType([n, c // lanes, h, w, lanes], "uint8")
             return relax.call_tir(self.copies[key], new.args[1], out_ty)
 
     relayout = Relayout(mod)
