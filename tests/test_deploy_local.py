@@ -134,6 +134,37 @@ def test_tiled_convs_keep_a_parallel_loop(tmp_path):
     assert convs and all("T.parallel" in text for text in convs.values()), sorted(convs)
 
 
+def test_global_pooling_sums_channels_in_lanes_bit_identically():
+    """The squeeze-excite pooling runs a vector of channels at a time, each lane summing its channel in
+    the naive order: the same bits as the unscheduled build."""
+    import tvm
+    from tvm import relax, tirx
+    from tvm.script import relax as R
+
+    from qfa_deploy.deploy.schedule import generic_cpu_schedule
+
+    @tvm.script.ir_module
+    class Pool:
+        @R.function
+        def main(x: R.Tensor((1, 48, 7, 7), "float32")):
+            return R.mean(x, axis=[2, 3], keepdims=True)
+
+    target = load_device("x86").tvm_target()
+    x = np.random.default_rng(0).standard_normal((1, 48, 7, 7)).astype(np.float32) * 1e3
+    results = {}
+    for name, schedule in (("lanes", generic_cpu_schedule), ("naive", None)):
+        with target:
+            mod = relax.get_pipeline("zero")(Pool)
+        if schedule is not None:
+            mod = schedule(mod)
+            texts = [f.script() for f in mod.functions.values() if isinstance(f, tirx.PrimFunc)]
+            (pool,) = [text for text in texts if "_red" in text]
+            assert "T.vectorized" in pool and "T.parallel" in pool, pool
+        vm = relax.VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
+        results[name] = vm["main"](tvm.runtime.tensor(x, tvm.cpu())).numpy()
+    np.testing.assert_array_equal(results["lanes"], results["naive"])
+
+
 @pytest.mark.slow
 def test_tiled_schedule_is_bit_identical(tmp_path, fast_x86, cifar_supernet):
     """Register tiling (tiled-cpu) reorders no output's sum over (ci, kh, kw): the same bits as TVM's
