@@ -83,8 +83,8 @@ def test_tiled_vnni_is_bit_identical_to_tiled_cpu(tmp_path, fast_x86, cifar_supe
     (scheduled,) = [r.getMessage() for r in caplog.records if "functions channel-blocked" in r.getMessage()]
     tensorized, blocked = (int(n) for n in re.findall(r"(\d+) (?:int8 pointwise|depthwise) functions", scheduled))
     assert tensorized > 0 and blocked > 0, scheduled
-    (edges,) = [r.getMessage() for r in caplog.records if "handed over channel-blocked" in r.getMessage()]
-    assert int(re.search(r"on (\d+) of", edges).group(1)) > 0, edges
+    (edges,) = [r.getMessage() for r in caplog.records if "hand their codes over channel-blocked" in r.getMessage()]
+    assert int(re.search(r"(\d+) integer conv -> integer conv edges", edges).group(1)) > 0, edges
     for s, (vnni, tiled) in enumerate(zip(outputs["tiled-vnni"], outputs["tiled-cpu"], strict=True)):
         np.testing.assert_array_equal(vnni, tiled)
         parity = compare_outputs([vnni], onnxruntime_outputs(onnx_path, meta["inputs"],

@@ -467,7 +467,7 @@ def keep_codes_blocked(mod):
     class Relayout(PyExprMutator):
         def __init__(self, module):
             super().__init__(module)
-            self.copies = {}  # (function, side) -> its re-laid-out copy: one per kind of call site
+            self.copies = {}  # (function, its re-laid-out sides) -> the transformed copy
 
         def visit_call_(self, call):
             new = super().visit_call_(call)
@@ -491,5 +491,5 @@ def keep_codes_blocked(mod):
 
     relayout = Relayout(mod)
     relayout.builder_.update_func(mod.get_global_var("main"), relayout.visit_expr(main))
-    log.info("tiled-vnni: codes handed over channel-blocked on %d of the integer convs' edges", len(edges))
+    log.info("tiled-vnni: %d integer conv -> integer conv edges hand their codes over channel-blocked", len(edges))
     return relax.transform.DeadCodeElimination()(relayout.builder_.get())
