@@ -165,6 +165,39 @@ def test_global_pooling_sums_channels_in_lanes_bit_identically():
     np.testing.assert_array_equal(results["lanes"], results["naive"])
 
 
+def test_functions_a_database_scheduled_are_left_alone():
+    """A PrimFunc carrying TVM's scheduled mark (as MetaSchedule's database leaves it) is not touched;
+    the ones scheduled here get the mark (a misspelt mark once re-scheduled tuned functions and crashed)."""
+    import tvm
+    from tvm import relax, tirx
+    from tvm.script import relax as R
+
+    from qfa_deploy.deploy.schedule import SCHEDULED_ATTR, generic_cpu_schedule
+
+    @tvm.script.ir_module
+    class Two:
+        @R.function
+        def main(x: R.Tensor((1, 48, 7, 7), "float32")):
+            with R.dataflow():
+                pooled = R.mean(x, axis=[2, 3], keepdims=True)
+                rectified = R.nn.relu(x)  # not fusable with the mean: a function of its own
+                out = (pooled, rectified)
+                R.output(out)
+            return out
+
+    with load_device("x86").tvm_target():
+        mod = relax.get_pipeline("zero")(Two)
+    names = sorted(gv.name_hint for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc))
+    assert len(names) == 2, names
+    tuned = next(name for name in names if "mean" in name)
+    mod[tuned] = mod[tuned].with_attr("tirx.is_scheduled", True)  # TVM's own spelling (its database, dlight)
+    before = mod[tuned]
+    mod = generic_cpu_schedule(mod)
+    tvm.ir.assert_structural_equal(mod[tuned], before)
+    assert all(bool(mod[name].attrs[SCHEDULED_ATTR]) for name in names)
+    assert any("T.parallel" in mod[name].script() for name in names if name != tuned)
+
+
 @pytest.mark.slow
 def test_tiled_schedule_is_bit_identical(tmp_path, fast_x86, cifar_supernet):
     """Register tiling (tiled-cpu) reorders no output's sum over (ci, kh, kw): the same bits as TVM's

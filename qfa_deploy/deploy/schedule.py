@@ -29,6 +29,10 @@ __all__ = ["CPU_SCHEDULES", "CpuSchedule", "generic_cpu_schedule", "tiled_cpu_sc
 
 log = logging.getLogger(__name__)
 
+# TVM 0.27's mark of a PrimFunc a schedule already owns (MetaSchedule's database, dlight; "tir." before
+# the tirx rename): a function carrying it is left alone, and every function scheduled here gets it.
+SCHEDULED_ATTR = "tirx.is_scheduled"
+
 
 def generic_cpu_schedule(mod):
     """``mod`` (a legalized, fused Relax IRModule) with its unscheduled PrimFuncs scheduled as above."""
@@ -93,7 +97,7 @@ def _schedule_each(mod, schedule_one) -> int:
         except Exception:  # not a schedulable function
             continue
         if schedule_one(sch, gvar.name_hint):
-            updates[gvar] = sch.mod["main"].with_attr("tir.is_scheduled", True)
+            updates[gvar] = sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
     for gvar, func in updates.items():
         mod[gvar] = func
     return len(updates)
@@ -115,7 +119,7 @@ def _try(primitive, *args) -> bool:
 
 def _is_scheduled(func) -> bool:
     attrs = func.attrs
-    return attrs is not None and "tir.is_scheduled" in attrs and bool(attrs["tir.is_scheduled"])
+    return attrs is not None and SCHEDULED_ATTR in attrs and bool(attrs[SCHEDULED_ATTR])
 
 
 # ---------------------------------------------------------------------------------------------
