@@ -2,7 +2,7 @@
 # Build (or update) a latency table on a device, validate it, fail under the threshold.
 #
 #   ci/latency-tables.sh --device rasp4b --space qfa-mbv3-w1.2 --resolution 224 \
-#       --out latency_tables/rasp4b-qfa-mbv3-w1.2-r224.json [--workers 4] [--min-within 0.95]
+#       --out latency_tables/rasp4b-qfa-mbv3-w1.2-r224.json [--workers 4] [--min-within 0.95] [--tolerance 10]
 #   ci/latency-tables.sh --emulated ...   # start the emulated Raspberry Pi and use it (not latency)
 #   ci/latency-tables.sh --smoke          # small, fast run on this host (what .ci/run does)
 #
@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-device=x86 space=qfa-mbv3-cifar10 resolution=32 out="" workers=1 fit=20 samples=50 min_within=0.95
+device=x86 space=qfa-mbv3-cifar10 resolution=32 out="" workers=1 fit=20 samples=50 min_within=0.95 tolerance=10
 emulated=0 smoke=0 wait_s=600
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -24,6 +24,7 @@ while [ $# -gt 0 ]; do
     --fit-samples) fit=$2; shift 2 ;;
     --samples) samples=$2; shift 2 ;;
     --min-within) min_within=$2; shift 2 ;;
+    --tolerance) tolerance=$2; shift 2 ;;
     --wait) wait_s=$2; shift 2 ;;
     --emulated) emulated=1; device=rasp4b-emulated; shift ;;
     --smoke) smoke=1; shift ;;
@@ -49,7 +50,11 @@ if [ "$smoke" = 1 ]; then
   # a machine of its own (as CI is): run on a core shared with a training job, the gate failed
   # with either profile (x86 MAPE 198%, x86-1t 51%), while a 3-subnet fit on clean x86-1t
   # measurements passes it (99.9% of 3000 draws from the committed r32 validation points).
-  device=x86-1t space=qfa-mbv3-cifar10 resolution=24 fit=3 samples=4 min_within=0.5
+  # Tolerance ±20%: on a quiet host the validation run right after the build measured all four
+  # subnets 4-17% slower than the same table's re-validations minutes later (MAPE 9.6-12% vs
+  # 1.7-2.9%): a drift of the host, not of the table. A broken table (a missing part, a wrong fit)
+  # is off by far more.
+  device=x86-1t space=qfa-mbv3-cifar10 resolution=24 fit=3 samples=4 min_within=0.5 tolerance=20
   out="$work/smoke-table.json"
 fi
 [ -n "$out" ] || out="latency_tables/${device}-${space}-r${resolution}.json"
@@ -82,5 +87,5 @@ qfa-deploy lut build --device "$device" --space "$space" --resolution "$resoluti
 report="${out%.json}.validation.json"
 [ "$smoke" = 1 ] && report="$work/validation.json"
 qfa-deploy lut validate --table "$out" --device "$device" --samples "$samples" --seed 1 \
-  --report "$report" --min-within "$min_within"
+  --report "$report" --min-within "$min_within" --tolerance "$tolerance"
 echo "latency table $out validated (report: $report)"

@@ -101,6 +101,14 @@ def test_validate_refuses_a_device_measuring_another_statistic():
         validate_table(table, "x86", samples=2, seed=1, progress=False)
 
 
+@pytest.mark.parametrize("tolerance", [0.0, 1.0, -0.1])
+def test_validate_refuses_a_tolerance_out_of_range(tolerance):
+    from qfa_deploy.lut.validate import validate_table
+
+    with pytest.raises(QfaError, match="--tolerance must be a percentage between 0 and 100"):
+        validate_table(_table(), "x86", samples=2, seed=1, progress=False, tolerance=tolerance)
+
+
 def test_protocol_latency_is_the_named_statistic():
     from qfa_deploy.deploy.device import MeasureProtocol, load_device
 

@@ -67,9 +67,12 @@ def predict(table_path, arch_path, as_json):
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Predicted-vs-measured scatter (PNG).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
               help="Write the JSON report here.")
-@click.option("--min-within", type=float, default=None, help="Fail (exit 1) if the share within ±10% is below this.")
+@click.option("--min-within", type=float, default=None,
+              help="Fail (exit 1) if the share within the tolerance is below this.")
+@click.option("--tolerance", type=float, default=10.0, show_default=True,
+              help="The error (percent of the measured latency) a prediction may have to count as within.")
 @click.option("--json", "as_json", is_flag=True)
-def validate(table_path, device, samples, seed, plot, report_path, min_within, as_json):
+def validate(table_path, device, samples, seed, plot, report_path, min_within, tolerance, as_json):
     """Measure SAMPLES unseen random subnets end to end and compare with the table's predictions."""
     import json
     import sys
@@ -78,20 +81,23 @@ def validate(table_path, device, samples, seed, plot, report_path, min_within, a
     from qfa_deploy.lut.validate import validate_table
 
     table = LatencyTable.load(table_path)
-    report = validate_table(table, device, samples, seed, plot)
+    report = validate_table(table, device, samples, seed, plot, tolerance=tolerance / 100)
     if report_path:
         write_text_atomic(report_path, json.dumps(report, indent=1) + "\n")
     if as_json:
         emit_json({k: v for k, v in report.items() if k != "points"} if not report_path else report)
     else:
         tag = " [emulated: not latency]" if report["emulated"] else ""
+        within = f"within ±{tolerance:g}% {100 * report['within_tolerance']:.0f}%"
+        if tolerance != 10:
+            within = f"within ±10% {100 * report['within_10_percent']:.0f}%, {within}"
         click.echo(
-            f"{report['device']}{tag}: MAPE {report['mape_percent']:.2f}%, within ±10% "
-            f"{100 * report['within_10_percent']:.0f}% of {samples}, Spearman {report['spearman']:.3f}"
+            f"{report['device']}{tag}: MAPE {report['mape_percent']:.2f}%, {within} of {samples}, "
+            f"Spearman {report['spearman']:.3f}"
         )
-    if min_within is not None and report["within_10_percent"] < min_within:
-        share = 100 * report["within_10_percent"]
-        click.echo(f"error: only {share:.0f}% within ±10% (< {100 * min_within:.0f}%)", err=True)
+    if min_within is not None and report["within_tolerance"] < min_within:
+        share = 100 * report["within_tolerance"]
+        click.echo(f"error: only {share:.0f}% within ±{tolerance:g}% (< {100 * min_within:.0f}%)", err=True)
         sys.exit(1)
 
 

@@ -386,13 +386,8 @@ def _vectorize_output(sch, out, blocked: bool) -> None:
     """The output stage at a tile: blocked, a vector of channels per pixel (as the tile holds them);
     NCHW, a vector of pixels per channel (a transpose of the tile)."""
     loops = sch.get_loops(out)
-    if blocked:
-        sch.vectorize(loops[-1])
-        sch.unroll(loops[-2])
-    else:
-        sch.vectorize(loops[-1])
-        sch.unroll(loops[-3])
-
+    sch.vectorize(loops[-1])
+    sch.unroll(loops[-2] if blocked else loops[-3])
 
 
 def keep_codes_blocked(mod):
@@ -419,23 +414,25 @@ def keep_codes_blocked(mod):
         for var in relax.analysis.free_vars(value):
             uses[var] = uses.get(var, 0) + 1
 
-    def stages(call) -> tuple[str, ...]:
-        if not (isinstance(call, ir.expr.Call) and call.op == call_tir):
-            return ()
-        func = mod[call.args[0]]
-        if not isinstance(func, tirx.PrimFunc):
-            return ()
-        sch = Schedule(func)
-        return tuple(sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root")))
-
-    def tile_lanes(call, stage: str) -> int:
-        """The channels side by side in ``stage`` of the callee (its buffer's last axis)."""
-        sch = Schedule(mod[call.args[0]])
-        block = sch.get_sblock(stage)
-        return int((sch.get(block).writes[0] if stage in writers else sch.get(block).reads[0]).source.shape[-1])
-
     readers = {DEPTHWISE_BLOCKS[0], INT8_BLOCKS[0]}  # the stages that read the codes
     writers = {DEPTHWISE_BLOCKS[1], INT8_BLOCKS[1]}  # the convs whose tiles hold channels of a pixel side by side
+    callee_stages: dict = {}  # GlobalVar -> its stages, each with the channels side by side in its codes
+
+    def stages(call) -> dict[str, int]:
+        """The callee's stages by name: a writer's output or a reader's input codes buffer's last axis, else 0."""
+        if not (isinstance(call, ir.expr.Call) and call.op == call_tir):
+            return {}
+        gvar = call.args[0]
+        if gvar not in callee_stages:
+            callee_stages[gvar] = {}
+            if isinstance(mod[gvar], tirx.PrimFunc):
+                sch = Schedule(mod[gvar])
+                for block in (sch.get(b) for b in sch.get_child_blocks(sch.get_sblock("root"))):
+                    name = block.name_hint
+                    region = block.writes[0] if name in writers else block.reads[0] if name in readers else None
+                    callee_stages[gvar][name] = int(region.source.shape[-1]) if region is not None else 0
+        return callee_stages[gvar]
+
     edges = []  # (producer call, consumer call, consumer stage, lanes)
     for value in var2val.values():
         reader = readers.intersection(stages(value))
@@ -447,9 +444,9 @@ def keep_codes_blocked(mod):
         writer = writers.intersection(stages(producer)) if producer is not None else set()
         if not writer or uses.get(codes) != 1:
             continue
-        lanes = tile_lanes(producer, writer.pop())
+        lanes = stages(producer)[writer.pop()]
         # a depthwise conv takes blocks of its own width; a 1x1 conv any multiple of its 4-byte words
-        wanted = tile_lanes(value, DEPTHWISE_BLOCKS[1]) if reader == DEPTHWISE_BLOCKS[0] else lanes
+        wanted = stages(value)[DEPTHWISE_BLOCKS[1]] if reader == DEPTHWISE_BLOCKS[0] else lanes
         if int(codes.ty.shape[1]) % lanes == 0 and lanes == wanted:
             edges.append((producer, value, reader, lanes))
 

@@ -52,7 +52,7 @@ def _inline_and_parallelize(sch, name: str) -> bool:
         loops = sch.get_loops(block)
         if not loops or _channels_in_lanes(sch, block):
             continue
-        if all(iv.iter_type == 0 for iv in sch.get(block).iter_vars) and len(loops) > 1:
+        if set(_iter_kinds(sch, block)) == {"S"} and len(loops) > 1:
             _parallel_rows(sch, block)  # elementwise (quantize, clip, add): the batch loop has one iteration
         else:
             _try(sch.parallel, loops[0])
@@ -64,11 +64,9 @@ def _channels_in_lanes(sch, block) -> bool:
     them in parallel: each lane still sums its channel in order, so the result is bit-identical, but
     the additions of a vector of channels overlap (one serial chain per channel was latency-bound:
     ~0.6 ms of a 10 ms subnet on one thread, and the batch loop it ran in parallel has one iteration)."""
-    iters = sch.get(block).iter_vars
-    kinds = "".join("S" if iv.iter_type == 0 else "R" if iv.iter_type == 2 else "?" for iv in iters)
-    extents = [int(iv.dom.extent) for iv in iters]
+    extents = [int(iv.dom.extent) for iv in sch.get(block).iter_vars]
     loops = sch.get_loops(block)
-    if kinds != "SSSSRR" or extents[0] != 1 or extents[2:4] != [1, 1] or len(loops) != 6:
+    if _iter_kinds(sch, block) != "SSSSRR" or extents[0] != 1 or extents[2:4] != [1, 1] or len(loops) != 6:
         return False
     lanes = next((n for n in (2 * _LANES, _LANES) if extents[1] % n == 0), None)
     if lanes is None:
@@ -80,6 +78,11 @@ def _channels_in_lanes(sch, block) -> bool:
     sch.vectorize(c_lane)
     sch.decompose_reduction(block, ry)  # after: the init block inherits the vector loop
     return True
+
+
+def _iter_kinds(sch, block) -> str:
+    """The block's iteration variables as a string: S spatial, R reduction, ? other (e.g. "SSSSRRR")."""
+    return "".join("S" if iv.iter_type == 0 else "R" if iv.iter_type == 2 else "?" for iv in sch.get(block).iter_vars)
 
 
 def _schedule_each(mod, schedule_one) -> int:
@@ -169,9 +172,8 @@ def _tile_conv(sch) -> bool:
         return False
     conv = convs[0]
     iters = sch.get(conv).iter_vars
-    kinds = "".join("S" if iv.iter_type == 0 else "R" if iv.iter_type == 2 else "?" for iv in iters)
     loops = sch.get_loops(conv)
-    if kinds != "SSSSRRR" or len(loops) != 7:
+    if _iter_kinds(sch, conv) != "SSSSRRR" or len(loops) != 7:
         return False
     _n, co, oh, ow, ci, kh, kw = (int(iv.dom.extent) for iv in iters)
     pointwise = kh == 1 and kw == 1
@@ -242,13 +244,14 @@ def _parallel_rows(sch, block) -> None:
         _try(sch.parallel, loops[0])
         return
     _try(sch.parallel, sch.fuse(*loops[:-1]))
-    width = int(sch.get(loops[-1]).extent)
     if "if_then_else" in sch.get(block).script():
         return
-    lanes = next((n for n in (2 * _LANES, _LANES) if width % n == 0), None)
+    width = int(sch.get(loops[-1]).extent)
     if width <= 4 * _LANES:
         _try(sch.vectorize, loops[-1])
-    elif lanes is not None:
+        return
+    lanes = next((n for n in (2 * _LANES, _LANES) if width % n == 0), None)
+    if lanes is not None:
         _try(sch.vectorize, sch.split(loops[-1], [None, lanes])[1])
 
 

@@ -1,8 +1,8 @@
 """lut validate: predicted vs measured end-to-end latency of unseen random subnets.
 
-Reports MAPE, the share of subnets within +-10%, Spearman's rank correlation, and optionally a
-predicted-vs-measured scatter plot. The subnets come from seeds disjoint from the ones the table's
-correction was fitted on.
+Reports MAPE, the share of subnets within +-10% (and within a chosen tolerance), Spearman's rank
+correlation, and optionally a predicted-vs-measured scatter plot. The subnets come from seeds
+disjoint from the ones the table's correction was fitted on.
 """
 
 from __future__ import annotations
@@ -26,10 +26,12 @@ __all__ = ["validate_table"]
 
 def validate_table(
     table: LatencyTable, device: str, samples: int, seed: int, plot: str | Path | None = None,
-    progress: bool = True,
+    progress: bool = True, tolerance: float = 0.10,
 ) -> dict:
     if samples < 2:
         raise QfaError("--samples must be at least 2")
+    if not 0 < tolerance < 1:
+        raise QfaError(f"--tolerance must be a percentage between 0 and 100, not {100 * tolerance:g}")
     dev = load_device(device)
     built_on = (table.provenance.get("protocol") or {}).get("statistic", "median")
     if built_on != dev.protocol.statistic:
@@ -55,6 +57,8 @@ def validate_table(
         "statistic": dev.protocol.statistic,
         "mape_percent": float(100 * np.abs(rel).mean()),
         "within_10_percent": float((np.abs(rel) <= 0.10).mean()),
+        "tolerance_percent": float(100 * tolerance),
+        "within_tolerance": float((np.abs(rel) <= tolerance).mean()),
         "spearman": float(spearmanr(p, m).statistic),
         "max_abs_error_percent": float(100 * np.abs(rel).max()),
         "measured_ms": {"min": float(m.min()), "median": float(np.median(m)), "max": float(m.max())},
