@@ -3,8 +3,9 @@
 For N random subnets of qfa-mbv3-w1.2 at 224x224, batch 1, T threads, on this CPU:
 
 - artifact:S    the project's QDQ ONNX compiled by ``compile_artifact`` for the x86 profile with each
-                ``--schedule`` S: ``tiled-cpu`` (the default: register-tiled convs), ``tiled-vnni``
-                (1x1 convs as uint8 x int8 VNNI dot products), ``generic``; with ``--database`` the
+                ``--schedule`` S: ``auto`` (the default: ``tiled-vnni`` on AVX512-VNNI CPUs, else
+                ``tiled-cpu``), ``tiled-cpu`` (register-tiled convs), ``tiled-vnni`` (1x1 convs as
+                uint8 x int8 VNNI dot products), ``generic``; with ``--database`` the
                 MetaSchedule schedules of ``qfa-deploy tune``
 - tvm-untuned   the same QDQ ONNX, ``schedule="none"``: plain ``tvm.compile`` (TVM 0.27 has no
                 default CPU schedules: naive loops, one thread)

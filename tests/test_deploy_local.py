@@ -24,7 +24,7 @@ from deploy_helpers import (
 
 from qfa_deploy.cli import cli
 from qfa_deploy.deploy import compile_artifact, list_devices, load_device, profile_artifact
-from qfa_deploy.deploy.compile import DEFAULT_SCHEDULE, file_sha256
+from qfa_deploy.deploy.compile import DEFAULT_SCHEDULE, file_sha256, resolve_schedule
 from qfa_deploy.deploy.schedule import CPU_SCHEDULES
 from qfa_deploy.errors import QfaError
 
@@ -46,7 +46,7 @@ def ort_artifact(tmp_path_factory, fast_x86) -> tuple[Path, dict]:
     return folder, meta
 
 
-def test_compile_writes_library_and_meta(ort_artifact):
+def test_compile_writes_library_and_meta(ort_artifact, fast_x86):
     folder, meta = ort_artifact
     lib = folder / "model.so"
     assert lib.is_file() and lib.read_bytes()[:4] == b"\x7fELF"
@@ -54,10 +54,23 @@ def test_compile_writes_library_and_meta(ort_artifact):
     assert meta["library_sha256"] == file_sha256(lib)
     assert meta["target"]["kind"] == "llvm" and meta["target"]["mcpu"] not in ("", "host")
     assert meta["tvm_version"].startswith("0.27")
-    assert meta["tuning_database"] is None and meta["schedule"] == CPU_SCHEDULES[DEFAULT_SCHEDULE][0]
+    applied = CPU_SCHEDULES[resolve_schedule(DEFAULT_SCHEDULE, str(fast_x86))].name
+    assert meta["tuning_database"] is None and meta["schedule"] == applied
     assert meta["inputs"] == [{"name": "input", "shape": [1, 3, 16, 16], "dtype": "float32"}]
     json.dumps(meta)  # JSON-ready
     assert not list(folder.glob(".model.*"))  # no temporary left behind
+
+
+def test_auto_schedule_follows_the_cpu(fast_x86):
+    """"auto" is tiled-vnni where the CPU has AVX512-VNNI (read here from /proc/cpuinfo, not from
+    TVM), tiled-cpu on an ARM target, none on CUDA; other names pass through, unknown ones are refused."""
+    has_vnni = "avx512_vnni" in Path("/proc/cpuinfo").read_text().split()
+    assert resolve_schedule("auto", str(fast_x86)) == ("tiled-vnni" if has_vnni else "tiled-cpu")
+    assert resolve_schedule("auto", "arm64") == "tiled-cpu"
+    assert resolve_schedule("auto", "cuda") == "none"
+    assert resolve_schedule("generic", "arm64") == "generic"
+    with pytest.raises(QfaError, match="schedule must be one of auto, "):
+        resolve_schedule("fastest", str(fast_x86))
 
 
 def test_profile_local_matches_onnxruntime(ort_artifact, fast_x86):

@@ -57,6 +57,7 @@ def schedule_option(command):
 
     return click.option(
         "--schedule", type=click.Choice(SCHEDULES), default=DEFAULT_SCHEDULE, show_default=True,
-        help="CPU workloads no tuning database covers: tiled-cpu (register-tiled conv2d; what latency tables "
-             "are measured with), generic (inline + parallel loops only, ~14x slower) or none (naive loops).",
+        help="CPU workloads no tuning database covers: auto (tiled-vnni on AVX512-VNNI CPUs, else tiled-cpu; "
+             "what latency tables are measured with), tiled-vnni (1x1 convs as integer dot products), tiled-cpu "
+             "(register-tiled conv2d), generic (inline + parallel loops only) or none (naive loops).",
     )(command)

@@ -221,7 +221,8 @@ def search(
         raise QfaError("latency (--objective latency / --max-latency-ms) needs a latency table (--table)")
     pred = AccuracyPredictor.load(predictor_path)
     genome = GenomeSpace(pred.space)
-    latency = LatencyModel(LatencyTable.load(table), genome) if table else None
+    lut = LatencyTable.load(table) if table else None
+    latency = LatencyModel(lut, genome) if lut else None
     if evaluate:
         net = load_supernet(checkpoint, space=pred.space)
     elif checkpoint:  # only --evaluate uses it; still, a supernet of another space is a mistake
@@ -262,6 +263,7 @@ def search(
             test_limit=test_limit,
             device=device,
             artifact_dir=artifacts,
+            schedule=lut.schedule if lut else "auto",
         )
     if as_json:
         emit_json(summary)

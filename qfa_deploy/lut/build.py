@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from qfa_deploy.arch import ArchConfig, sample_arch
-from qfa_deploy.deploy.compile import DEFAULT_SCHEDULE
+from qfa_deploy.deploy.compile import DEFAULT_SCHEDULE, resolve_schedule
 from qfa_deploy.deploy.device import Device, host_cpu, load_device
 from qfa_deploy.deploy.runner import open_session
 from qfa_deploy.errors import QfaError
@@ -60,7 +60,7 @@ class BuildPlan:
 def _measured_with(dev: Device) -> dict:
     """How every measurement of a build is taken (in the journal's header and the table's provenance)."""
     return {"tvm_target": str(dev.tvm_target()), "threads": dev.threads, "protocol": dev.protocol.to_dict(),
-            "schedule": DEFAULT_SCHEDULE}
+            "schedule": resolve_schedule(DEFAULT_SCHEDULE, dev)}
 
 
 def fit_correction(part_sums: list[float], measured: list[float]) -> tuple[float, float]:
@@ -126,10 +126,12 @@ def build_table(plan: BuildPlan, out: str | Path, workers: int = 1, progress: bo
             return models.part_at_bits(what, min(sp.bit_choices))
         return models.subnet(what)
 
+    schedule = header["schedule"]
+
     def run(queue: list) -> None:
         with open_session(dev) as session:
             for name, what in queue:
-                stats = measure_onnx(model_of(name, what), dev, session)
+                stats = measure_onnx(model_of(name, what), dev, session, schedule)
                 journal.append({"item": name, **stats})
                 bar.update(1)
 

@@ -19,13 +19,14 @@ __all__ = ["measure_onnx"]
 _COMPILE_LOCK = threading.Lock()
 
 
-def measure_onnx(model: onnx.ModelProto, device: Device, session: Session, seed: int = 0) -> dict:
-    """Median / p10 / p90 latency (ms) of ``model`` (batch 1, float32 input) on ``session``."""
+def measure_onnx(model: onnx.ModelProto, device: Device, session: Session, schedule: str, seed: int = 0) -> dict:
+    """Median / p10 / p90 latency (ms) of ``model`` (batch 1, float32 input) on ``session``, compiled
+    with ``schedule`` (``compile_artifact``'s)."""
     with tempfile.TemporaryDirectory(prefix="qfa-lut-") as tmp:
         onnx_path = Path(tmp) / "part.onnx"
         onnx_path.write_bytes(model.SerializeToString())
         with _COMPILE_LOCK:
-            meta = compile_artifact(onnx_path, device, Path(tmp))
+            meta = compile_artifact(onnx_path, device, Path(tmp), schedule=schedule)
         vm = session.load(Path(tmp) / meta["library"])
         shape = [int(d) for d in meta["inputs"][0]["shape"]]
         x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)

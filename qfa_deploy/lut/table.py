@@ -6,7 +6,7 @@ end-to-end measurements of random subnets when the table is built. File format (
 
     {"format": "qfa-lut", "version": 1, "space": ..., "resolution": 224, "bits_matter": false,
      "provenance": {"device": ..., "tvm_target": ..., "tvm_version": ..., "tuning_db": ...,
-                    "protocol": {...}, "host_cpu": ..., "date": ...},
+                    "protocol": {...}, "schedule": "tiled-vnni", "host_cpu": ..., "date": ...},
      "fit": {"scale": 1.0, "offset_ms": 0.0},
      "entries": {"block|56|24-144-24|k5|s1|se0|relu": 0.123, ...}}
 """
@@ -54,6 +54,12 @@ class LatencyTable:
     def predict(self, cfg: ArchConfig) -> float:
         """Predicted end-to-end latency of ``cfg`` in ms."""
         return self.scale * self.part_sum(cfg) + self.offset_ms
+
+    @property
+    def schedule(self) -> str:
+        """The CPU schedule its latencies were measured with (``compile_artifact``'s): compile with it
+        to get what the table predicts; "auto" for tables that did not record it."""
+        return str(self.provenance.get("schedule", "auto"))
 
     def missing(self, keys: list[LatencyKey]) -> list[LatencyKey]:
         return [k for k in keys if str(k) not in self.entries]

@@ -37,13 +37,14 @@ def validate_table(
     if built_on != dev.protocol.statistic:
         raise QfaError(f"the table holds {built_on} latencies, device {dev.name}'s protocol measures the "
                        f"{dev.protocol.statistic}: validate with the profile it was built with")
+    schedule = table.schedule
     cfgs = sample_subnets(table.space, table.resolution, samples, seed)
     models = PartModels(table.space, table.resolution, seed)
     predicted, stats = [], []
     with open_session(dev) as session:
         for cfg in tqdm(cfgs, unit="subnet", desc=f"validate {dev.name}", disable=None if progress else True):
             predicted.append(table.predict(cfg))
-            stats.append(measure_onnx(models.subnet(cfg), dev, session))
+            stats.append(measure_onnx(models.subnet(cfg), dev, session, schedule))
     measured = [dev.protocol.latency(s) for s in stats]
     p, m = np.asarray(predicted), np.asarray(measured)
     rel = (p - m) / m

@@ -55,6 +55,7 @@ def evaluate_choice(
     test_limit: int | None = None,
     device: str | None = None,
     artifact_dir: str | Path | None = None,
+    schedule: str = "auto",
 ) -> dict:
     """Measure ``cfg``: top-1 on the test split, and latency on ``device`` if given.
 
@@ -65,6 +66,8 @@ def evaluate_choice(
         test_limit: score on N test images only (a fixed random subset, all classes).
         device: a device name / profile for ``qfa_deploy.deploy``; None: accuracy only.
         artifact_dir: where the ONNX model and compiled library go (default: ./search-artifact).
+        schedule: the CPU schedule to compile with (``compile_artifact``'s): the latency table's, so
+            that the measured latency is comparable to the predicted one.
 
     Returns:
         JSON-ready dict with ``predicted``, ``measured`` ({"top1", "test_images"[, "latency_ms"]}) and
@@ -94,7 +97,7 @@ def evaluate_choice(
     folder = Path(artifact_dir or "search-artifact")
     folder.mkdir(parents=True, exist_ok=True)
     onnx_path = save_onnx(export_onnx(fold(subnet.eval())), folder / "model.onnx")
-    compiled = compile_artifact(onnx_path, device, folder)
+    compiled = compile_artifact(onnx_path, device, folder, schedule=schedule)
     (folder / "meta.json").write_text(json.dumps({"arch": cfg.to_dict(), **compiled}, indent=1) + "\n")
     profile = profile_artifact(folder, device)
     out["measured"]["latency_ms"] = profile["latency_ms"]
