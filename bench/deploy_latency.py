@@ -14,7 +14,8 @@ For N random subnets of qfa-mbv3-w1.2 at 224x224, batch 1, T threads, on this CP
 - ort-int8      that ONNX quantized by onnxruntime's quantize_static (QDQ, uint8/int8), onnxruntime
 
 Prints per-subnet medians (ms) and the artifact's ratio to the best peer, then geometric means.
-Each runtime is timed in a fresh process of its own (``_isolated``), one after another.
+Each runtime is timed in a fresh process of its own (``_isolated``), one after another, in
+``--rounds`` interleaved rounds (default 3) whose median is reported.
 The supernet is randomly initialised; BN/BatchQuant statistics come from random calibration
 batches (for the float peers too: without them a random float net sinks into denormals and runs
 up to 4x slower, which no trained net does). Without the project's exporter installed the
@@ -161,6 +162,19 @@ def _isolated(fn, *args) -> float:
         return pool.submit(fn, *args).result()
 
 
+def _in_rounds(runs: dict, rounds: int) -> dict[str, list[float]]:
+    """Each runtime's median ms, measured ``rounds`` times: every round measures them all once, one
+    after another, starting one further along each time. This host's speed drifts over minutes
+    (one runtime measured 2x slower at 2 threads than at 1 while the others were not), so one
+    measurement each would charge the drift to whichever ran then; the median over rounds does not."""
+    names = list(runs)
+    out: dict[str, list[float]] = {name: [] for name in names}
+    for k in range(rounds):
+        for name in names[k % len(names):] + names[: k % len(names)]:
+            out[name].append(_isolated(*runs[name]))
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subnets", type=int, default=10)
@@ -169,11 +183,15 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="Measure every runtime this many times, interleaved; report the median.")
     parser.add_argument("--database", type=Path, default=None, help="MetaSchedule database for the artifact.")
     parser.add_argument("--schedule", nargs="+", default=[DEFAULT_SCHEDULE], choices=SCHEDULES,
                         help="The artifact's CPU schedule(s), one artifact column each (default: the export default).")
     parser.add_argument("--json", type=Path, default=None, help="Also write the results here.")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
 
     from qfa_deploy.arch import sample_arch
     from qfa_deploy.calibrate import calibrate
@@ -192,8 +210,8 @@ def main(argv=None) -> int:
     best_of = ("torch-fp32", "ort-fp32", "ort-int8")  # what a user would otherwise deploy
     columns = (*artifacts, *peers)
     rows = []
-    print(f"{SPACE} @{args.resolution}, batch 1, {args.threads} threads, median of {args.repeat} runs (ms); "
-          f"tuning database: {args.database or 'none'}")
+    print(f"{SPACE} @{args.resolution}, batch 1, {args.threads} threads, median of {args.repeat} runs, "
+          f"median of {args.rounds} rounds (ms); tuning database: {args.database or 'none'}")
     print(f"{'subnet':<8} " + " ".join(f"{c:>20}" for c in columns) + "   artifact/best peer")
     for i in range(args.subnets):
         cfg = sample_arch(SPACE, rng, resolutions=[args.resolution])
@@ -221,16 +239,18 @@ def main(argv=None) -> int:
             compile_artifact(qdq, device, tmp / "untuned", schedule="none")
             torch.save(fp_net.state_dict(), tmp / "fp32.pt")
             w, r, res, t = args.warmup, args.repeat, args.resolution, args.threads
-            ms = {column: _isolated(_tvm_ms, tmp / column, device, w, r, res) for column in artifacts}
-            ms |= {
-                "tvm-untuned": _isolated(_tvm_ms, tmp / "untuned", device, w, r, res),
-                "torch-fp32": _isolated(_torch_ms, tmp / "fp32.pt", cfg.to_dict(), t, w, r, res),
-                "ort-fp32": _isolated(_ort_ms, tmp / "fp32.onnx", t, w, r, res),
-                "ort-int8": _isolated(_ort_ms, tmp / "ort-int8.onnx", t, w, r, res),
+            runs = {column: (_tvm_ms, tmp / column, device, w, r, res) for column in artifacts} | {
+                "tvm-untuned": (_tvm_ms, tmp / "untuned", device, w, r, res),
+                "torch-fp32": (_torch_ms, tmp / "fp32.pt", cfg.to_dict(), t, w, r, res),
+                "ort-fp32": (_ort_ms, tmp / "fp32.onnx", t, w, r, res),
+                "ort-int8": (_ort_ms, tmp / "ort-int8.onnx", t, w, r, res),
             }
+            rounds_ms = _in_rounds(runs, args.rounds)
+        ms = {column: statistics.median(values) for column, values in rounds_ms.items()}
         best = min(ms[p] for p in best_of)
         ratios = {column: ms[column] / best for column in artifacts}
-        rows.append({"arch": cfg.to_dict(), "ms": ms, "ratio_to_best_peer": ratios, "compile_s": compile_s,
+        rows.append({"arch": cfg.to_dict(), "ms": ms, "rounds_ms": rounds_ms, "ratio_to_best_peer": ratios,
+                     "compile_s": compile_s,
                      "exporter": exporter, "tuning_database": metas[artifacts[0]]["tuning_database"],
                      "schedules": {c: m["schedule"] for c, m in metas.items()}})
         print(f"{i:<8} " + " ".join(f"{ms[c]:20.2f}" for c in columns) + "   "

@@ -441,7 +441,7 @@ def keep_codes_blocked(mod):
         reader = reader.pop()
         codes = value.args[1].fields[0]
         producer = var2val.get(codes)
-        writer = writers.intersection(stages(producer)) if producer is not None else set()
+        writer = writers.intersection(stages(producer))  # {} when the codes are not a call's output
         if not writer or uses.get(codes) != 1:
             continue
         lanes = stages(producer)[writer.pop()]
