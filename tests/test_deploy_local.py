@@ -6,6 +6,9 @@ Fast (about a minute): every model here compiles in a few seconds.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +74,33 @@ def test_auto_schedule_follows_the_cpu(fast_x86):
     assert resolve_schedule("generic", "arm64") == "generic"
     with pytest.raises(QfaError, match="schedule must be one of auto, "):
         resolve_schedule("fastest", str(fast_x86))
+
+
+RUN_ONCE = """
+import sys
+import numpy as np
+from qfa_deploy.deploy import load_device
+from qfa_deploy.deploy.runner import open_session
+with open_session(load_device(sys.argv[1])) as session:
+    session.run(session.load(sys.argv[2]), [np.zeros((1, 3, 16, 16), np.float32)])
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_a_two_thread_session_exits_beside_a_busy_core(ort_artifact, fast_x86):
+    """With TVM's pool left to the interpreter's exit, a process whose worker thread shared its core
+    with another busy process ran in a second and exited minutes later; a closed session has none."""
+    folder, _ = ort_artifact
+    second_cpu = sorted(os.sched_getaffinity(0))[1]
+    spin = f"import os\nos.sched_setaffinity(0, {{{second_cpu}}})\nwhile True: pass"
+    busy = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        done = subprocess.run([sys.executable, "-c", RUN_ONCE, str(fast_x86), str(folder / "model.so")],
+                              capture_output=True, text=True, timeout=90)
+        assert done.returncode == 0, done.stderr[-2000:]
+    finally:
+        busy.kill()
+        busy.wait()
 
 
 def test_profile_local_matches_onnxruntime(ort_artifact, fast_x86):

@@ -63,6 +63,7 @@ class Session:
         self.device = device
         self.remote = remote  # tvm.rpc.RPCSession, or None for this process
         self._threads_set = False
+        self._pinned_cpus: list[str] = []  # the local pool's CPUs while this session has it
         self._uploads = itertools.count()  # each upload gets a name of its own (see load)
 
     @property
@@ -139,6 +140,8 @@ class Session:
         return Timing(tuple(float(s) for s in result.results), protocol, self.device.threads)
 
     def close(self) -> None:
+        if self.remote is None and self._pinned_cpus:
+            self._release_threads()
         self.remote = None  # the RPC session closes when its last reference goes
 
     def __enter__(self) -> Session:
@@ -164,12 +167,25 @@ class Session:
                 cpus = sorted(_ALLOWED_CPUS) or list(range(os.cpu_count() or threads))
                 threads = min(threads, len(cpus))
                 configure = tvm.get_global_func("runtime.config_threadpool")
-                configure(_THREADPOOL_ONE_CORE_PER_THREAD, threads, [str(c) for c in cpus[:threads]])
+                self._pinned_cpus = [str(c) for c in cpus[:threads]]
+                configure(_THREADPOOL_ONE_CORE_PER_THREAD, threads, self._pinned_cpus)
             else:
                 self.remote.get_function("runtime.config_threadpool")(_THREADPOOL_BIG_CORES, threads)
         except Exception as exc:  # a runtime without a thread pool: run with its defaults
             log.warning("could not pin %d threads on %s: %s", threads, self.device.name, one_line(exc))
         self._threads_set = True
+
+    def _release_threads(self) -> None:
+        """Shrink this process's pool back to its own thread. Left to the interpreter's exit, TVM's
+        pool waited minutes for a worker pinned to a core another process kept busy (`qfa-deploy
+        profile` on 2 threads beside a training job: done in 5 s, exited after 4 min)."""
+        import tvm
+
+        try:
+            tvm.get_global_func("runtime.config_threadpool")(_THREADPOOL_ONE_CORE_PER_THREAD, 1, self._pinned_cpus[:1])
+        except Exception as exc:
+            log.warning("could not release the thread pool of %s: %s", self.device.name, one_line(exc))
+        self._pinned_cpus, self._threads_set = [], False
 
 
 def open_session(device: Device, *, timeout: float = 30.0, session_timeout: float = 0) -> Session:
