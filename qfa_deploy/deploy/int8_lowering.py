@@ -48,70 +48,45 @@ DEPTHWISE_BLOCKS = ("dw_pad", "dw_conv", "dw_out")
 _LANES = (16, 8)  # int32 accumulators per vpdpbusd (a zmm register, a ymm one): output channels per tile
 _GROUP = 4  # uint8 x int8 products summed into each accumulator lane
 _DW_COLS = 14  # output pixels per depthwise tile: one accumulator vector each
-_OUT_EWISE_FUSABLE = 4  # Relax op pattern: elementwise consumers may fuse onto the output
 
 
 def lower_integer_convs(mod):
     """``mod`` (an imported, not yet legalized Relax module) with its integer convs reading the codes:
     1x1 convs as int8 dot products, depthwise convs dequantizing inside their padding stage."""
     from tvm import ir, relax
-    from tvm.relax.expr_functor import PyExprMutator, mutator
 
-    conv2d, dequantize = ir.Op.get("relax.nn.conv2d"), ir.Op.get("relax.dequantize")
+    from qfa_deploy.deploy.conv_rewrite import rewrite_convs
 
-    @mutator
-    class Rewriter(PyExprMutator):
-        def __init__(self, module):
-            super().__init__(module)
-            self.module, self.lowered = module, {"pointwise": [], "depthwise": []}
+    dequantize = ir.Op.get("relax.dequantize")
 
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            if call.op != conv2d:
-                return call
-            operands = _integer_operands(call, self.lookup_binding, dequantize)
-            if operands is None:
-                return call
-            codes, weight, zero_point = operands
-            attrs = call.attrs
-            strides, padding = [int(v) for v in attrs.strides], [int(v) for v in attrs.padding]
-            if int(attrs.groups) == 1 and weight.shape[2:] == (1, 1) and strides == [1, 1] and not any(padding):
-                kind = "pointwise"
-                packed, comp = _pack_weight(weight[:, :, 0, 0], zero_point, _tile_lanes(int(weight.shape[0])))
-                out = self.builder_.call_te(
-                    _pointwise_int8, codes, relax.const(packed), relax.const(comp), int(weight.shape[0]),
-                    primfunc_name_hint="conv2d_int8",
-                )
-            elif (int(attrs.groups) == weight.shape[0] == codes.ty.shape[1] and weight.shape[1] == 1
-                  and weight.shape[0] % 8 == 0):
-                # depthwise: no channel sum for VNNI to take, but reading the uint8 codes (not their float
-                # copy) lets the producer write a quarter of the bytes
-                kind = "depthwise"
-                lanes = _depthwise_lanes(int(weight.shape[0]))
-                out = self.builder_.call_te(
-                    _depthwise_from_codes, codes, relax.const(_pack_depthwise_weight(weight, lanes)),
-                    relax.const(zero_point.astype(np.float32)), strides, padding,
-                    primfunc_name_hint="conv2d_codes",
-                )
-            else:
-                return call
-            self.lowered[kind].append(out.args[0])
-            return out
+    def rewrite(builder, call, lookup_binding):
+        operands = _integer_operands(call, lookup_binding, dequantize)
+        if operands is None:
+            return None
+        codes, weight, zero_point = operands
+        attrs = call.attrs
+        strides, padding = [int(v) for v in attrs.strides], [int(v) for v in attrs.padding]
+        if int(attrs.groups) == 1 and weight.shape[2:] == (1, 1) and strides == [1, 1] and not any(padding):
+            packed, comp = _pack_weight(weight[:, :, 0, 0], zero_point, _tile_lanes(int(weight.shape[0])))
+            return "pointwise", builder.call_te(
+                _pointwise_int8, codes, relax.const(packed), relax.const(comp), int(weight.shape[0]),
+                primfunc_name_hint="conv2d_int8",
+            )
+        if (int(attrs.groups) == weight.shape[0] == codes.ty.shape[1] and weight.shape[1] == 1
+                and weight.shape[0] % 8 == 0):
+            # depthwise: no channel sum for VNNI to take, but reading the uint8 codes (not their float
+            # copy) lets the producer write a quarter of the bytes
+            lanes = _depthwise_lanes(int(weight.shape[0]))
+            return "depthwise", builder.call_te(
+                _depthwise_from_codes, codes, relax.const(_pack_depthwise_weight(weight, lanes)),
+                relax.const(zero_point.astype(np.float32)), strides, padding,
+                primfunc_name_hint="conv2d_codes",
+            )
+        return None
 
-        def run(self):
-            for gvar, func in self.module.functions.items():
-                if isinstance(func, relax.Function):
-                    self.builder_.update_func(gvar, self.visit_expr(func))
-            module = self.builder_.get()
-            for gvar in (*self.lowered["pointwise"], *self.lowered["depthwise"]):
-                # let the conv's epilogue fuse onto it, as onto a conv2d
-                module[gvar] = module[gvar].with_attr("op_pattern", _OUT_EWISE_FUSABLE)
-            return module
-
-    rewriter = Rewriter(mod)
-    mod = relax.transform.DeadCodeElimination()(rewriter.run())  # the codes' float copies, now unread
+    mod, counts = rewrite_convs(mod, rewrite)
     log.info("integer convs: %d 1x1 convs lowered to uint8 x int8 dot products, %d depthwise convs read codes",
-             len(rewriter.lowered["pointwise"]), len(rewriter.lowered["depthwise"]))
+             counts["pointwise"], counts["depthwise"])
     return mod
 
 

@@ -6,7 +6,9 @@ function (padding, conv, bias add, quantize/clip/cast, dequantize) materialised 
 - ``generic_cpu_schedule``, applied after legalization and fusion, (1) inlines each injective stage
   into its consumer (or, for epilogues, into its producer) where TIR allows it, and (2) marks the
   outermost loop of every remaining stage ``parallel`` where that is legal.
-- ``tiled_cpu_schedule`` register-tiles the conv2d functions on top (see its docstring).
+- ``tiled_cpu_schedule`` register-tiles the conv2d functions on top (see its docstring); the
+  squeeze-excite convs, rewritten by ``gemv_lowering.transpose_gemv_weights`` before legalization,
+  read their weights transposed.
 - ``tiled_vnni_schedule`` runs the integer convs rewritten by ``int8_lowering.lower_integer_convs``
   before legalization: 1x1 convs as uint8 x int8 dot products on AVX512-VNNI, depthwise convs
   channel-blocked (one vector of channels per tap); the rest as ``tiled-cpu``.
@@ -24,6 +26,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from qfa_deploy.deploy._text import one_line
+from qfa_deploy.deploy.gemv_lowering import GEMV_BLOCK
 
 __all__ = ["CPU_SCHEDULES", "CpuSchedule", "generic_cpu_schedule", "tiled_cpu_schedule", "tiled_vnni_schedule"]
 
@@ -129,7 +132,7 @@ def _is_scheduled(func) -> bool:
 # "tiled-cpu": register-tiled conv2d (opt-in)
 # ---------------------------------------------------------------------------------------------
 
-_CONV_BLOCKS = ("conv2d_nchw", "group_conv2d_nchw")
+_CONV_BLOCKS = ("conv2d_nchw", "group_conv2d_nchw", GEMV_BLOCK)
 _LANES = 8  # float32 lanes of an AVX2 register (AVX-512 hosts run these 256-bit tiles too)
 _ACC_BUDGET = 12  # vector accumulators per register tile (AVX2 has 16 ymm registers)
 
@@ -345,15 +348,21 @@ class CpuSchedule(NamedTuple):
     needs: str | None = None  # an LLVM CPU feature the target must have
 
 
+def _transpose_gemv_weights(mod):
+    from qfa_deploy.deploy.gemv_lowering import transpose_gemv_weights
+
+    return transpose_gemv_weights(mod)
+
+
 def _lower_integer_convs(mod):
     from qfa_deploy.deploy.int8_lowering import lower_integer_convs
 
-    return lower_integer_convs(mod)
+    return _transpose_gemv_weights(lower_integer_convs(mod))
 
 
 # compile_artifact's ``schedule`` value -> how it is applied
 CPU_SCHEDULES = {
     "generic": CpuSchedule("generic-cpu", generic_cpu_schedule),
-    "tiled-cpu": CpuSchedule("tiled-cpu", tiled_cpu_schedule),
+    "tiled-cpu": CpuSchedule("tiled-cpu", tiled_cpu_schedule, _transpose_gemv_weights),
     "tiled-vnni": CpuSchedule("tiled-vnni", tiled_vnni_schedule, _lower_integer_convs, "avx512vnni"),
 }
