@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from qfa_deploy.deploy._text import one_line
-from qfa_deploy.deploy.gemv_lowering import GEMV_BLOCK
+from qfa_deploy.deploy.gemv_lowering import GEMV_BLOCK, transpose_gemv_weights
 
 __all__ = ["CPU_SCHEDULES", "CpuSchedule", "generic_cpu_schedule", "tiled_cpu_schedule", "tiled_vnni_schedule"]
 
@@ -348,21 +348,15 @@ class CpuSchedule(NamedTuple):
     needs: str | None = None  # an LLVM CPU feature the target must have
 
 
-def _transpose_gemv_weights(mod):
-    from qfa_deploy.deploy.gemv_lowering import transpose_gemv_weights
-
-    return transpose_gemv_weights(mod)
-
-
 def _lower_integer_convs(mod):
     from qfa_deploy.deploy.int8_lowering import lower_integer_convs
 
-    return _transpose_gemv_weights(lower_integer_convs(mod))
+    return transpose_gemv_weights(lower_integer_convs(mod))
 
 
 # compile_artifact's ``schedule`` value -> how it is applied
 CPU_SCHEDULES = {
     "generic": CpuSchedule("generic-cpu", generic_cpu_schedule),
-    "tiled-cpu": CpuSchedule("tiled-cpu", tiled_cpu_schedule, _transpose_gemv_weights),
+    "tiled-cpu": CpuSchedule("tiled-cpu", tiled_cpu_schedule, transpose_gemv_weights),
     "tiled-vnni": CpuSchedule("tiled-vnni", tiled_vnni_schedule, _lower_integer_convs, "avx512vnni"),
 }
