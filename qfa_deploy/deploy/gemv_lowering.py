@@ -20,18 +20,18 @@ __all__ = ["GEMV_BLOCK", "transpose_gemv_weights"]
 log = logging.getLogger(__name__)
 
 GEMV_BLOCK = "conv2d_nchw_ihwo"  # the rewritten conv's block, which the tiled schedule tiles as a conv
-_MIN_LANES = 8  # the schedule's vector of output channels: convs with other channel counts are left
 
 
-def transpose_gemv_weights(mod):
-    """``mod`` (an imported, not yet legalized Relax module) with each float conv on a 1x1 map reading
-    its weights as [C, 1, 1, O]."""
+def transpose_gemv_weights(mod, lanes: int):
+    """``mod`` (an imported, not yet legalized Relax module) with each float conv on a 1x1 map whose
+    output channels fill whole vectors of ``lanes`` (the schedule's tile; others are left) reading its
+    weights as [C, 1, 1, O]."""
     from tvm import relax
 
     from qfa_deploy.deploy.conv_rewrite import rewrite_convs
 
     def rewrite(builder, call, lookup_binding):
-        weight = _gemv_weight(call, lookup_binding)
+        weight = _gemv_weight(call, lookup_binding, lanes)
         if weight is None:
             return None
         transposed = np.ascontiguousarray(weight.transpose(1, 2, 3, 0))
@@ -43,9 +43,9 @@ def transpose_gemv_weights(mod):
     return mod
 
 
-def _gemv_weight(call, lookup_binding):
+def _gemv_weight(call, lookup_binding, lanes):
     """The constant float32 weights [O, C, 1, 1] of ``call`` if it is a plain NCHW conv of a [N, C, 1, 1]
-    float32 tensor (one group, no padding or dilation) with O a multiple of the vector, else None."""
+    float32 tensor (one group, no padding or dilation) with O a multiple of ``lanes``, else None."""
     from tvm import ir, tirx
 
     attrs = call.attrs
@@ -65,7 +65,7 @@ def _gemv_weight(call, lookup_binding):
     if not all(isinstance(d, tirx.IntImm) for d in shape) or [int(d) for d in shape[2:]] != [1, 1]:
         return None
     w = weight.value.numpy()
-    if w.ndim != 4 or w.shape[2:] != (1, 1) or w.shape[1] != int(shape[1]) or w.shape[0] % _MIN_LANES:
+    if w.ndim != 4 or w.shape[2:] != (1, 1) or w.shape[1] != int(shape[1]) or w.shape[0] % lanes:
         return None
     return w
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import NamedTuple
 
 from qfa_deploy.deploy._text import one_line
@@ -351,12 +352,12 @@ class CpuSchedule(NamedTuple):
 def _lower_integer_convs(mod):
     from qfa_deploy.deploy.int8_lowering import lower_integer_convs
 
-    return transpose_gemv_weights(lower_integer_convs(mod))
+    return transpose_gemv_weights(lower_integer_convs(mod), _LANES)
 
 
 # compile_artifact's ``schedule`` value -> how it is applied
 CPU_SCHEDULES = {
     "generic": CpuSchedule("generic-cpu", generic_cpu_schedule),
-    "tiled-cpu": CpuSchedule("tiled-cpu", tiled_cpu_schedule, transpose_gemv_weights),
+    "tiled-cpu": CpuSchedule("tiled-cpu", tiled_cpu_schedule, partial(transpose_gemv_weights, lanes=_LANES)),
     "tiled-vnni": CpuSchedule("tiled-vnni", tiled_vnni_schedule, _lower_integer_convs, "avx512vnni"),
 }
