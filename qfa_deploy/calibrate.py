@@ -40,13 +40,14 @@ def cumulative_statistics(model: nn.Module):
 @torch.no_grad()
 def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], resolution: int, num_batches: int) -> nn.Module:
     """Recompute the statistics of ``model`` (a supernet with its active subnet, or a static one)."""
+    device = next(model.parameters()).device  # batches come from the CPU; the model may be on a GPU
     with cumulative_statistics(model):
         model.train()
         seen = 0
         for x in batches:
             if seen == num_batches:
                 break
-            model(resize(x, resolution))
+            model(resize(x.to(device), resolution))
             seen += 1
         if seen == 0:
             raise ValueError("calibration needs at least one batch")

@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -24,7 +25,10 @@ from qfa_deploy.checkpoint import atomic_write_bytes
 from qfa_deploy.errors import QfaError
 from qfa_deploy.space import SearchSpace
 
-__all__ = ["ArraySource", "Splits", "default_data_dir", "load_splits", "resize"]
+__all__ = [
+    "ArraySource", "BatchPlan", "ImageSource", "Splits", "default_data_dir", "default_workers", "load_splits",
+    "normalise", "resize",
+]
 
 log = logging.getLogger(__name__)
 VAL_SIZE_CIFAR = 5000
@@ -61,14 +65,11 @@ class ArraySource:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 3, 1, 2).float().div_(255.0)
-        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.std).view(1, 3, 1, 1)
-        return ((x - mean) / std).contiguous()
-
     def subset(self, n: int) -> ArraySource:
-        return ArraySource(self.images[:n], self.labels[:n], self.mean, self.std)
+        return self.select(torch.arange(min(n, len(self))))
+
+    def select(self, idx: torch.Tensor) -> ArraySource:
+        return ArraySource(self.images[idx], self.labels[idx], self.mean, self.std)
 
     def batches(
         self,
@@ -86,20 +87,49 @@ class ArraySource:
 
         With ``world > 1`` each rank gets its own slice of every global batch.
         """
-        n = len(self)
-        if seed is None:
-            order = torch.arange(n)
+        plan = BatchPlan(len(self), batch_size, seed, epoch, rank, world, drop_last)
+        for b in range(start, plan.num_batches):
+            idx = plan.indices(b)
+            x = _augment(self.images[idx], plan.generator(b)) if augment else self.images[idx]
+            yield normalise(x, self.mean, self.std), self.labels[idx]
+
+
+def normalise(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """uint8 NHWC images -> float NCHW, standardised per channel."""
+    x = x.permute(0, 3, 1, 2).float().div_(255.0)
+    return ((x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)).contiguous()
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """Which images make batch ``b`` of an epoch, and its augmentation's random generator: functions of
+    (seed, epoch, b) only, so that every source, worker process and resumed run agree."""
+
+    n: int
+    batch_size: int
+    seed: int | None  # None: in order, no shuffling
+    epoch: int = 0
+    rank: int = 0
+    world: int = 1
+    drop_last: bool = False
+
+    def __post_init__(self) -> None:
+        if self.seed is None:
+            order = torch.arange(self.n)
         else:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
-        num = n // batch_size if drop_last else -(-n // batch_size)
-        for b in range(start, num):
-            idx = order[b * batch_size : (b + 1) * batch_size]
-            idx = idx[rank::world]
-            x = self.images[idx]
-            if augment:
-                gen = torch.Generator().manual_seed((seed or 0) * 1_000_003 + epoch * 10_007 + b)
-                x = _augment(x, gen)
-            yield self._normalise(x), self.labels[idx]
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1000 + self.epoch))
+        object.__setattr__(self, "_order", order)
+
+    @property
+    def num_batches(self) -> int:
+        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+
+    def indices(self, b: int) -> torch.Tensor:
+        """This rank's slice of global batch ``b``."""
+        return self._order[b * self.batch_size : (b + 1) * self.batch_size][self.rank :: self.world]
+
+    def generator(self, b: int) -> torch.Generator:
+        return torch.Generator().manual_seed((self.seed or 0) * 1_000_003 + self.epoch * 10_007 + b)
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -116,11 +146,24 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return padded[torch.arange(n)[:, None, None], rows, cols]
 
 
+class ImageSource(Protocol):
+    """What callers use of a split: ``ArraySource`` (in memory) or ``imagefolder.ImageFolderSource``."""
+
+    labels: torch.Tensor
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def __len__(self) -> int: ...
+    def subset(self, n: int) -> ImageSource: ...
+    def select(self, idx: torch.Tensor) -> ImageSource: ...
+    def batches(self, batch_size: int, **kw) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
 @dataclass
 class Splits:
-    train: ArraySource
-    val: ArraySource
-    test: ArraySource
+    train: ImageSource
+    val: ImageSource
+    test: ImageSource
 
 
 def _decode_jpeg_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -164,15 +207,27 @@ def _load_cifar(root: Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.nda
     )
 
 
-def load_splits(space: SearchSpace, data_dir: str | Path | None = None) -> Splits:
-    """Train / validation / test splits for ``space`` from ``data_dir``."""
+def default_workers() -> int:
+    """Decoding processes for image files: up to 4, no more than this process's CPUs."""
+    return min(4, len(os.sched_getaffinity(0)))
+
+
+def load_splits(space: SearchSpace, data_dir: str | Path | None = None, workers: int | None = None) -> Splits:
+    """Train / validation / test splits for ``space`` from ``data_dir``: an ImageFolder tree
+    (``train/``, ``val/``), or CIFAR-10 (this project's JPEG .npz files, or torchvision's folder).
+    ``workers`` decode an ImageFolder's files (default: ``default_workers()``)."""
+    from qfa_deploy.imagefolder import is_image_folder, load_image_folder
+
     root = Path(data_dir) if data_dir is not None else default_data_dir()
     if not root.is_dir():
         raise QfaError(f"{root}: data directory not found")
+    if is_image_folder(root):
+        workers = default_workers() if workers is None else workers
+        return load_image_folder(root, space.num_classes, space.image_mean, space.image_std,
+                                 max(space.resolutions), workers)
     if space.num_classes != 10:
-        raise QfaError(
-            f"space {space.name!r} needs an ImageFolder tree (train/, val/); use qfa_deploy.imagefolder"
-        )
+        raise QfaError(f"{root}: space {space.name!r} has {space.num_classes} classes and needs an ImageFolder "
+                       "tree here (train/<class>/*.jpg, val/<class>/*.jpg)")
     (x_train, y_train), (x_test, y_test) = _load_cifar(root)
     perm = np.random.default_rng(SPLIT_SEED).permutation(len(y_train))
     val_idx, train_idx = perm[:VAL_SIZE_CIFAR], perm[VAL_SIZE_CIFAR:]

@@ -7,7 +7,7 @@ from torch import nn
 
 from qfa_deploy.arch import ArchConfig
 from qfa_deploy.calibrate import calibrate
-from qfa_deploy.data import ArraySource, resize
+from qfa_deploy.data import ImageSource, resize
 from qfa_deploy.extract import StaticSubnet, extract
 from qfa_deploy.nn.supernet import QFASupernet
 
@@ -15,16 +15,17 @@ __all__ = ["accuracy", "calibrated_subnet", "evaluate_arch"]
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, source: ArraySource, resolution: int, batch_size: int = 500) -> float:
+def accuracy(model: nn.Module, source: ImageSource, resolution: int, batch_size: int = 500) -> float:
     model.eval()
+    device = next(model.parameters()).device  # batches come from the CPU; the model may be on a GPU
     correct = 0
     for x, y in source.batches(batch_size):
-        correct += (model(resize(x, resolution)).argmax(1) == y).sum().item()
+        correct += (model(resize(x.to(device), resolution)).argmax(1).cpu() == y).sum().item()
     return correct / len(source)
 
 
 def calibrated_subnet(
-    supernet: QFASupernet, cfg: ArchConfig, calib: ArraySource, calib_batches: int = 20, batch_size: int = 100
+    supernet: QFASupernet, cfg: ArchConfig, calib: ImageSource, calib_batches: int = 20, batch_size: int = 100
 ) -> StaticSubnet:
     """Extract ``cfg`` and calibrate it on the first batches of ``calib`` (a fixed, ordered pass)."""
     supernet.set_active(cfg)
@@ -37,8 +38,8 @@ def calibrated_subnet(
 def evaluate_arch(
     supernet: QFASupernet,
     cfg: ArchConfig,
-    calib: ArraySource,
-    test: ArraySource,
+    calib: ImageSource,
+    test: ImageSource,
     calib_batches: int = 20,
 ) -> float:
     return accuracy(calibrated_subnet(supernet, cfg, calib, calib_batches), test, cfg.resolution)

@@ -66,24 +66,32 @@ class TrainConfig:
     act_quantizer: str = "batchquant"
     max_steps: int | None = None  # stop early (tests, smoke runs); the schedule is unchanged
     init_from: str | None = None  # start from another run's weights (a new schedule, a fresh optimiser)
+    data_workers: int | None = None  # processes decoding an ImageFolder's files, per rank (None: data.default_workers)
 
     # Fields that may differ between a run and its resumption.
-    RESUMABLE = ("out", "data_dir", "max_steps", "checkpoint_every", "eval_every_epochs")
+    RESUMABLE = ("out", "data_dir", "max_steps", "checkpoint_every", "eval_every_epochs", "data_workers")
 
 
 @dataclass
 class _Dist:
     rank: int = 0
     world: int = 1
+    device: torch.device = torch.device("cpu")
 
     @classmethod
     def from_env(cls) -> _Dist:
+        """This process's rank, the world size (torchrun's environment) and its device: the GPU of its
+        local rank where CUDA is available (NCCL between ranks), else the CPU (gloo)."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
+        device = torch.device("cpu")
+        if torch.cuda.is_available():
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
         if world == 1:
-            return cls()
+            return cls(device=device)
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        return cls(dist.get_rank(), dist.get_world_size())
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return cls(dist.get_rank(), dist.get_world_size(), device)
 
     def average(self, tensors: list[torch.Tensor]) -> None:
         """All-reduce a list of tensors to their mean over ranks, in one flat buffer."""
@@ -197,9 +205,9 @@ def train(cfg: TrainConfig, resume: bool = False, splits: Splits | None = None) 
     ckpt_path = out / "checkpoint.pt"
     if ckpt_path.exists() and not resume:
         raise QfaError(f"{ckpt_path} exists: pass --resume to continue it, or choose another --out")
-    splits = splits or load_splits(sp, cfg.data_dir)
+    splits = splits or load_splits(sp, cfg.data_dir, cfg.data_workers)
     torch.manual_seed(cfg.seed)
-    net = QFASupernet(sp, act_quantizer=cfg.act_quantizer).to(memory_format=torch.channels_last)
+    net = QFASupernet(sp, act_quantizer=cfg.act_quantizer).to(ddp.device, memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.param_groups(cfg.weight_decay), lr=cfg.lr, momentum=0.9, nesterov=True)
 
     steps_per_epoch = len(splits.train) // cfg.batch_size
@@ -246,6 +254,7 @@ def train(cfg: TrainConfig, resume: bool = False, splits: Splits | None = None) 
         for x, y in batches:
             if step >= stop or step // steps_per_epoch != epoch:
                 break
+            x, y = x.to(ddp.device, non_blocking=True), y.to(ddp.device, non_blocking=True)
             quantized = step >= fp_steps
             if step == fp_steps and quantized and not (step == 0 and keep_steps):
                 net.init_weight_steps()  # LSQ steps from the warm-started weights

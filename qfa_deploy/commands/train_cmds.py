@@ -10,7 +10,10 @@ __all__ = ["COMMANDS"]
 @click.command()
 @click.option("--space", required=True, help="Search space to train.")
 @click.option("--data", "data_dir", default=None, type=click.Path(),
-              help="Data directory (default: the shared CIFAR-10).")
+              help="Data directory: CIFAR-10 (.npz or torchvision's folder) or an ImageFolder tree "
+                   "(train/, val/); default: the shared CIFAR-10.")
+@click.option("--data-workers", type=click.IntRange(min=0), default=None,
+              help="Processes decoding an ImageFolder's images, per rank (default: up to 4).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory (checkpoint, logs).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out where its checkpoint stopped.")
 @click.option("--fp-epochs", type=float, default=2.0, show_default=True, help="Full-precision warm-start epochs.")
@@ -26,7 +29,7 @@ __all__ = ["COMMANDS"]
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Torch intra-op threads.")
 @click.option("--init-from", type=click.Path(dir_okay=False), default=None,
               help="Start from this checkpoint's weights (new schedule, fresh optimiser), e.g. to extend a run.")
-def train(space, data_dir, out, resume, fp_epochs, q_epochs, batch_size, lr, q_lr, num_random,
+def train(space, data_dir, data_workers, out, resume, fp_epochs, q_epochs, batch_size, lr, q_lr, num_random,
           checkpoint_every, act_quantizer, seed, max_steps, threads, init_from):
     """Train a supernet (sandwich rule + in-place distillation); torchrun for several processes."""
     from qfa_deploy.commands.common import set_threads
@@ -40,7 +43,7 @@ def train(space, data_dir, out, resume, fp_epochs, q_epochs, batch_size, lr, q_l
         space=space, out=out, data_dir=data_dir, fp_epochs=fp_epochs, q_epochs=q_epochs,
         batch_size=batch_size, lr=lr, q_lr=q_lr, num_random=num_random,
         checkpoint_every=checkpoint_every, act_quantizer=act_quantizer, seed=seed, max_steps=max_steps,
-        init_from=init_from,
+        init_from=init_from, data_workers=data_workers,
     )
     result = run(cfg, resume=resume)
     click.echo(f"checkpoint: {result.checkpoint} (step {result.step})")

@@ -28,7 +28,7 @@ import onnx
 import torch
 
 from qfa_deploy.arch import ArchConfig
-from qfa_deploy.data import ArraySource, resize
+from qfa_deploy.data import ImageSource, resize
 from qfa_deploy.fold import block_names, fold, folded_forward, quantize_codes
 
 __all__ = [
@@ -310,7 +310,7 @@ def _torch_logits(subnet, x: torch.Tensor) -> np.ndarray:
     return subnet(x).numpy()
 
 
-def source_batches(source: ArraySource, resolution: int, batch_size: int) -> tuple[list, list]:
+def source_batches(source: ImageSource, resolution: int, batch_size: int) -> tuple[list, list]:
     """Images (resized to ``resolution``) and labels of ``source`` in order, as lists of batches."""
     xs, ys = [], []
     for x, y in source.batches(batch_size):
@@ -322,8 +322,8 @@ def source_batches(source: ArraySource, resolution: int, batch_size: int) -> tup
 def checkpoint_agreement(
     supernet,
     cfgs: Sequence[ArchConfig],
-    calib: ArraySource,
-    test: ArraySource,
+    calib: ImageSource,
+    test: ImageSource,
     calib_batches: int = 20,
     runtimes: Sequence[str] = ("pytorch", "ort_noopt", "ort_default", "tvm_x86"),
     batch_size: int = 100,

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from qfa_deploy.arch import ArchConfig, sample_arch
-from qfa_deploy.data import ArraySource
+from qfa_deploy.data import ImageSource
 from qfa_deploy.errors import QfaError
 
 __all__ = ["CollectSettings", "collect", "load_records", "records_to_arrays", "sample_for"]
@@ -195,7 +196,7 @@ def collect(
     return [done[i] for i in sorted(done)]
 
 
-def val_scorer(net, val: ArraySource, calib_batches: int, val_images: int) -> Callable[[ArchConfig], float]:
+def val_scorer(net, val: ImageSource, calib_batches: int, val_images: int) -> Callable[[ArchConfig], float]:
     """``measure(cfg)``: calibrate on the first batches of ``val``, score on its last ``val_images``."""
     from qfa_deploy.evaluate import evaluate_arch
 
@@ -207,5 +208,5 @@ def val_scorer(net, val: ArraySource, calib_batches: int, val_images: int) -> Ca
         raise QfaError(
             f"--calib-batches {calib_batches} needs {calib_batches * CALIB_BATCH} images, validation has {len(val)}"
         )
-    scored = ArraySource(val.images[-val_images:], val.labels[-val_images:], val.mean, val.std)
+    scored = val.select(torch.arange(len(val) - val_images, len(val)))
     return lambda cfg: evaluate_arch(net, cfg, val, scored, calib_batches)

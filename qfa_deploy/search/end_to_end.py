@@ -37,12 +37,10 @@ def _spread_subset(source, n: int):
     first ``n`` images (``ArraySource.subset``) would be one or two classes only."""
     import torch
 
-    from qfa_deploy.data import ArraySource
-
     if not 1 <= n <= len(source):
         raise QfaError(f"--test-limit must be between 1 and {len(source)}")
     idx = torch.randperm(len(source), generator=torch.Generator().manual_seed(0))[:n].sort().values
-    return ArraySource(source.images[idx], source.labels[idx], source.mean, source.std)
+    return source.select(idx)
 
 
 def evaluate_choice(
