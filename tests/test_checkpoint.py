@@ -156,3 +156,33 @@ def test_foreign_payloads(tmp_path, payload, words):
 def test_missing_and_directory(tmp_path):
     assert "no such checkpoint" in _one_line_error(tmp_path / "nope.pt")
     assert "no such checkpoint" in _one_line_error(tmp_path)
+
+
+def test_release_script_keeps_the_model_in_fp16_and_drops_the_optimiser(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from qfa_deploy.commands.common import load_supernet
+    from qfa_deploy.nn.supernet import QFASupernet
+    from qfa_deploy.space import create_space
+
+    net = QFASupernet(create_space(CIFAR))
+    run = tmp_path / "checkpoint.pt"
+    save_checkpoint(run, CIFAR, net.state_dict(), optimizer={"state": {}}, step=12, act_quantizer="batchquant",
+                    train_config={"space": CIFAR})
+    script = Path(__file__).resolve().parents[1] / "scripts" / "release_checkpoint.py"
+    done = subprocess.run([sys.executable, str(script), str(run), str(tmp_path / "out.pt"), "--notes", "n"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    released = load_checkpoint(tmp_path / "out.pt", expect_space=CIFAR)
+    assert "optimizer" not in released and released["step"] == 12 and released["notes"] == "n"
+    floats = [v for v in released["model"].values() if v.is_floating_point()]
+    assert floats and all(v.dtype == torch.float16 for v in floats)
+    assert set(released["model"]) == set(net.state_dict())
+    loaded = load_supernet(str(tmp_path / "out.pt"))
+    assert torch.equal(loaded.state_dict()["stem.weight"], net.state_dict()["stem.weight"].half().float())
+    bad = subprocess.run([sys.executable, str(script), str(tmp_path / "none.pt"), str(tmp_path / "x.pt")],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and bad.stderr.strip().count("\n") == 0 and "no such checkpoint" in bad.stderr
+    assert not (tmp_path / "x.pt").exists()

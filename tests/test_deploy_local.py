@@ -27,8 +27,9 @@ from deploy_helpers import (
 
 from qfa_deploy.cli import cli
 from qfa_deploy.deploy import compile_artifact, list_devices, load_device, profile_artifact
-from qfa_deploy.deploy.compile import DEFAULT_SCHEDULE, file_sha256, resolve_schedule
+from qfa_deploy.deploy.compile import DEFAULT_SCHEDULE, resolve_schedule
 from qfa_deploy.deploy.schedule import CPU_SCHEDULES
+from qfa_deploy.digest import file_sha256
 from qfa_deploy.errors import QfaError
 
 TOLERANCE = 1e-5  # bit-exact on onnxruntime-quantized models; float rounding on hand-built ones

@@ -7,7 +7,6 @@ version, tuning database hash, sha256) is returned for the caller's ``meta.json`
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -19,10 +18,11 @@ from pathlib import Path
 from qfa_deploy.checkpoint import atomic_write_bytes
 from qfa_deploy.deploy._text import one_line
 from qfa_deploy.deploy.device import Device, load_device
+from qfa_deploy.digest import file_sha256
 from qfa_deploy.errors import QfaError
 
 __all__ = [
-    "LIBRARY_NAME", "CUDA_SOURCE_NAME", "DEFAULT_SCHEDULE", "SCHEDULES", "compile_artifact", "file_sha256",
+    "LIBRARY_NAME", "CUDA_SOURCE_NAME", "DEFAULT_SCHEDULE", "SCHEDULES", "compile_artifact",
     "onnx_input_specs", "resolve_schedule",
 ]
 
@@ -181,14 +181,6 @@ def onnx_input_specs(model, batch_size: int = 1) -> list[dict]:
     if not specs:
         raise QfaError("the ONNX model has no inputs")
     return specs
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _load_onnx(path: Path):

@@ -10,10 +10,11 @@ import json
 import logging
 from pathlib import Path
 
-from qfa_deploy.deploy.compile import LIBRARY_NAME, file_sha256, onnx_input_specs
+from qfa_deploy.deploy.compile import LIBRARY_NAME, onnx_input_specs
 from qfa_deploy.deploy.device import Device, load_device
 from qfa_deploy.deploy.parity import compare_outputs, onnxruntime_outputs, random_inputs
 from qfa_deploy.deploy.runner import open_session
+from qfa_deploy.digest import file_sha256
 from qfa_deploy.errors import QfaError
 
 __all__ = ["EMULATED_LABEL", "LATENCY_LABEL", "ONNX_NAME", "META_NAME", "load_meta", "profile_artifact"]

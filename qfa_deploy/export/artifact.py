@@ -10,7 +10,6 @@ sha256 of every other file of the folder.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from qfa_deploy.arch import ArchConfig
+from qfa_deploy.digest import file_sha256
 from qfa_deploy.errors import QfaError
 
 __all__ = [
@@ -30,7 +30,6 @@ __all__ = [
     "ONNX_NAME",
     "build_artifact",
     "calibrate_for_export",
-    "file_sha256",
     "read_artifact",
     "staged_directory",
 ]
@@ -57,14 +56,6 @@ def calibrate_for_export(supernet, cfg: ArchConfig, calib, batches: int, batch_s
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(CALIBRATION_SEED)
         return calibrated_subnet(supernet, cfg, calib, batches, batch_size).eval()
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _oserror(exc: OSError) -> str:

@@ -416,8 +416,9 @@ def verify_artifact(
     """
     from qfa_deploy.commands.common import load_supernet
     from qfa_deploy.data import load_splits
+    from qfa_deploy.digest import file_sha256
     from qfa_deploy.errors import QfaError
-    from qfa_deploy.export.artifact import ONNX_NAME, calibrate_for_export, file_sha256, read_artifact
+    from qfa_deploy.export.artifact import ONNX_NAME, calibrate_for_export, read_artifact
     from qfa_deploy.export.onnx_export import export_onnx
 
     folder = Path(folder)
