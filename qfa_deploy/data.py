@@ -209,7 +209,8 @@ def _load_cifar(root: Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.nda
 
 def default_workers() -> int:
     """Decoding processes for image files: up to 4, no more than this process's CPUs."""
-    return min(4, len(os.sched_getaffinity(0)))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # macOS has none
+    return min(4, cpus)
 
 
 def load_splits(space: SearchSpace, data_dir: str | Path | None = None, workers: int | None = None) -> Splits:
