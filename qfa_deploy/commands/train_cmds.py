@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 __all__ = ["COMMANDS"]
@@ -46,7 +48,8 @@ def train(space, data_dir, data_workers, out, resume, fp_epochs, q_epochs, batch
         init_from=init_from, data_workers=data_workers,
     )
     result = run(cfg, resume=resume)
-    click.echo(f"checkpoint: {result.checkpoint} (step {result.step})")
+    if os.environ.get("RANK", "0") == "0":  # torchrun: one line, not one per rank
+        click.echo(f"checkpoint: {result.checkpoint} (step {result.step})")
 
 
 @click.command(name="eval")
