@@ -12,10 +12,10 @@ import hashlib
 import io
 import logging
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -53,11 +53,10 @@ def resize(x: torch.Tensor, resolution: int) -> torch.Tensor:
     return F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True)
 
 
-@dataclass
-class ArraySource:
-    """Images held in memory as uint8 NHWC (small datasets such as CIFAR-10)."""
+class ImageSource(ABC):
+    """A split: labelled images, batched by a ``BatchPlan``. ``ArraySource`` holds them in memory,
+    ``imagefolder.ImageFolderSource`` decodes files."""
 
-    images: torch.Tensor  # uint8 [N, H, W, 3]
     labels: torch.Tensor  # int64 [N]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -65,11 +64,16 @@ class ArraySource:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, n: int) -> ArraySource:
+    def subset(self, n: int) -> ImageSource:
         return self.select(torch.arange(min(n, len(self))))
 
-    def select(self, idx: torch.Tensor) -> ArraySource:
-        return ArraySource(self.images[idx], self.labels[idx], self.mean, self.std)
+    @abstractmethod
+    def select(self, idx: torch.Tensor) -> ImageSource:
+        """The images at ``idx``, in that order."""
+
+    @abstractmethod
+    def _planned(self, plan: BatchPlan, start: int, augment: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches ``start``, ``start + 1``, ... of ``plan``, normalised (and augmented)."""
 
     def batches(
         self,
@@ -87,7 +91,22 @@ class ArraySource:
 
         With ``world > 1`` each rank gets its own slice of every global batch.
         """
-        plan = BatchPlan(len(self), batch_size, seed, epoch, rank, world, drop_last)
+        return self._planned(BatchPlan(len(self), batch_size, seed, epoch, rank, world, drop_last), start, augment)
+
+
+@dataclass
+class ArraySource(ImageSource):
+    """Images held in memory as uint8 NHWC (small datasets such as CIFAR-10)."""
+
+    images: torch.Tensor  # uint8 [N, H, W, 3]
+    labels: torch.Tensor  # int64 [N]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def select(self, idx: torch.Tensor) -> ArraySource:
+        return ArraySource(self.images[idx], self.labels[idx], self.mean, self.std)
+
+    def _planned(self, plan: BatchPlan, start: int, augment: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for b in range(start, plan.num_batches):
             idx = plan.indices(b)
             x = _augment(self.images[idx], plan.generator(b)) if augment else self.images[idx]
@@ -144,19 +163,6 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     flip = torch.rand(n, generator=gen) < 0.5
     cols = torch.where(flip[:, None, None], cols.flip(-1), cols)
     return padded[torch.arange(n)[:, None, None], rows, cols]
-
-
-class ImageSource(Protocol):
-    """What callers use of a split: ``ArraySource`` (in memory) or ``imagefolder.ImageFolderSource``."""
-
-    labels: torch.Tensor
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    def __len__(self) -> int: ...
-    def subset(self, n: int) -> ImageSource: ...
-    def select(self, idx: torch.Tensor) -> ImageSource: ...
-    def batches(self, batch_size: int, **kw) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 
 
 @dataclass

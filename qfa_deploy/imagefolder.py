@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qfa_deploy.data import SPLIT_SEED, BatchPlan, Splits, normalise
+from qfa_deploy.data import SPLIT_SEED, BatchPlan, ImageSource, Splits, normalise
 from qfa_deploy.errors import QfaError
 
 __all__ = ["IMAGE_SUFFIXES", "ImageFolderSource", "is_image_folder", "load_image_folder"]
@@ -33,7 +33,7 @@ CROP_SCALE, CROP_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
 
 
 @dataclass
-class ImageFolderSource:
+class ImageFolderSource(ImageSource):
     """Image files with their labels, decoded to ``resolution`` when batched."""
 
     files: list[str]
@@ -43,30 +43,11 @@ class ImageFolderSource:
     resolution: int
     workers: int = 0  # DataLoader worker processes; 0 decodes in this process
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def subset(self, n: int) -> ImageFolderSource:
-        return self.select(torch.arange(min(n, len(self))))
-
     def select(self, idx: torch.Tensor) -> ImageFolderSource:
         files = [self.files[i] for i in idx.tolist()]
         return ImageFolderSource(files, self.labels[idx], self.mean, self.std, self.resolution, self.workers)
 
-    def batches(
-        self,
-        batch_size: int,
-        *,
-        seed: int | None = None,
-        epoch: int = 0,
-        augment: bool = False,
-        start: int = 0,
-        rank: int = 0,
-        world: int = 1,
-        drop_last: bool = False,
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """As ``ArraySource.batches``: in order or shuffled by (seed, epoch), from batch ``start``."""
-        plan = BatchPlan(len(self), batch_size, seed, epoch, rank, world, drop_last)
+    def _planned(self, plan: BatchPlan, start: int, augment: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         planned = _PlannedBatches(self, plan, start, augment)
         if self.workers == 0:
             items = (planned[i] for i in range(len(planned)))
