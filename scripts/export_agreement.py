@@ -21,7 +21,9 @@ import torch
 from qfa_deploy.arch import ArchConfig, sample_arch
 from qfa_deploy.commands.common import load_supernet, write_text_atomic
 from qfa_deploy.data import load_splits
+from qfa_deploy.digest import file_sha256
 from qfa_deploy.export.verify import checkpoint_agreement
+from qfa_deploy.reference import default_checkpoint
 
 CRITERION = 0.999
 
@@ -44,7 +46,8 @@ def main() -> None:
     cfgs += [sample_arch(space, rng) for _ in range(args.random)]
     splits = load_splits(net.space)
     test = splits.test.subset(args.limit) if args.limit else splits.test
-    result = {"checkpoint": args.checkpoint or "embedded", "images": len(test), "subnets": []}
+    checkpoint = args.checkpoint or str(default_checkpoint())
+    result = {"checkpoint": {"path": checkpoint, "sha256": file_sha256(checkpoint)}, "images": len(test), "subnets": []}
     for cfg in cfgs:
         start = time.time()
         (report,) = checkpoint_agreement(
