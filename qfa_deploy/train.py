@@ -15,6 +15,7 @@ wrapped in DistributedDataParallel: one step runs four different subnets).
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -30,10 +31,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from qfa_deploy.arch import ArchConfig, sample_arch
+from qfa_deploy.calibrate import calibrate
 from qfa_deploy.checkpoint import atomic_write_bytes, float32_model_state, load_checkpoint, save_checkpoint
 from qfa_deploy.data import Splits, load_splits, resize
 from qfa_deploy.errors import QfaError
-from qfa_deploy.evaluate import evaluate_arch
+from qfa_deploy.evaluate import accuracy, evaluate_arch
 from qfa_deploy.nn.supernet import QFASupernet
 from qfa_deploy.space import create_space
 
@@ -317,11 +319,7 @@ def _evaluate_progress(net: QFASupernet, splits: Splits, cfg: TrainConfig, step:
 
 
 def _fp_accuracy(net: QFASupernet, splits: Splits, val, arch: ArchConfig) -> float:
-    import copy
-
-    from qfa_deploy.calibrate import calibrate
-    from qfa_deploy.evaluate import accuracy
-
+    """Top-1 of ``arch`` at full precision, on a copy: calibration rewrites the statistics it measures."""
     probe = copy.deepcopy(net)
     probe.set_active(arch, quantized=False)
     calibrate(probe, (x for x, _ in splits.val.batches(100)), arch.resolution, 10)
