@@ -23,16 +23,22 @@ import torch.nn.functional as F
 
 from qfa_deploy.checkpoint import atomic_write_bytes
 from qfa_deploy.errors import QfaError
+from qfa_deploy.resources import asset
 from qfa_deploy.space import SearchSpace
 
 __all__ = [
-    "ArraySource", "BatchPlan", "ImageSource", "Splits", "default_data_dir", "default_workers", "load_splits",
-    "normalise", "resize",
+    "ArraySource", "BatchPlan", "CALIBRATION_ASSET", "ImageSource", "Splits", "calibration_images",
+    "default_data_dir", "default_workers", "load_splits", "normalise", "resize",
 ]
 
 log = logging.getLogger(__name__)
 VAL_SIZE_CIFAR = 5000
 SPLIT_SEED = 20211206  # fixed: the validation split never changes
+# The first 2,000 images of CIFAR-10's validation split (the default 20 calibration batches of 100),
+# as the data set's own JPEG bytes: export and calibration work on a machine without the data set.
+CALIBRATION_ASSET = "cifar10-calibration.npz"
+_WHERE = ("put CIFAR-10 there (train.npz + test.npz, or torchvision's cifar-10-batches-py/), "
+          "or pass --data DIR / set QFA_DATA_DIR")
 
 
 def default_data_dir() -> Path:
@@ -172,6 +178,36 @@ class Splits:
     test: ImageSource
 
 
+def cifar_val_indices(n_train: int) -> tuple[np.ndarray, np.ndarray]:
+    """(validation, train) indices into CIFAR-10's training images: a fixed split."""
+    perm = np.random.default_rng(SPLIT_SEED).permutation(n_train)
+    return perm[:VAL_SIZE_CIFAR], perm[VAL_SIZE_CIFAR:]
+
+
+def calibration_images(space: SearchSpace, data_dir: str | Path | None = None, images: int = 0) -> ImageSource:
+    """The validation images that calibration reads, in order.
+
+    From ``data_dir`` (or ``$QFA_DATA_DIR``, or the shared copy beside a checkout) when given or
+    present; otherwise, for a CIFAR-10 space, from the package's own copy of the first
+    validation images (bit-identical: the same JPEG bytes, decoded the same way).
+
+    Raises:
+        QfaError: no data for this space, or fewer shipped images than ``images``.
+    """
+    explicit = data_dir is not None or bool(os.environ.get("QFA_DATA_DIR"))
+    if explicit or default_data_dir().is_dir():
+        return load_splits(space, data_dir).val
+    shipped = asset(CALIBRATION_ASSET)
+    if space.num_classes != 10 or not shipped.is_file():
+        where = _WHERE if space.num_classes == 10 else "pass --data DIR (an ImageFolder tree: train/, val/)"
+        raise QfaError(f"no calibration data for space {space.name!r}: {where}")
+    x, y = _decode_jpeg_npz(shipped)
+    if images > len(y):
+        raise QfaError(f"{images} calibration images asked for, the package ships {len(y)}: "
+                       "pass --data DIR (or set QFA_DATA_DIR) with the full CIFAR-10")
+    return ArraySource(torch.from_numpy(x), torch.from_numpy(y), space.image_mean, space.image_std)
+
+
 def _decode_jpeg_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image
     from tqdm import tqdm
@@ -227,7 +263,7 @@ def load_splits(space: SearchSpace, data_dir: str | Path | None = None, workers:
 
     root = Path(data_dir) if data_dir is not None else default_data_dir()
     if not root.is_dir():
-        raise QfaError(f"{root}: data directory not found")
+        raise QfaError(f"{root}: data directory not found: {_WHERE}")
     if is_image_folder(root):
         workers = default_workers() if workers is None else workers
         return load_image_folder(root, space.num_classes, space.image_mean, space.image_std,
@@ -236,8 +272,7 @@ def load_splits(space: SearchSpace, data_dir: str | Path | None = None, workers:
         raise QfaError(f"{root}: space {space.name!r} has {space.num_classes} classes and needs an ImageFolder "
                        "tree here (train/<class>/*.jpg, val/<class>/*.jpg)")
     (x_train, y_train), (x_test, y_test) = _load_cifar(root)
-    perm = np.random.default_rng(SPLIT_SEED).permutation(len(y_train))
-    val_idx, train_idx = perm[:VAL_SIZE_CIFAR], perm[VAL_SIZE_CIFAR:]
+    val_idx, train_idx = cifar_val_indices(len(y_train))
     make = lambda x, y: ArraySource(  # noqa: E731
         torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y), space.image_mean, space.image_std
     )

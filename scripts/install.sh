@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Installs everything qfa-deploy needs on a fresh Debian machine (also the Docker image's steps).
-# System packages: the aarch64 cross compiler and qemu-user (ARM64 artifacts and the emulated Pi).
+# Installs qfa-deploy into a virtual environment (.venv, or $QFA_VENV) on a fresh Debian machine;
+# the Docker image runs the same steps. Stock Debian 12 refuses pip on the system Python (PEP 668),
+# so nothing is installed there. Every failure stops the script with a message.
+# System packages, as root: python3-venv, the aarch64 cross compiler and qemu-user (ARM64 artifacts
+# and the emulated Pi), debootstrap (the emulated Pi's root file system).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+venv="${QFA_VENV:-.venv}"
 
 need_apt=()
+python3 -c "import ensurepip, venv" 2>/dev/null || need_apt+=(python3-venv)
 command -v aarch64-linux-gnu-gcc >/dev/null || need_apt+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
 command -v qemu-aarch64 >/dev/null || need_apt+=(qemu-user)
 command -v debootstrap >/dev/null || need_apt+=(debootstrap)
@@ -17,6 +22,13 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
-python3 -m pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v -E "^WARNING: Running pip as the 'root' user|^$" || true
-python3 -c "import qfa_deploy, torch, onnxruntime, tvm" >/dev/null
-echo "qfa-deploy installed: $(command -v qfa-deploy)"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv" || { echo "error: 'python3 -m venv $venv' failed (apt-get install python3-venv)" >&2; exit 1; }
+fi
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+if ! "$venv/bin/python" -m pip install -q -e '.[dev]'; then
+  echo "error: pip could not install qfa-deploy into $venv (see pip's message above)" >&2
+  exit 1
+fi
+"$venv/bin/python" -c "import qfa_deploy, torch, onnxruntime, tvm" >/dev/null
+echo "qfa-deploy installed in $venv: activate it with '. $venv/bin/activate'"

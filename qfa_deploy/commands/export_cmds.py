@@ -52,7 +52,7 @@ def _compiler(target: str, schedule: str):
     "data_dir",
     default=None,
     type=click.Path(),
-    help="Data directory (default: the shared CIFAR-10).",
+    help="Data directory (default: $QFA_DATA_DIR, else the CIFAR-10 calibration images shipped in the package).",
 )
 @click.option("--out", required=True, type=click.Path(), help="Artifact folder to create.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
@@ -61,7 +61,7 @@ def _compiler(target: str, schedule: str):
 def export(arch_path, target, checkpoint, calib_batches, data_dir, out, force, threads, schedule):
     """Calibrate, fold and export a subnet: OUT/model.onnx (QDQ) and OUT/meta.json."""
     from qfa_deploy.arch import load_arch
-    from qfa_deploy.data import load_splits
+    from qfa_deploy.data import calibration_images
     from qfa_deploy.export.artifact import (
         CALIBRATION_SEED,
         build_artifact,
@@ -79,13 +79,13 @@ def export(arch_path, target, checkpoint, calib_batches, data_dir, out, force, t
     with staged_directory(out, force) as folder:
         net = load_supernet(str(ckpt))
         cfg = load_arch(arch_path, expect_space=net.space.name)
-        splits = load_splits(net.space, data_dir)
-        subnet = calibrate_for_export(net, cfg, splits.val, calib_batches, CALIB_BATCH_SIZE)
+        val = calibration_images(net.space, data_dir, calib_batches * CALIB_BATCH_SIZE)
+        subnet = calibrate_for_export(net, cfg, val, calib_batches, CALIB_BATCH_SIZE)
         calibration = {
             "split": "val",
             "batches": calib_batches,
             "batch_size": CALIB_BATCH_SIZE,
-            "images": min(len(splits.val), calib_batches * CALIB_BATCH_SIZE),
+            "images": min(len(val), calib_batches * CALIB_BATCH_SIZE),
             "seed": CALIBRATION_SEED,
             "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
         }

@@ -11,12 +11,6 @@ from qfa_deploy.errors import QfaError
 
 __all__ = ["COMMANDS"]
 
-NO_PREDICTOR = (
-    "no accuracy predictor given (--predictor): measure subnets with "
-    "`qfa-deploy collect --samples 2000 -o acc.jsonl`, fit one with "
-    "`qfa-deploy predictor fit acc.jsonl -o pred.pt`, then pass --predictor pred.pt"
-)
-
 
 def _checkpoint_path(checkpoint: str | None):
     from pathlib import Path
@@ -145,7 +139,7 @@ def fit(data, output, holdout, ensemble, cost_features, hidden, layers, max_epoc
     "predictor_path",
     default=None,
     type=click.Path(dir_okay=False),
-    help="Accuracy predictor from `qfa-deploy predictor fit`.",
+    help="Accuracy predictor from `qfa-deploy predictor fit` (default: the embedded one, for the embedded checkpoint).",
 )
 @click.option("--table", default=None, type=click.Path(dir_okay=False), help="Latency table (JSON) of the device.")
 @click.option(
@@ -211,7 +205,9 @@ def search(
 
     set_threads(threads)
     if predictor_path is None:
-        raise QfaError(NO_PREDICTOR)
+        from qfa_deploy.reference import default_predictor
+
+        predictor_path = default_predictor()
     if device and not evaluate:
         raise QfaError("--device goes with --evaluate")
     for flag, value in (("--max-latency-ms", max_latency_ms), ("--max-flops", max_flops), ("--max-bitops", max_bitops)):
@@ -222,6 +218,8 @@ def search(
     pred = AccuracyPredictor.load(predictor_path)
     genome = GenomeSpace(pred.space)
     lut = LatencyTable.load(table) if table else None
+    if lut and (warning := lut.stale_schedule()):
+        click.echo(warning, err=True)
     latency = LatencyModel(lut, genome) if lut else None
     if evaluate:
         net = load_supernet(checkpoint, space=pred.space)

@@ -65,7 +65,7 @@ def eval_cmd(checkpoint, arch_path, data_dir, calib_batches, limit, as_json, thr
     """Top-1 on the test split of a subnet after per-subnet calibration."""
     from qfa_deploy.arch import load_arch
     from qfa_deploy.commands.common import emit_json, load_supernet, set_threads
-    from qfa_deploy.data import load_splits
+    from qfa_deploy.data import calibration_images, load_splits
     from qfa_deploy.errors import QfaError
     from qfa_deploy.evaluate import evaluate_arch
 
@@ -74,9 +74,13 @@ def eval_cmd(checkpoint, arch_path, data_dir, calib_batches, limit, as_json, thr
         raise QfaError("--calib-batches must be at least 1")
     net = load_supernet(checkpoint)
     cfg = load_arch(arch_path, expect_space=net.space.name)
-    splits = load_splits(net.space, data_dir)
-    test = splits.test.subset(limit) if limit else splits.test
-    top1 = evaluate_arch(net, cfg, splits.val, test, calib_batches)
+    try:
+        test = load_splits(net.space, data_dir).test
+    except QfaError as exc:
+        raise QfaError(f"test-set accuracy needs the test set: {exc}") from None
+    test = test.subset(limit) if limit else test
+    val = calibration_images(net.space, data_dir, calib_batches * 100)
+    top1 = evaluate_arch(net, cfg, val, test, calib_batches)
     result = {"arch": cfg.short(), "digest": cfg.digest(), "top1": top1, "images": len(test),
               "calib_batches": calib_batches}
     if as_json:

@@ -1,6 +1,7 @@
 """Device profiles: what to compile for, with which compiler, and where and how to measure.
 
-A profile is one small JSON file (``devices/NAME.json`` at the repository root, or any path).
+A profile is one small JSON file (``qfa_deploy/assets/devices/NAME.json``, ``devices/`` in a checkout, or
+any path).
 ``load_device(name_or_path)`` is the only way in; ``list_devices()`` names the known ones.
 
 Fields::
@@ -29,6 +30,7 @@ from typing import Any
 
 from qfa_deploy.deploy._text import one_line
 from qfa_deploy.errors import QfaError
+from qfa_deploy.resources import devices_dir
 
 __all__ = [
     "ALIASES",
@@ -213,9 +215,9 @@ class Device:
 
 
 def device_dirs() -> list[Path]:
-    """Where named profiles are looked up: $QFA_DEVICES (os.pathsep-separated), then devices/."""
+    """Where named profiles are looked up: $QFA_DEVICES (os.pathsep-separated), then the package's own."""
     dirs = [Path(p) for p in os.environ.get("QFA_DEVICES", "").split(os.pathsep) if p]
-    dirs.append(Path(__file__).resolve().parents[2] / "devices")
+    dirs.append(devices_dir())
     return dirs
 
 

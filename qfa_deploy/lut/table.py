@@ -21,6 +21,7 @@ from qfa_deploy.arch import ArchConfig
 from qfa_deploy.checkpoint import atomic_write_bytes
 from qfa_deploy.errors import QfaError
 from qfa_deploy.lut.keys import LatencyKey, arch_keys
+from qfa_deploy.resources import packaged_table
 
 __all__ = ["LUT_VERSION", "LatencyTable"]
 
@@ -61,6 +62,24 @@ class LatencyTable:
         to get what the table predicts; "auto" for tables that did not record it."""
         return str(self.provenance.get("schedule", "auto"))
 
+    def stale_schedule(self) -> str | None:
+        """A one-line warning when ``export`` would now compile for the table's device with another
+        schedule than the table was measured with (its predictions would not describe that
+        artifact); None when they agree or the device is not known here."""
+        from qfa_deploy.deploy.compile import resolve_schedule
+
+        device = self.provenance.get("device")
+        if not device or self.schedule == "auto":
+            return None
+        try:
+            current = resolve_schedule("auto", device)
+        except QfaError:
+            return None
+        if current == self.schedule:
+            return None
+        return (f"warning: this table was measured with schedule {self.schedule}, export now compiles for "
+                f"{device} with {current}: rebuild it, or export with --schedule {self.schedule}")
+
     def missing(self, keys: list[LatencyKey]) -> list[LatencyKey]:
         return [k for k in keys if str(k) not in self.entries]
 
@@ -82,7 +101,10 @@ class LatencyTable:
 
     @classmethod
     def load(cls, path: str | Path) -> LatencyTable:
+        """A table file, or a committed table by file name (``x86-1t-qfa-mbv3-cifar10-r32.json``)."""
         path = Path(path)
+        if not path.exists() and (shipped := packaged_table(str(path))) is not None:
+            path = shipped
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:
