@@ -26,6 +26,7 @@ from typing import Any
 
 from qfa_deploy.errors import QfaError
 from qfa_deploy.space import SearchSpace, create_space
+from qfa_deploy.strict_json import parse_json
 
 __all__ = ["ARCH_FORMAT_VERSION", "ArchConfig", "load_arch", "sample_arch"]
 
@@ -288,12 +289,7 @@ def load_arch(path: str | Path, expect_space: str | None = None) -> ArchConfig:
         raise QfaError(f"{path}: not a JSON text file (not UTF-8)") from None
     except (IsADirectoryError, PermissionError) as exc:
         raise QfaError(f"{path}: cannot read arch config ({exc.__class__.__name__})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise QfaError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    except RecursionError:
-        raise QfaError(f"{path}: not valid JSON (nested too deeply)") from None
+    data = parse_json(text, str(path))  # also refuses NaN, 1e999 and huge integers
     try:
         return ArchConfig.from_dict(data, expect_space=expect_space)
     except QfaError as exc:

@@ -1,19 +1,89 @@
-"""Write-then-rename: a file is either its old self or completely new, never half-written."""
+"""The output policy of every file or folder the package writes.
+
+- A target that exists is refused unless the user passed ``--force`` (``check_output``).
+- Files and folders are built in a staging sibling, ``.NAME.PID.XXXX.tmp``, and renamed into place
+  when complete: a reader sees the old target or the new one, never a half-written one.
+- The staging is removed on failure; staging left by a killed run (its PID no longer alive) is
+  removed by the next run that writes the same target (``clean_stale_staging``).
+"""
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes"]
+from qfa_deploy.errors import QfaError
+
+__all__ = ["atomic_write_bytes", "check_output", "clean_stale_staging", "staged_directory"]
+
+
+def _prefix(path: Path) -> str:
+    # The PID says whose staging it is: a live run's is never taken for litter.
+    return f".{path.name}.{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process, or not a PID at all
+        return pid < 2**22
+    return True
+
+
+def clean_stale_staging(path: str | Path) -> list[Path]:
+    """Remove ``.NAME.PID.*.tmp`` / ``.old`` siblings of ``path`` whose process is gone; returns them."""
+    path = Path(path).absolute()
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d{{1,10}})\.[^/]*\.(tmp|old)")
+    try:
+        siblings = list(path.parent.iterdir())
+    except OSError:
+        return []
+    removed = []
+    for sib in siblings:
+        found = pattern.fullmatch(sib.name)
+        if found is None or _pid_alive(int(found.group(1))):
+            continue
+        if sib.is_dir() and not sib.is_symlink():
+            shutil.rmtree(sib, ignore_errors=True)
+        else:
+            sib.unlink(missing_ok=True)
+        removed.append(sib)
+    return removed
+
+
+def check_output(path: str | Path, force: bool = False, *, folder: bool = False, option: str = "-o") -> Path:
+    """Refuse ``path`` as an output before any work: it exists (without ``force``), is the wrong kind
+    (a folder for a file or the reverse) or its parent folder is missing. Cleans stale staging.
+
+    Returns ``path`` made absolute.
+    """
+    path = Path(path).absolute()
+    if path.is_symlink() or path.exists():
+        if path.is_dir() != folder:
+            raise QfaError(f"{path} exists and is {'not ' if folder else ''}a directory ({option})")
+        if not force:
+            raise QfaError(f"{path} already exists (use --force to replace it)")
+    if not path.parent.is_dir():
+        raise QfaError(f"{path.parent}: no such folder ({option}); create it first")
+    clean_stale_staging(path)
+    return path
 
 
 def atomic_write_bytes(path: Path, write) -> None:
-    """Call ``write(fileobj)`` on a temporary file beside ``path``, fsync, then rename over it."""
+    """Call ``write(fileobj)`` on a staging file beside ``path``, fsync, then rename over it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    clean_stale_staging(path)
+    fd, tmp = tempfile.mkstemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -23,3 +93,55 @@ def atomic_write_bytes(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _oserror(exc: OSError) -> str:
+    return exc.strerror or exc.__class__.__name__
+
+
+@contextmanager
+def staged_directory(out: str | Path, force: bool = False) -> Iterator[Path]:
+    """A fresh staging folder beside ``out`` that becomes ``out`` when the block succeeds.
+
+    Raises ``QfaError`` at once if ``out`` exists (and ``force`` is not set), is not a directory,
+    or its parent cannot be written. On any exception the staging folder is removed; with
+    ``force`` an existing ``out`` is only replaced once the new one is complete.
+    """
+    out = Path(out).absolute()
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise QfaError(f"{out} exists and is not a directory")
+        if not force:
+            raise QfaError(f"{out} already exists (use --force to replace it)")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_staging(out)
+        tmp = Path(tempfile.mkdtemp(prefix=_prefix(out), suffix=".tmp", dir=out.parent))
+    except OSError as exc:
+        raise QfaError(f"cannot write {out}: {_oserror(exc)}") from None
+    try:
+        yield tmp
+        try:
+            _move_into_place(tmp, out)
+        except OSError as exc:
+            raise QfaError(f"cannot write {out}: {_oserror(exc)}") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=_prefix(out), suffix=".old", dir=out.parent))
+    try:
+        os.replace(out, old / out.name)
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            os.replace(old / out.name, out)
+            raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)

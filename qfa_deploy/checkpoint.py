@@ -21,6 +21,10 @@ CHECKPOINT_VERSION = 1
 
 
 def save_checkpoint(path: str | Path, space: str, model_state: dict, **extra: Any) -> None:
+    """Write a checkpoint atomically; model weights that are NaN or infinite are refused, never written."""
+    bad = next((k for k, t in model_state.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    if bad is not None:
+        raise QfaError(f"{path}: not written: {bad} holds non-finite values (the previous checkpoint is kept)")
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "space": space, "model": model_state}
     payload.update(extra)
     atomic_write_bytes(Path(path), lambda f: torch.save(payload, f))

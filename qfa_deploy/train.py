@@ -213,6 +213,8 @@ def train(cfg: TrainConfig, resume: bool = False, splits: Splits | None = None) 
     opt = torch.optim.SGD(net.param_groups(cfg.weight_decay), lr=cfg.lr, momentum=0.9, nesterov=True)
 
     steps_per_epoch = len(splits.train) // cfg.batch_size
+    if steps_per_epoch < 1:
+        raise QfaError(f"--batch-size {cfg.batch_size} is larger than the training split ({len(splits.train)} images)")
     step, keep_steps = 0, False
     if resume and ckpt_path.exists():
         payload = load_checkpoint(ckpt_path, expect_space=sp.name)
@@ -230,10 +232,16 @@ def train(cfg: TrainConfig, resume: bool = False, splits: Splits | None = None) 
     fp_steps = round(cfg.fp_epochs * steps_per_epoch)
     total = fp_steps + round(cfg.q_epochs * steps_per_epoch)
     stop = total if cfg.max_steps is None else min(total, cfg.max_steps)
+    if stop <= step and step == 0:  # no step would mean no checkpoint, yet its path printed
+        raise QfaError(f"nothing to train: the schedule has {total} steps, the run is at step {step}"
+                       + (f", --max-steps {cfg.max_steps}" if cfg.max_steps is not None else ""))
     is_main = ddp.rank == 0
     if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+        except OSError as exc:
+            raise QfaError(f"cannot write {out}: {exc.strerror or exc}") from None
     jlog = _JsonLog(out / "log.jsonl", step if resume else None) if is_main else None
 
     def checkpoint(at: int) -> None:
@@ -277,8 +285,11 @@ def train(cfg: TrainConfig, resume: bool = False, splits: Splits | None = None) 
                     teacher = F.softmax(logits.detach(), dim=1)
                 else:
                     loss = _soft_cross_entropy(logits, teacher)
-                loss.backward()
                 losses.append(loss.item())
+                if not math.isfinite(losses[-1]):  # stop before the step: the last checkpoint stays finite
+                    raise QfaError(f"training diverged: loss {losses[-1]} at step {step} ({arch.short()}); "
+                                   f"{ckpt_path} keeps the last finite state (try a lower --lr / --q-lr)")
+                loss.backward()
             grads = [p.grad for p in params if p.grad is not None]
             ddp.average(grads)
             ddp.average(_float_buffers(net))

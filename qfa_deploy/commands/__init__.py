@@ -17,14 +17,10 @@ def register_all(group: click.Group) -> None:
 
 
 def _wrap(command: click.Command) -> None:
-    """User errors become one line on stderr, in subcommands of groups too."""
+    """User errors become one line on stderr, in subcommands of groups too: the one place that wraps."""
+    from qfa_deploy.cli import user_errors  # here, not at the top: cli imports this package
+
     if command.callback is not None:
-        command.callback = _user_errors(command.callback)
+        command.callback = user_errors(command.callback)
     for sub in getattr(command, "commands", {}).values():
         _wrap(sub)
-
-
-def _user_errors(callback):
-    from qfa_deploy.cli import user_errors
-
-    return user_errors(callback)

@@ -7,6 +7,7 @@ import random
 
 import click
 
+from qfa_deploy.atomic import check_output
 from qfa_deploy.errors import QfaError
 
 __all__ = ["COMMANDS"]
@@ -20,7 +21,8 @@ __all__ = ["COMMANDS"]
 @click.option("--bits", type=int, default=None, help="With --min/--max: uniform bitwidth for every conv.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Write cfg.json here (default: stdout).")
-def sample(space, seed, smallest, largest, bits, output):
+@click.option("--force", is_flag=True, help="Replace -o if it exists.")
+def sample(space, seed, smallest, largest, bits, output, force):
     """Write an arch config (cfg.json) of SPACE."""
     from qfa_deploy.arch import ArchConfig, sample_arch
     from qfa_deploy.space import create_space
@@ -32,6 +34,8 @@ def sample(space, seed, smallest, largest, bits, output):
         raise QfaError(f"--bits = {bits} is not one of {list(sp.bit_choices)}")
     if bits is not None and not (smallest or largest):
         raise QfaError("--bits goes with --min or --max")
+    if output:
+        check_output(output, force)
     if smallest:
         cfg = ArchConfig.smallest(space, bits)
     elif largest:

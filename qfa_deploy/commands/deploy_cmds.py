@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import shutil
 from pathlib import Path
@@ -13,18 +12,6 @@ from qfa_deploy.commands.common import emit_json, schedule_option, write_text_at
 from qfa_deploy.errors import QfaError
 
 __all__ = ["COMMANDS"]
-
-
-def _user_errors(fn):
-    """Subcommands of a group are not wrapped by register_all: one-line errors for them too."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from qfa_deploy.cli import user_errors
-
-        return user_errors(fn)(*args, **kwargs)
-
-    return wrapper
 
 
 @click.command()
@@ -159,7 +146,6 @@ def emulated_pi():
 @emulated_pi.command("build")
 @click.option("--cache", type=click.Path(file_okay=False), default=None,
               help="Folder for the image (default ~/.cache/qfa-deploy/emulated-pi).")
-@_user_errors
 def emulated_pi_build(cache):
     """Build the image once (debootstrap + aarch64 wheels; resumable)."""
     from qfa_deploy.deploy.emulated_pi import build_emulated_pi
@@ -173,7 +159,6 @@ def emulated_pi_build(cache):
               help="Tracker port on 127.0.0.1 (started unless one answers there).")
 @click.option("--key", default="rasp4b-emu", show_default=True, help="Key the server registers under.")
 @click.option("--cache", type=click.Path(file_okay=False), default=None, help="Image folder (see build).")
-@_user_errors
 def emulated_pi_serve(port, key, cache):
     """Serve TVM RPC from the emulated Pi until interrupted (profile with --device rasp4b-emulated)."""
     import signal

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import click
 
 from qfa_deploy.commands.common import emit_json, load_supernet, set_threads
@@ -291,22 +289,6 @@ def search(
             stat = m["statistic"]
             click.echo(f"measured: {m.get('timing', 'latency')} {stat} {m['latency_ms'][stat]:.3f} ms{pred_lat}")
         click.echo(f"  {ev['deploy']}")
-
-
-def _wrap_user_errors(command: click.Command) -> None:
-    """Subcommands of a group are not wrapped by ``register_all``: give them the same one-line errors."""
-    callback = command.callback
-
-    @functools.wraps(callback)
-    def wrapper(*args, **kwargs):
-        from qfa_deploy.cli import user_errors
-
-        return user_errors(callback)(*args, **kwargs)
-
-    command.callback = wrapper
-
-
-_wrap_user_errors(fit)
 
 
 def _fmt(metric: str, value: float) -> str:

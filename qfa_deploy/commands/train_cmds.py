@@ -6,6 +6,8 @@ import os
 
 import click
 
+from qfa_deploy.commands.options import COUNT, NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, THREADS
+
 __all__ = ["COMMANDS"]
 
 
@@ -14,32 +16,37 @@ __all__ = ["COMMANDS"]
 @click.option("--data", "data_dir", default=None, type=click.Path(),
               help="Data directory: CIFAR-10 (.npz or torchvision's folder) or an ImageFolder tree "
                    "(train/, val/); default: the shared CIFAR-10.")
-@click.option("--data-workers", type=click.IntRange(min=0), default=None,
+@click.option("--data-workers", type=NON_NEGATIVE_INT, default=None,
               help="Processes decoding an ImageFolder's images, per rank (default: up to 4).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory (checkpoint, logs).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out where its checkpoint stopped.")
-@click.option("--fp-epochs", type=float, default=2.0, show_default=True, help="Full-precision warm-start epochs.")
-@click.option("--q-epochs", type=float, default=8.0, show_default=True, help="Mixed-precision epochs.")
-@click.option("--batch-size", type=int, default=128, show_default=True)
-@click.option("--lr", type=float, default=0.1, show_default=True, help="Peak LR of the warm start.")
-@click.option("--q-lr", type=float, default=0.03, show_default=True, help="Peak LR of the quantized phase.")
-@click.option("--num-random", type=int, default=2, show_default=True, help="Random subnets per step (sandwich rule).")
-@click.option("--checkpoint-every", type=int, default=25, show_default=True, help="Steps between checkpoints.")
+@click.option("--fp-epochs", type=NON_NEGATIVE_FLOAT, default=2.0, show_default=True,
+              help="Full-precision warm-start epochs.")
+@click.option("--q-epochs", type=NON_NEGATIVE_FLOAT, default=8.0, show_default=True, help="Mixed-precision epochs.")
+@click.option("--batch-size", type=COUNT, default=128, show_default=True)
+@click.option("--lr", type=POSITIVE_FLOAT, default=0.1, show_default=True, help="Peak LR of the warm start.")
+@click.option("--q-lr", type=POSITIVE_FLOAT, default=0.03, show_default=True, help="Peak LR of the quantized phase.")
+@click.option("--num-random", type=NON_NEGATIVE_INT, default=2, show_default=True,
+              help="Random subnets per step (sandwich rule).")
+@click.option("--checkpoint-every", type=COUNT, default=25, show_default=True, help="Steps between checkpoints.")
 @click.option("--act-quantizer", type=click.Choice(["batchquant", "lsq"]), default="batchquant", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--max-steps", type=int, default=None, help="Stop after this many steps (schedule unchanged).")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Torch intra-op threads.")
+@click.option("--max-steps", type=COUNT, default=None, help="Stop after this many steps (schedule unchanged).")
+@click.option("--threads", type=THREADS, default=None, help="Torch intra-op threads.")
 @click.option("--init-from", type=click.Path(dir_okay=False), default=None,
               help="Start from this checkpoint's weights (new schedule, fresh optimiser), e.g. to extend a run.")
 def train(space, data_dir, data_workers, out, resume, fp_epochs, q_epochs, batch_size, lr, q_lr, num_random,
           checkpoint_every, act_quantizer, seed, max_steps, threads, init_from):
     """Train a supernet (sandwich rule + in-place distillation); torchrun for several processes."""
     from qfa_deploy.commands.common import set_threads
+    from qfa_deploy.errors import QfaError
     from qfa_deploy.space import create_space
     from qfa_deploy.train import TrainConfig
     from qfa_deploy.train import train as run
 
     create_space(space)
+    if fp_epochs + q_epochs == 0:
+        raise QfaError("--fp-epochs and --q-epochs are both 0: nothing to train")
     set_threads(threads)
     cfg = TrainConfig(
         space=space, out=out, data_dir=data_dir, fp_epochs=fp_epochs, q_epochs=q_epochs,
@@ -56,11 +63,11 @@ def train(space, data_dir, data_workers, out, resume, fp_epochs, q_epochs, batch
 @click.option("--checkpoint", default=None, type=click.Path(), help="Supernet checkpoint (default: embedded).")
 @click.option("--arch", "arch_path", required=True, type=click.Path(), help="cfg.json of the subnet.")
 @click.option("--data", "data_dir", default=None, type=click.Path(), help="Data directory.")
-@click.option("--calib-batches", type=int, default=20, show_default=True,
+@click.option("--calib-batches", type=COUNT, default=20, show_default=True,
               help="Calibration batches of 100 validation images.")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate on the first N test images only.")
+@click.option("--limit", type=COUNT, default=None, help="Evaluate on the first N test images only.")
 @click.option("--json", "as_json", is_flag=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None)
+@click.option("--threads", type=THREADS, default=None)
 def eval_cmd(checkpoint, arch_path, data_dir, calib_batches, limit, as_json, threads):
     """Top-1 on the test split of a subnet after per-subnet calibration."""
     from qfa_deploy.arch import load_arch

@@ -1,6 +1,6 @@
 """Export artifacts: a folder with ``model.onnx`` (+ compiled files) and ``meta.json``, written whole.
 
-The folder is built in a temporary sibling (``.NAME.XXXX.tmp``) and renamed into place only when
+The folder is built in a staging sibling (``.NAME.PID.XXXX.tmp``, ``qfa_deploy.atomic``) and renamed into place when
 everything is written, so a reader never sees a half-written artifact, and a failed or interrupted
 export leaves nothing behind. ``meta.json`` records the arch config, space, target, calibration,
 the checkpoint (path and sha256, so ``verify`` can rebuild the subnet), package versions and the
@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 from qfa_deploy.arch import ArchConfig
+from qfa_deploy.atomic import staged_directory
 from qfa_deploy.digest import file_sha256
 from qfa_deploy.errors import QfaError
+from qfa_deploy.strict_json import check_number, check_type, read_json
 
 __all__ = [
     "CALIBRATION_SEED",
@@ -56,57 +54,6 @@ def calibrate_for_export(supernet, cfg: ArchConfig, calib, batches: int, batch_s
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(CALIBRATION_SEED)
         return calibrated_subnet(supernet, cfg, calib, batches, batch_size).eval()
-
-
-def _oserror(exc: OSError) -> str:
-    return exc.strerror or exc.__class__.__name__
-
-
-@contextmanager
-def staged_directory(out: str | Path, force: bool = False) -> Iterator[Path]:
-    """A fresh temporary folder beside ``out`` that becomes ``out`` when the block succeeds.
-
-    Raises ``QfaError`` at once if ``out`` exists (and ``force`` is not set), is not a directory,
-    or its parent cannot be written. On any exception the temporary folder is removed; with
-    ``force`` an existing ``out`` is only replaced once the new one is complete.
-    """
-    out = Path(out).absolute()
-    if out.exists() or out.is_symlink():
-        if not out.is_dir():
-            raise QfaError(f"{out} exists and is not a directory")
-        if not force:
-            raise QfaError(f"{out} already exists (use --force to replace it)")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    except OSError as exc:
-        raise QfaError(f"cannot write {out}: {_oserror(exc)}") from None
-    try:
-        yield tmp
-        try:
-            _move_into_place(tmp, out)
-        except OSError as exc:
-            raise QfaError(f"cannot write {out}: {_oserror(exc)}") from None
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-    try:
-        os.replace(out, old / out.name)
-        try:
-            os.replace(tmp, out)
-        except OSError:
-            os.replace(old / out.name, out)
-            raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def build_artifact(
@@ -189,19 +136,14 @@ def read_artifact(folder: str | Path, check_files: bool = True) -> dict:
     if not folder.is_dir():
         raise QfaError(f"{folder}: no such artifact folder")
     path = folder / META_NAME
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise QfaError(f"{folder}: no {META_NAME} (not an export artifact)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise QfaError(f"{path}: cannot read ({exc.__class__.__name__})") from None
+    if not path.exists():
+        raise QfaError(f"{folder}: no {META_NAME} (not an export artifact)")
+    meta = read_json(path, META_NAME)
     if not isinstance(meta, dict) or meta.get("format") != ARTIFACT_FORMAT:
         raise QfaError(f"{path}: not a qfa-deploy export artifact")
     if meta.get("version") != ARTIFACT_VERSION:
         raise QfaError(f"{path}: artifact version {meta.get('version')!r}, this tool reads {ARTIFACT_VERSION}")
-    for key in ("arch", "checkpoint", "calibration", "files", "onnx"):
-        if key not in meta:
-            raise QfaError(f"{path}: missing field {key!r}")
+    _check_meta(meta, path)
     if check_files:
         for name, digest in meta["files"].items():
             file = folder / name
@@ -210,3 +152,23 @@ def read_artifact(folder: str | Path, check_files: bool = True) -> dict:
             if file_sha256(file) != digest:
                 raise QfaError(f"{folder}: {name} does not match its sha256 in {META_NAME}")
     return meta
+
+
+def _check_meta(meta: dict, path: Path) -> None:
+    """Fields and types of ``meta.json`` that readers rely on (a tampered file is one line, not a traceback)."""
+    for key, kind in (("target", str), ("space", str), ("arch", dict), ("checkpoint", dict),
+                      ("calibration", dict), ("files", dict), ("onnx", dict)):
+        if key not in meta:
+            raise QfaError(f"{path}: missing field {key!r}")
+        check_type(meta[key], kind, f"{path}: {key}")
+    for key in ("path", "sha256"):
+        check_type(meta["checkpoint"].get(key), str, f"{path}: checkpoint.{key}")
+    check_type(meta["onnx"].get("file"), str, f"{path}: onnx.file")
+    for name, digest in meta["files"].items():
+        check_type(digest, str, f"{path}: files[{name!r}]")
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise QfaError(f"{path}: files[{name!r}] is not a path inside the artifact")
+    calib = meta["calibration"]
+    check_number(calib.get("batches"), f"{path}: calibration.batches", low=1, high=10**6, integer=True)
+    check_number(calib.get("batch_size", 100), f"{path}: calibration.batch_size", low=1, high=10**6, integer=True)
+    check_type(calib.get("data_dir"), (str, type(None)), f"{path}: calibration.data_dir")

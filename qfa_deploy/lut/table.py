@@ -22,6 +22,7 @@ from qfa_deploy.checkpoint import atomic_write_bytes
 from qfa_deploy.errors import QfaError
 from qfa_deploy.lut.keys import LatencyKey, arch_keys
 from qfa_deploy.resources import packaged_table
+from qfa_deploy.strict_json import check_number, check_type, read_json
 
 __all__ = ["LUT_VERSION", "LatencyTable"]
 
@@ -105,25 +106,23 @@ class LatencyTable:
         path = Path(path)
         if not path.exists() and (shipped := packaged_table(str(path))) is not None:
             path = shipped
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise QfaError(f"{path}: no such latency table") from None
-        except (json.JSONDecodeError, UnicodeDecodeError, IsADirectoryError):
-            raise QfaError(f"{path}: not a latency table (unreadable JSON)") from None
+        data = read_json(path, "latency table")  # NaN, 1e999 and huge integers refused here
         if not isinstance(data, dict) or data.get("format") != "qfa-lut":
             raise QfaError(f"{path}: not a qfa-deploy latency table")
         if data.get("version") != LUT_VERSION:
             raise QfaError(f"{path}: table version {data.get('version')!r}, this tool reads {LUT_VERSION}")
         try:
+            entries = check_type(data["entries"], dict, f"{path}: entries")
+            fit = check_type(data["fit"], dict, f"{path}: fit")
             return cls(
-                space=data["space"],
-                resolution=int(data["resolution"]),
-                entries={str(k): float(v) for k, v in data["entries"].items()},
+                space=check_type(data["space"], str, f"{path}: space"),
+                resolution=check_number(data["resolution"], f"{path}: resolution", low=1, high=65536, integer=True),
+                # a latency is a finite, non-negative number of milliseconds
+                entries={str(k): float(check_number(v, f"{path}: entries[{k!r}]", low=0)) for k, v in entries.items()},
                 bits_matter=bool(data.get("bits_matter", False)),
-                scale=float(data["fit"]["scale"]),
-                offset_ms=float(data["fit"]["offset_ms"]),
-                provenance=dict(data.get("provenance", {})),
+                scale=float(check_number(fit["scale"], f"{path}: fit.scale", low=0)),
+                offset_ms=float(check_number(fit["offset_ms"], f"{path}: fit.offset_ms")),
+                provenance=dict(check_type(data.get("provenance", {}), dict, f"{path}: provenance")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise QfaError(f"{path}: malformed latency table ({exc.__class__.__name__}: {exc})") from None

@@ -13,7 +13,7 @@ import numpy as np
 from scipy.stats import spearmanr
 from tqdm import tqdm
 
-from qfa_deploy.deploy.device import load_device
+from qfa_deploy.deploy.device import Device, load_device
 from qfa_deploy.deploy.runner import open_session
 from qfa_deploy.errors import QfaError
 from qfa_deploy.lut.build import sample_subnets
@@ -21,7 +21,22 @@ from qfa_deploy.lut.measure import measure_onnx
 from qfa_deploy.lut.parts import PartModels
 from qfa_deploy.lut.table import LatencyTable
 
-__all__ = ["validate_table"]
+__all__ = ["check_table_device", "validate_table"]
+
+
+def check_table_device(table: LatencyTable, device: str) -> Device:
+    """The profile of ``device``, refused if it measures other numbers than ``table`` holds: another
+    statistic (median / min) or another TVM target (the table's predictions would not be its latencies)."""
+    dev = load_device(device)
+    built_on = (table.provenance.get("protocol") or {}).get("statistic", "median")
+    if built_on != dev.protocol.statistic:
+        raise QfaError(f"the table holds {built_on} latencies, device {dev.name}'s protocol measures the "
+                       f"{dev.protocol.statistic}: use the profile it was built with")
+    built_for = table.provenance.get("tvm_target")
+    if built_for is not None and built_for != str(dev.tvm_target()):
+        raise QfaError(f"the table was measured for TVM target {built_for}, device {dev.name} compiles for "
+                       f"{dev.tvm_target()}: use the profile it was built with")
+    return dev
 
 
 def validate_table(
@@ -32,11 +47,7 @@ def validate_table(
         raise QfaError("--samples must be at least 2")
     if not 0 < tolerance < 1:
         raise QfaError(f"--tolerance must be a percentage between 0 and 100, not {100 * tolerance:g}")
-    dev = load_device(device)
-    built_on = (table.provenance.get("protocol") or {}).get("statistic", "median")
-    if built_on != dev.protocol.statistic:
-        raise QfaError(f"the table holds {built_on} latencies, device {dev.name}'s protocol measures the "
-                       f"{dev.protocol.statistic}: validate with the profile it was built with")
+    dev = check_table_device(table, device)
     schedule = table.schedule
     cfgs = sample_subnets(table.space, table.resolution, samples, seed)
     models = PartModels(table.space, table.resolution, seed)

@@ -1,0 +1,58 @@
+"""Click parameter types shared by every verb: counts, threads, finite floats, timeouts.
+
+Each one refuses a bad value while click parses the command line, so the error is click's one line
+(``Invalid value for '--threads': ...``, exit 2) before any file is read or written.
+"""
+
+from __future__ import annotations
+
+import math
+
+import click
+
+__all__ = [
+    "COUNT", "NON_NEGATIVE_FLOAT", "NON_NEGATIVE_INT", "POSITIVE_FLOAT", "PROPORTION", "THREADS", "TIMEOUT",
+    "Finite", "FiniteFloat",
+]
+
+# Bounded so a thousands-of-digits integer is refused instead of reaching range() or torch.
+_MAX_INT = 2**31 - 1
+
+COUNT = click.IntRange(1, _MAX_INT)  # samples, steps, batches, images: at least one
+NON_NEGATIVE_INT = click.IntRange(0, _MAX_INT)
+THREADS = click.IntRange(1, 1024)  # torch.set_num_threads raises on <= 0
+
+
+class FiniteFloat(click.ParamType):
+    """A float that is not NaN or infinite, within ``[low, high]`` (``low`` excluded if ``open_low``)."""
+
+    name = "float"
+
+    def __init__(self, low: float | None = None, high: float | None = None, open_low: bool = False) -> None:
+        self.low, self.high, self.open_low = low, high, open_low
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float):
+            number = value
+        else:
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if self.low is not None and (number < self.low or (self.open_low and number == self.low)):
+            self.fail(f"{number:g} is not {'>' if self.open_low else '>='} {self.low:g}", param, ctx)
+        if self.high is not None and number > self.high:
+            self.fail(f"{number:g} is not <= {self.high:g}", param, ctx)
+        return number
+
+    def __repr__(self) -> str:
+        return f"FiniteFloat({self.low}, {self.high})"
+
+
+Finite = FiniteFloat()  # any finite float
+POSITIVE_FLOAT = FiniteFloat(0.0, open_low=True)  # budgets, learning rates
+NON_NEGATIVE_FLOAT = FiniteFloat(0.0)  # epochs
+PROPORTION = FiniteFloat(0.0, 1.0)  # shares such as --min-within
+TIMEOUT = FiniteFloat(0.0, 24 * 3600.0, open_low=True)  # seconds: NaN/inf would wait forever or never
