@@ -8,16 +8,21 @@ hashes equal. ``cfg.json`` is its readable, versioned JSON form::
      "depths": [4, 4, 4, 4, 4],
      "first_block": {"w_bits": [4, 4], "a_bits": [4, 4]},          # depthwise, project
      "blocks": [{"kernel": 7, "expand": 6, "w_bits": [4, 4, 4], "a_bits": [4, 4, 4]}, ...],
-     "final_expand": {"w_bits": 4, "a_bits": 4}}
+     "final_expand": {"w_bits": 4, "a_bits": 4},
+     "feature_mix": {"w_bits": 4, "a_bits": 4}}                     # version 2, elastic-mix spaces
 
 ``w_bits``/``a_bits`` of a block are for its expand 1x1, depthwise kxk and project 1x1 convs; the
-activation bits are those of each conv's input.
+activation bits are those of each conv's input. ``feature_mix`` exists only in spaces whose
+feature-mix conv has bit choices (``qfa-mbv3-w1.2`` from its version 2); elsewhere that conv runs at
+the space's fixed bits and configs keep version 1, so their digests do not change. A version-1
+config of such a space still loads, with a one-line note, at the largest feature-mix bits.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
@@ -30,7 +35,9 @@ from qfa_deploy.strict_json import parse_json
 
 __all__ = ["ARCH_FORMAT_VERSION", "ArchConfig", "load_arch", "sample_arch"]
 
-ARCH_FORMAT_VERSION = 1
+ARCH_FORMAT_VERSION = 2  # the newest; configs of spaces without feature-mix bits are written as 1
+READ_VERSIONS = (1, 2)
+log = logging.getLogger(__name__)
 CONVS_PER_BLOCK = 3  # expand, depthwise, project
 FIRST_BLOCK_CONVS = 2  # depthwise, project (expand ratio 1)
 
@@ -62,6 +69,9 @@ class ArchConfig:
     first_a_bits: tuple[int, int]
     final_w_bits: int
     final_a_bits: int
+    # Feature-mix conv bits; None means the space's only choice (its fixed bits without mix choices).
+    mix_w_bits: int | None = None
+    mix_a_bits: int | None = None
 
     def __post_init__(self) -> None:
         sp = create_space(self.space)
@@ -87,6 +97,12 @@ class ArchConfig:
                 _check_choice(f"{label}[{j}]", b, sp.bit_choices)
         _check_choice("final_expand.w_bits", self.final_w_bits, sp.bit_choices)
         _check_choice("final_expand.a_bits", self.final_a_bits, sp.bit_choices)
+        for name in ("mix_w_bits", "mix_a_bits"):
+            value = getattr(self, name)
+            if value is None and not sp.elastic_mix:
+                object.__setattr__(self, name, sp.fixed_bits)
+            else:
+                _check_choice(f"feature_mix.{name.removeprefix('mix_')}", value, sp.mix_choices)
         self._canonicalise(sp)
 
     def _canonicalise(self, sp: SearchSpace) -> None:
@@ -119,9 +135,10 @@ class ArchConfig:
     # -- serialisation -----------------------------------------------------------------------
 
     def to_dict(self) -> dict:
-        return {
+        elastic_mix = self.search_space.elastic_mix
+        out = {
             "format": "qfa-arch",
-            "version": ARCH_FORMAT_VERSION,
+            "version": ARCH_FORMAT_VERSION if elastic_mix else 1,
             "space": self.space,
             "resolution": self.resolution,
             "depths": list(self.depths),
@@ -132,6 +149,9 @@ class ArchConfig:
             ],
             "final_expand": {"w_bits": self.final_w_bits, "a_bits": self.final_a_bits},
         }
+        if elastic_mix:
+            out["feature_mix"] = {"w_bits": self.mix_w_bits, "a_bits": self.mix_a_bits}
+        return out
 
     @classmethod
     def from_dict(cls, data: Any, expect_space: str | None = None) -> ArchConfig:
@@ -139,9 +159,14 @@ class ArchConfig:
             raise QfaError("arch config must be a JSON object")
         if data.get("format", "qfa-arch") != "qfa-arch":
             raise QfaError(f"format = {data.get('format')!r} is not 'qfa-arch'")
-        if data.get("version", ARCH_FORMAT_VERSION) != ARCH_FORMAT_VERSION:
-            raise QfaError(f"version = {data.get('version')!r}: this tool reads version {ARCH_FORMAT_VERSION}")
+        version = data.get("version", ARCH_FORMAT_VERSION)
+        if isinstance(version, bool) or version not in READ_VERSIONS:
+            raise QfaError(f"version = {version!r}: this tool reads versions {', '.join(map(str, READ_VERSIONS))}")
         known = {"format", "version", "space", "resolution", "depths", "first_block", "blocks", "final_expand"}
+        space = data.get("space")
+        elastic_mix = isinstance(space, str) and create_space(space).elastic_mix
+        if elastic_mix and version >= 2:
+            known.add("feature_mix")
         unknown = sorted(set(data) - known)
         if unknown:
             raise QfaError(f"unknown field {unknown[0]!r} (expected: {', '.join(sorted(known))})")
@@ -160,9 +185,15 @@ class ArchConfig:
             if not isinstance(b, dict) or set(b) != {"kernel", "expand", "w_bits", "a_bits"}:
                 raise QfaError(f"blocks[{i}] must be an object with kernel, expand, w_bits, a_bits")
         first, final = data["first_block"], data["final_expand"]
-        for label, obj in (("first_block", first), ("final_expand", final)):
+        mix = data.get("feature_mix", {"w_bits": None, "a_bits": None})
+        for label, obj in (("first_block", first), ("final_expand", final), ("feature_mix", mix)):
             if not isinstance(obj, dict) or set(obj) != {"w_bits", "a_bits"}:
                 raise QfaError(f"{label} must be an object with w_bits and a_bits")
+        if elastic_mix and version < 2:
+            top = max(sp.mix_choices)
+            log.warning("a version-1 %s config has no feature-mix bits: using w%da%d (write version 2 to choose)",
+                        space, top, top)
+            mix = {"w_bits": top, "a_bits": top}
         return cls(
             space=space,
             resolution=data["resolution"],
@@ -175,6 +206,8 @@ class ArchConfig:
             first_a_bits=_as_tuple("first_block.a_bits", first["a_bits"]),
             final_w_bits=final["w_bits"],
             final_a_bits=final["a_bits"],
+            mix_w_bits=mix["w_bits"],
+            mix_a_bits=mix["a_bits"],
         )
 
     def to_json(self) -> str:
@@ -200,13 +233,15 @@ class ArchConfig:
             for i in self.active_blocks()
         )
         first = f"w{''.join(map(str, self.first_w_bits))}a{''.join(map(str, self.first_a_bits))}"
+        mix = f" m w{self.mix_w_bits}a{self.mix_a_bits}" if self.search_space.elastic_mix else ""
         return (
             f"r{self.resolution} d{','.join(map(str, self.depths))} | {first} | {blocks} | "
-            f"w{self.final_w_bits}a{self.final_a_bits}"
+            f"w{self.final_w_bits}a{self.final_a_bits}{mix}"
         )
 
     def with_uniform_bits(self, w: int, a: int) -> ArchConfig:
         n = len(self.kernel)
+        mix = (w, a) if self.search_space.elastic_mix else (self.mix_w_bits, self.mix_a_bits)
         return replace(
             self,
             w_bits=((w,) * CONVS_PER_BLOCK,) * n,
@@ -215,6 +250,8 @@ class ArchConfig:
             first_a_bits=(a, a),
             final_w_bits=w,
             final_a_bits=a,
+            mix_w_bits=mix[0],
+            mix_a_bits=mix[1],
         )
 
     # -- construction ------------------------------------------------------------------------
@@ -236,6 +273,7 @@ def _as_tuple(field: str, value: Any) -> tuple:
 
 def _extreme(sp: SearchSpace, pick, bits: int | None) -> ArchConfig:
     b = pick(sp.bit_choices) if bits is None else bits
+    m = (b if bits is not None else pick(sp.mix_bit_choices)) if sp.elastic_mix else None
     n = sp.num_blocks
     return ArchConfig(
         space=sp.name,
@@ -249,6 +287,8 @@ def _extreme(sp: SearchSpace, pick, bits: int | None) -> ArchConfig:
         first_a_bits=(b, b),
         final_w_bits=b,
         final_a_bits=b,
+        mix_w_bits=m,
+        mix_a_bits=m,
     )
 
 
@@ -263,7 +303,7 @@ def sample_arch(
     bits = tuple(bit_choices or sp.bit_choices)
     n = sp.num_blocks
     triple = lambda: tuple(rng.choice(bits) for _ in range(CONVS_PER_BLOCK))  # noqa: E731
-    return ArchConfig(
+    cfg = ArchConfig(
         space=sp.name,
         resolution=rng.choice(tuple(resolutions or sp.resolutions)),
         depths=tuple(rng.choice(sp.depth_choices) for _ in range(sp.num_stages)),
@@ -275,7 +315,14 @@ def sample_arch(
         first_a_bits=(rng.choice(bits), rng.choice(bits)),
         final_w_bits=rng.choice(bits),
         final_a_bits=rng.choice(bits),
+        mix_w_bits=max(sp.mix_choices),
+        mix_a_bits=max(sp.mix_choices),
     )
+    if not sp.elastic_mix:
+        return cfg
+    # Drawn last, so that spaces without feature-mix bits keep their random streams.
+    mix_bits = tuple(b for b in bits if b in sp.mix_bit_choices) or sp.mix_bit_choices
+    return replace(cfg, mix_w_bits=rng.choice(mix_bits), mix_a_bits=rng.choice(mix_bits))
 
 
 def load_arch(path: str | Path, expect_space: str | None = None) -> ArchConfig:

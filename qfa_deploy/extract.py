@@ -32,7 +32,12 @@ class StaticSubnet(QuantMobileNet):
 @torch.no_grad()
 def _static_conv(conv: QuantConv, in_channels: int) -> QuantConv:
     if not isinstance(conv, ElasticQuantConv):
-        return copy.deepcopy(conv)
+        static = copy.deepcopy(conv)
+        w_bits, a_bits = conv.weight_quant.bits, conv.act_quant.bits
+        if len(conv.weight_quant.bit_choices) > 1 and w_bits is not None and a_bits is not None:
+            static.weight_quant = conv.weight_quant.single(w_bits)  # the feature mix of elastic-mix spaces
+            static.act_quant = conv.act_quant.single(a_bits)
+        return static
     weight = conv.active_weight(in_channels).detach().clone()
     out_channels = weight.shape[0]
     w_bits, a_bits = conv.weight_quant.bits, conv.act_quant.bits

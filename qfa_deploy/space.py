@@ -49,7 +49,12 @@ class SearchSpace:
     expand_choices: tuple[int, ...] = (3, 4, 6)
     depth_choices: tuple[int, ...] = (2, 3, 4)
     bit_choices: tuple[int, ...] = (2, 3, 4)
-    fixed_bits: int = 8  # stem conv, feature-mix conv and classifier
+    fixed_bits: int = 8  # stem conv and classifier (and the feature-mix conv without mix_bit_choices)
+    # Bit choices of the feature-mix conv (weights and activations); empty: fixed at ``fixed_bits``.
+    # The seed quantizes it with 2-4 bits like every block conv; the CIFAR-10 preset keeps it at 8.
+    mix_bit_choices: tuple[int, ...] = ()
+    # Version 2 added the feature-mix bits to ``qfa-mbv3-w1.2`` (its configs name them).
+    version: int = 1
     dropout: float = 0.1
     image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -71,6 +76,15 @@ class SearchSpace:
     def max_resolution(self) -> int:
         return max(self.resolutions)
 
+    @property
+    def elastic_mix(self) -> bool:
+        """Whether each subnet chooses the feature-mix conv's bits."""
+        return bool(self.mix_bit_choices)
+
+    @property
+    def mix_choices(self) -> tuple[int, ...]:
+        return self.mix_bit_choices or (self.fixed_bits,)
+
     def block_stage(self, block: int) -> int:
         return block // self.max_depth
 
@@ -91,6 +105,8 @@ class SearchSpace:
             "expand_choices": list(self.expand_choices),
             "depth_choices": list(self.depth_choices),
             "bit_choices": list(self.bit_choices),
+            "feature_mix_bit_choices": list(self.mix_choices),
+            "version": self.version,
             "num_subnets": self.num_subnets(),
             "log10_num_subnets": round(math.log10(self.num_subnets()), 2),
         }
@@ -102,7 +118,8 @@ class SearchSpace:
         per_stage = sum(per_block**d for d in self.depth_choices)
         first_block = bits_per_conv**2
         final_expand = bits_per_conv
-        return len(self.resolutions) * first_block * final_expand * per_stage**self.num_stages
+        feature_mix = len(self.mix_choices) ** 2
+        return len(self.resolutions) * first_block * final_expand * feature_mix * per_stage**self.num_stages
 
 
 _REGISTRY: dict[str, SearchSpace] = {}
@@ -142,13 +159,16 @@ def _ofa_mbv3(width_mult: float) -> dict:
     }
 
 
-# The paper's ImageNet space (OFA MobileNetV3, width 1.2).
+# The paper's ImageNet space (OFA MobileNetV3, width 1.2), with every degree of freedom of the
+# seed's 176-integer gene (feature-mix bits included: version 2).
 register_space(
     SearchSpace(
         name="qfa-mbv3-w1.2",
         num_classes=1000,
         resolutions=tuple(range(128, 225, 4)),
         stem_stride=2,
+        mix_bit_choices=(2, 3, 4),
+        version=2,
         **_ofa_mbv3(1.2),
     )
 )

@@ -39,7 +39,7 @@ def test_json_round_trip(space, seed, tmp_path):
     assert load_arch(path, expect_space=space) == cfg
     # the documented layout: one block per line, top-level fields present
     data = json.loads(text)
-    assert data["format"] == "qfa-arch" and data["version"] == 1 and data["space"] == space
+    assert data["format"] == "qfa-arch" and data["version"] == create_space(space).version and data["space"] == space
     assert len(data["blocks"]) == create_space(space).num_blocks
     assert text.count('{"kernel"') == len(data["blocks"])
 

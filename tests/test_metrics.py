@@ -128,7 +128,7 @@ def test_info_space_counts_subnets():
     assert result.exit_code == 0, result.output
     desc = json.loads(result.stdout)
     assert isinstance(desc["num_subnets"], int) and desc["num_subnets"] > 10**76
-    # 25 resolutions x 81 first-block x 9 final-expand x (sum over depths of 6561^d) ^ 5 stages
+    # 25 resolutions x 81 first-block x 9 final-expand x 9 feature-mix x (sum over depths of 6561^d) ^ 5 stages
     per_block = 3 * 3 * 9**3
-    assert desc["num_subnets"] == 25 * 81 * 9 * sum(per_block**d for d in (2, 3, 4)) ** 5
+    assert desc["num_subnets"] == 25 * 81 * 9 * 9 * sum(per_block**d for d in (2, 3, 4)) ** 5
     assert desc["resolutions"] == list(range(128, 225, 4)) and len(desc["stages"]) == 5

@@ -69,6 +69,8 @@ def _reference_features(cfg: ArchConfig) -> list[float]:
         for v in (*cfg.w_bits[b], *cfg.a_bits[b]):
             feats += hot(v, sp.bit_choices, on=b in active)
     feats += hot(cfg.final_w_bits, sp.bit_choices) + hot(cfg.final_a_bits, sp.bit_choices)
+    if sp.elastic_mix:
+        feats += hot(cfg.mix_w_bits, sp.mix_bit_choices) + hot(cfg.mix_a_bits, sp.mix_bit_choices)
     return feats
 
 

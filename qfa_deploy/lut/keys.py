@@ -93,7 +93,8 @@ def arch_keys(cfg: ArchConfig, bits_matter: bool = False) -> list[LatencyKey]:
     for b in cfg.active_blocks():
         bits = (*cfg.w_bits[b], *cfg.a_bits[b]) if bits_matter else ()
         keys.append(block_key(sp, b, sizes[b], cfg.kernel[b], cfg.expand[b], bits))
-    keys.append(head_key(sp, head_size, (cfg.final_w_bits, cfg.final_a_bits) if bits_matter else ()))
+    head_bits = (cfg.final_w_bits, cfg.final_a_bits) + ((cfg.mix_w_bits, cfg.mix_a_bits) if sp.elastic_mix else ())
+    keys.append(head_key(sp, head_size, head_bits if bits_matter else ()))
     return keys
 
 

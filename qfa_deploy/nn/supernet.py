@@ -34,6 +34,7 @@ class QFASupernet(QuantMobileNet):
         aq = act_quantizer_class(act_quantizer)
         elastic = dict(w_bit_choices=bits, a_bit_choices=bits, act_quant_cls=aq)
         fixed_q = dict(w_bit_choices=fixed, a_bit_choices=fixed, act_quant_cls=aq)
+        mix_q = dict(w_bit_choices=sp.mix_choices, a_bit_choices=sp.mix_choices, act_quant_cls=aq)
         stem = QuantConv(3, sp.stem_width, 3, sp.stem_stride, act="hswish", **fixed_q)
         c0 = sp.stem_width
         first = MBConv(
@@ -67,7 +68,7 @@ class QFASupernet(QuantMobileNet):
             blocks=blocks,
             final_expand=ElasticQuantConv(last, sp.final_expand_width, 1, act="hswish", **elastic),
             feature_mix=QuantConv(
-                sp.final_expand_width, sp.feature_mix_width, 1, act="hswish", use_bn=False, **fixed_q,
+                sp.final_expand_width, sp.feature_mix_width, 1, act="hswish", use_bn=False, **mix_q,
             ),
             classifier=QuantConv(
                 sp.feature_mix_width, sp.num_classes, 1, use_bn=False, use_bias=True, **fixed_q,
@@ -99,7 +100,8 @@ class QFASupernet(QuantMobileNet):
             block.depthwise.set_active(mid, cfg.kernel[b], q(w[1]), q(a[1]))
             block.project.set_active(out_ch, 1, q(w[2]), q(a[2]))
         self.final_expand.set_active(self.space.final_expand_width, 1, q(cfg.final_w_bits), q(cfg.final_a_bits))
-        for conv in (self.stem, self.feature_mix, self.classifier):
+        self.feature_mix.weight_quant.bits, self.feature_mix.act_quant.bits = q(cfg.mix_w_bits), q(cfg.mix_a_bits)
+        for conv in (self.stem, self.classifier):
             conv.weight_quant.bits = conv.act_quant.bits = q(self.space.fixed_bits)
 
     def running_blocks(self) -> list[MBConv]:

@@ -3,7 +3,8 @@
 The counts follow ``qfa_deploy.metrics`` exactly (a conv costs ``out_ch * H_out * W_out *
 in_ch/groups * k^2`` MACs with its full kernel; BitOPs are ``MACs * w_bits * a_bits / 64`` per
 quantized conv, float squeeze-excite convs at 32 x 32, the fixed stem / feature-mix / classifier at
-the space's fixed bits). ``tests/test_search.py`` checks equality with ``metrics.subnet_cost``.
+the space's fixed bits, the feature mix at its chosen bits where the space has them).
+``tests/test_search.py`` checks equality with ``metrics.subnet_cost``.
 BitOPs are accumulated as integers (``64 * BitOPs``) so the sum is exact.
 """
 
@@ -60,8 +61,9 @@ class CostModel:
                     if use_se:
                         self.se[b, ei] = 2 * mid * make_divisible(mid // 4)
             self.final[r] = head * head * sp.stages[-1].width * sp.final_expand_width
-        # Pooled 1x1 feature mix and classifier: independent of everything.
-        self.fixed_head = sp.final_expand_width * sp.feature_mix_width + sp.feature_mix_width * sp.num_classes
+        # Pooled 1x1 feature mix and classifier: independent of everything but the mix bits.
+        self.mix = sp.final_expand_width * sp.feature_mix_width
+        self.fixed_head = self.mix + sp.feature_mix_width * sp.num_classes
         self.fixed_bits_product = fixed
 
     def _block_parts(self, G: np.ndarray):
@@ -93,8 +95,12 @@ class CostModel:
         first = self.first_dw[r] * fb[:, 0] * fb[:, 2] + self.first_pw[r] * fb[:, 1] * fb[:, 3]
         final_b = g.bit_values(G, "final_bits")
         final = self.final[r] * final_b[:, 0] * final_b[:, 1]
-        fixed = (self.stem[r] + self.fixed_head) * self.fixed_bits_product
-        return fixed + first + blocks + final
+        if not g.space.elastic_mix:
+            fixed = (self.stem[r] + self.fixed_head) * self.fixed_bits_product
+            return fixed + first + blocks + final
+        mix_b = g.bit_values(G, "mix_bits")
+        fixed = (self.stem[r] + self.fixed_head - self.mix) * self.fixed_bits_product
+        return fixed + first + blocks + final + self.mix * mix_b[:, 0] * mix_b[:, 1]
 
     def bitops(self, G: np.ndarray) -> np.ndarray:
         """BitOPs of every genome (float64, as ``metrics.subnet_cost`` reports them)."""

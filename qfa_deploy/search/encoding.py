@@ -2,8 +2,9 @@
 
 Features, in order: resolution one-hot; per elastic block an active flag; per block kernel and
 expand one-hot and a one-hot per conv bit (w and a of expand, depthwise, project), all zero when
-the block is inactive; first-block bits one-hot; final-expand bits one-hot. Depth is carried by the
-active flags (a stage of depth d has its first d flags set). For the CIFAR-10 space that is
+the block is inactive; first-block bits one-hot; final-expand bits one-hot; feature-mix bits one-hot
+(spaces that choose them). Depth is carried by the active flags (a stage of depth d has its first d
+flags set). For the CIFAR-10 space that is
 3 + 20 * (1 + 3 + 3 + 6 * 3) + 4 * 3 + 2 * 3 = 521 features.
 """
 

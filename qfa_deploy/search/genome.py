@@ -2,7 +2,8 @@
 
 Layout for a space with S stages and B elastic blocks (``GenomeSpace.slices`` names the parts)::
 
-    [resolution | depth x S | kernel x B | expand x B | first-block bits x 4 | block bits x 6B | final bits x 2]
+    [resolution | depth x S | kernel x B | expand x B | first-block bits x 4 | block bits x 6B | final bits x 2
+     | feature-mix bits x 2 (only in spaces where the feature mix has bit choices)]
 
 first-block bits are (w_dw, w_project, a_dw, a_project); each block's six are (w_expand, w_dw,
 w_project, a_expand, a_dw, a_project); final bits are (w, a). A genome is *canonical* when the genes
@@ -42,6 +43,8 @@ class GenomeSpace:
             ("block_bits", BLOCK_BITS * B, sp.bit_choices),
             ("final_bits", 2, sp.bit_choices),
         ]
+        if sp.elastic_mix:
+            parts.append(("mix_bits", 2, sp.mix_bit_choices))
         self.slices: dict[str, slice] = {}
         choices: list[tuple[int, ...]] = []
         for name, count, values in parts:
@@ -98,7 +101,7 @@ class GenomeSpace:
         sp = self.space
         index = lambda values: {v: i for i, v in enumerate(values)}
         res_i, dep_i, ker_i = index(sp.resolutions), index(sp.depth_choices), index(sp.kernel_choices)
-        exp_i, bit_i = index(sp.expand_choices), index(sp.bit_choices)
+        exp_i, bit_i, mix_i = index(sp.expand_choices), index(sp.bit_choices), index(sp.mix_bit_choices)
         G = np.empty((len(cfgs), self.length), dtype=np.int64)
         for row, cfg in enumerate(cfgs):
             if cfg.space != sp.name:
@@ -113,6 +116,7 @@ class GenomeSpace:
                 *block_bits,
                 bit_i[cfg.final_w_bits],
                 bit_i[cfg.final_a_bits],
+                *((mix_i[cfg.mix_w_bits], mix_i[cfg.mix_a_bits]) if sp.elastic_mix else ()),
             ]
         return G
 
@@ -130,6 +134,7 @@ class GenomeSpace:
         bb = get("block_bits")
         blocks = [bb[i : i + BLOCK_BITS] for i in range(0, len(bb), BLOCK_BITS)]
         fb = get("first_bits")
+        mix = get("mix_bits") if self.space.elastic_mix else (None, None)
         return ArchConfig(
             space=self.space.name,
             resolution=get("resolution")[0],
@@ -142,6 +147,8 @@ class GenomeSpace:
             first_a_bits=tuple(fb[FIRST_BLOCK_CONVS:]),
             final_w_bits=get("final_bits")[0],
             final_a_bits=get("final_bits")[1],
+            mix_w_bits=mix[0],
+            mix_a_bits=mix[1],
         )
 
     def decode_all(self, G: np.ndarray) -> list[ArchConfig]:
@@ -149,4 +156,5 @@ class GenomeSpace:
 
     def bit_values(self, G: np.ndarray, name: str) -> np.ndarray:
         """The bitwidths (values) of the bit part ``name`` of every row."""
-        return np.asarray(self.space.bit_choices, dtype=np.int64)[self.part(G, name)]
+        choices = self.space.mix_bit_choices if name == "mix_bits" else self.space.bit_choices
+        return np.asarray(choices, dtype=np.int64)[self.part(G, name)]
