@@ -74,6 +74,8 @@ def check_output(path: str | Path, force: bool = False, *, folder: bool = False,
             raise QfaError(f"{path} already exists (use --force to replace it)")
     if not path.parent.is_dir():
         raise QfaError(f"{path.parent}: no such folder ({option}); create it first")
+    if not os.access(path.parent, os.W_OK | os.X_OK):  # also False on a read-only file system
+        raise QfaError(f"cannot write into {path.parent} ({option}): read-only or no permission")
     clean_stale_staging(path)
     return path
 

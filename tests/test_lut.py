@@ -61,7 +61,7 @@ def test_save_load_round_trip_and_bad_files(tmp_path):
     again = LatencyTable.load(path)
     assert again.entries == table.entries and again.scale == 1.5 and again.provenance == {"device": "x86"}
     (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(QfaError, match="not a latency table"):
+    with pytest.raises(QfaError, match="not valid JSON"):
         LatencyTable.load(tmp_path / "bad.json")
     (tmp_path / "other.json").write_text(json.dumps({"format": "something"}))
     with pytest.raises(QfaError, match="not a qfa-deploy latency table"):

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from qfa_deploy.commands.common import emit_json, schedule_option, write_text_atomic
+from qfa_deploy.commands.options import TIMEOUT
 from qfa_deploy.errors import QfaError
 
 __all__ = ["COMMANDS"]
@@ -42,21 +43,28 @@ def devices(as_json):
               help="MetaSchedule database from `qfa-deploy tune` to apply.")
 @schedule_option
 @click.option("--json", "as_json", is_flag=True, help="Print meta.json.")
-def compile_cmd(onnx_file, device, out_dir, database, schedule, as_json):
+@click.option("--force", is_flag=True, help="Replace --out if it exists (once the new folder is complete).")
+def compile_cmd(onnx_file, device, out_dir, database, schedule, as_json, force):
     """Compile a QDQ ONNX model with TVM for DEVICE into an artifact folder."""
+    from qfa_deploy.atomic import check_output, staged_directory
     from qfa_deploy.deploy.compile import compile_artifact
+    from qfa_deploy.deploy.device import load_device
     from qfa_deploy.deploy.profile import META_NAME, ONNX_NAME
 
     src, out = Path(onnx_file), Path(out_dir)
-    meta = compile_artifact(src, device, out, database=Path(database) if database else None, schedule=schedule)
-    dest = out / ONNX_NAME
-    if not dest.exists() or not dest.samefile(src):
+    if not src.is_file():
+        raise QfaError(f"{src}: no such ONNX file")
+    load_device(device)  # an unknown device or a taken --out: refused before the compile, not after it
+    check_output(out, force, folder=True, option="--out")
+    with staged_directory(out, force) as folder:  # --out appears complete or not at all
+        meta = compile_artifact(src, device, folder, database=Path(database) if database else None,
+                                schedule=schedule)
         try:
-            shutil.copyfile(src, dest)
+            shutil.copyfile(src, folder / ONNX_NAME)
         except OSError as exc:
-            raise QfaError(f"cannot copy {src} to {dest}: {exc.strerror or exc}") from None
-    meta = {"onnx": ONNX_NAME, **meta}
-    write_text_atomic(out / META_NAME, json.dumps(meta, indent=2) + "\n")
+            raise QfaError(f"cannot copy {src}: {exc.strerror or exc}") from None
+        meta = {"onnx": ONNX_NAME, **meta}
+        write_text_atomic(folder / META_NAME, json.dumps(meta, indent=2) + "\n")
     if as_json:
         emit_json(meta)
         return
@@ -70,7 +78,7 @@ def compile_cmd(onnx_file, device, out_dir, database, schedule, as_json):
 @click.option("--tracker", default=None, help="HOST:PORT of the RPC tracker (replaces the profile's).")
 @click.option("--key", default=None, help="Tracker key (replaces the profile's).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random input.")
-@click.option("--timeout", type=float, default=30.0, show_default=True,
+@click.option("--timeout", type=TIMEOUT, default=30.0, show_default=True,
               help="Seconds to reach the device and be granted a board.")
 @click.option("--no-check", is_flag=True, help="Skip the comparison with onnxruntime.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -78,8 +86,6 @@ def profile(artifact_dir, device, tracker, key, seed, timeout, no_check, as_json
     """Measure an artifact's latency on DEVICE and check its output against onnxruntime."""
     from qfa_deploy.deploy.profile import profile_artifact
 
-    if timeout <= 0:
-        raise QfaError("--timeout must be positive")
     result = profile_artifact(Path(artifact_dir), device, tracker=tracker, key=key, seed=seed,
                               timeout=timeout, check=not no_check)
     if as_json:
@@ -103,11 +109,13 @@ def profile(artifact_dir, device, tracker, key, seed, timeout, no_check, as_json
 @click.command()
 @click.argument("onnx_file", required=False, type=click.Path(dir_okay=False))
 @click.option("--space", default=None, help="Tune subnets of this space instead of one ONNX file.")
-@click.option("--resolution", type=int, default=224, show_default=True, help="With --space: input resolution.")
-@click.option("--subnets", type=int, default=3, show_default=True,
+@click.option("--resolution", type=click.IntRange(1, 4096), default=224, show_default=True,
+              help="With --space: input resolution.")
+@click.option("--subnets", type=click.IntRange(1, 10_000), default=3, show_default=True,
               help="With --space: how many subnets (largest, smallest, then random).")
 @click.option("--device", "-d", default="x86", show_default=True, help="A local CPU device profile.")
-@click.option("--trials", type=int, default=16, show_default=True, help="MetaSchedule trials per workload.")
+@click.option("--trials", type=click.IntRange(1, 1_000_000), default=16, show_default=True,
+              help="MetaSchedule trials per workload.")
 @click.option("--database", type=click.Path(file_okay=False), default=None,
               help="Database folder (default ~/.cache/qfa-deploy/tuning/DEVICE); resumable.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -121,13 +129,19 @@ def tune(onnx_file, space, resolution, subnets, device, trials, database, seed, 
 
     if (onnx_file is None) == (space is None):
         raise QfaError("give an ONNX file or --space NAME (one of them)")
-    if subnets < 1:
-        raise QfaError("--subnets must be at least 1")
+    if onnx_file is not None and not Path(onnx_file).is_file():
+        raise QfaError(f"{onnx_file}: no such ONNX file")
     dev = load_device(device)
     db = Path(database) if database else default_database_dir(dev)
-    with tempfile.TemporaryDirectory(prefix="qfa-tune-") as tmp:
-        models = [Path(onnx_file)] if onnx_file else space_models(space, resolution, subnets, Path(tmp), seed)
-        reports = [tune_model(m, dev, db, trials=trials, progress=not as_json) for m in models]
+    created = not db.exists()  # the database accumulates across runs; only a folder this run made is litter
+    try:
+        with tempfile.TemporaryDirectory(prefix="qfa-tune-") as tmp:
+            models = [Path(onnx_file)] if onnx_file else space_models(space, resolution, subnets, Path(tmp), seed)
+            reports = [tune_model(m, dev, db, trials=trials, progress=not as_json) for m in models]
+    except BaseException:
+        if created and db.is_dir() and not any(db.iterdir()):
+            db.rmdir()
+        raise
     summary = {"database": str(db), "models": len(models), "tuned": sum(r["tuned"] for r in reports),
                "skipped": sum(r["skipped"] for r in reports), "trials_per_task": trials,
                "database_sha256": reports[-1]["database_sha256"]}
@@ -155,7 +169,7 @@ def emulated_pi_build(cache):
 
 
 @emulated_pi.command("serve")
-@click.option("--port", type=int, default=9190, show_default=True,
+@click.option("--port", type=click.IntRange(1, 65535), default=9190, show_default=True,
               help="Tracker port on 127.0.0.1 (started unless one answers there).")
 @click.option("--key", default="rasp4b-emu", show_default=True, help="Key the server registers under.")
 @click.option("--cache", type=click.Path(file_okay=False), default=None, help="Image folder (see build).")

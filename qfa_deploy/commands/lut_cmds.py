@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
+from qfa_deploy.atomic import check_output
 from qfa_deploy.commands.common import emit_json, set_threads, write_text_atomic
+from qfa_deploy.commands.options import NON_NEGATIVE_INT, PROPORTION, THREADS, FiniteFloat
+from qfa_deploy.errors import QfaError
 
 __all__ = ["COMMANDS"]
 
@@ -17,23 +22,22 @@ def lut():
 @lut.command()
 @click.option("--device", required=True, help="Device name or profile file (see devices/).")
 @click.option("--space", required=True)
-@click.option("--resolution", type=int, required=True)
+@click.option("--resolution", type=click.IntRange(1, 4096), required=True)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Table file to write.")
-@click.option("--fit-samples", type=int, default=20, show_default=True,
+@click.option("--fit-samples", type=NON_NEGATIVE_INT, default=20, show_default=True,
               help="Whole subnets measured for the fitted correction.")
-@click.option("--workers", type=int, default=1, show_default=True,
+@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Boards measured in parallel (RPC tracker devices).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--threads", type=int, default=None, help="Torch threads for folding the parts.")
-def build(device, space, resolution, output, fit_samples, workers, seed, threads):
+@click.option("--threads", type=THREADS, default=None, help="Torch threads for folding the parts.")
+@click.option("--force", is_flag=True, help="Replace -o if it exists (once the new table is complete).")
+def build(device, space, resolution, output, fit_samples, workers, seed, threads, force):
     """Measure every part of SPACE at RESOLUTION on DEVICE; resumable (a journal sits beside -o)."""
-    from qfa_deploy.errors import QfaError
     from qfa_deploy.lut.build import BuildPlan, build_table
     from qfa_deploy.space import create_space
 
     create_space(space)
-    if fit_samples < 0 or workers < 1:
-        raise QfaError("--fit-samples must be >= 0 and --workers >= 1")
+    check_output(output, force)
     set_threads(threads)
     table = build_table(BuildPlan(device, space, resolution, fit_samples, seed=seed), output, workers=workers)
     click.echo(f"{output}: {len(table.entries)} parts, fit scale {table.scale:.3f} offset {table.offset_ms:.3f} ms")
@@ -64,17 +68,18 @@ def predict(table_path, arch_path, as_json):
 @lut.command()
 @click.option("--table", "table_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--device", required=True)
-@click.option("--samples", type=int, default=50, show_default=True)
+@click.option("--samples", type=click.IntRange(2, 100_000), default=50, show_default=True)
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Predicted-vs-measured scatter (PNG).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
               help="Write the JSON report here.")
-@click.option("--min-within", type=float, default=None,
+@click.option("--min-within", type=PROPORTION, default=None,
               help="Fail (exit 1) if the share within the tolerance is below this.")
-@click.option("--tolerance", type=float, default=10.0, show_default=True,
+@click.option("--tolerance", type=FiniteFloat(0, 100, open_low=True), default=10.0, show_default=True,
               help="The error (percent of the measured latency) a prediction may have to count as within.")
 @click.option("--json", "as_json", is_flag=True)
-def validate(table_path, device, samples, seed, plot, report_path, min_within, tolerance, as_json):
+@click.option("--force", is_flag=True, help="Replace --plot and --report if they exist.")
+def validate(table_path, device, samples, seed, plot, report_path, min_within, tolerance, as_json, force):
     """Measure SAMPLES unseen random subnets end to end and compare with the table's predictions."""
     import json
     import sys
@@ -83,6 +88,11 @@ def validate(table_path, device, samples, seed, plot, report_path, min_within, t
     from qfa_deploy.lut.validate import validate_table
 
     table = LatencyTable.load(table_path)
+    for option, path in (("--plot", plot), ("--report", report_path)):
+        if path is not None:
+            check_output(path, force, option=option)
+    if plot is not None and report_path is not None and Path(plot).absolute() == Path(report_path).absolute():
+        raise QfaError("--plot and --report are the same file")
     report = validate_table(table, device, samples, seed, plot, tolerance=tolerance / 100)
     if report_path:
         write_text_atomic(report_path, json.dumps(report, indent=1) + "\n")

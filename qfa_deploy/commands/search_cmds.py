@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import click
 
+from qfa_deploy.atomic import check_output, staged_directory
 from qfa_deploy.commands.common import emit_json, load_supernet, set_threads
+from qfa_deploy.commands.options import COUNT, POSITIVE_FLOAT, THREADS, FiniteFloat
 from qfa_deploy.errors import QfaError
 
 __all__ = ["COMMANDS"]
@@ -21,30 +25,31 @@ def _checkpoint_path(checkpoint: str | None):
 @click.command()
 @click.option("--checkpoint", default=None, type=click.Path(), help="Supernet checkpoint (default: embedded).")
 @click.option("--data", "data_dir", default=None, type=click.Path(), help="Data directory.")
-@click.option("--samples", type=click.IntRange(min=1), required=True, help="Measure samples 0..N-1 (missing ones).")
+@click.option("--samples", type=COUNT, required=True, help="Measure samples 0..N-1 (missing ones).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="JSON-lines file (appended).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sample i is drawn from (seed, i).")
 @click.option(
     "--calib-batches",
-    type=int,
+    type=COUNT,
     default=10,
     show_default=True,
     help="Calibration batches of 100 images (the first of the validation split).",
 )
 @click.option(
     "--val-images",
-    type=int,
+    type=COUNT,
     default=2000,
     show_default=True,
     help="Score on the last M images of the validation split.",
 )
-@click.option("--threads", type=int, default=None, help="Torch intra-op threads.")
+@click.option("--threads", type=THREADS, default=None, help="Torch intra-op threads.")
 def collect(checkpoint, data_dir, samples, output, seed, calib_batches, val_images, threads):
     """Measure the validation top-1 of sampled subnets (resumable: reruns add only missing samples)."""
     from qfa_deploy.data import load_splits
-    from qfa_deploy.search.collect import CollectSettings, file_digest, val_scorer
+    from qfa_deploy.search.collect import CollectSettings, check_journal, file_digest, val_scorer
     from qfa_deploy.search.collect import collect as run
 
+    check_journal(output)  # before the supernet loads: -o must be this command's journal, or new
     set_threads(threads)
     path = _checkpoint_path(checkpoint)
     net = load_supernet(str(path))
@@ -69,7 +74,7 @@ def predictor():
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Predictor file (pred.pt).")
 @click.option(
     "--holdout",
-    type=click.FloatRange(0.05, 0.5),
+    type=FiniteFloat(0.05, 0.5),  # click.FloatRange lets NaN through
     default=0.2,
     show_default=True,
     help="Fraction of subnets held out for the reported Spearman/RMSE.",
@@ -89,15 +94,17 @@ def predictor():
 )
 @click.option("--hidden", type=click.IntRange(8, 4096), default=400, show_default=True)
 @click.option("--layers", type=click.IntRange(1, 8), default=3, show_default=True)
-@click.option("--max-epochs", type=click.IntRange(1), default=400, show_default=True)
+@click.option("--max-epochs", type=click.IntRange(1, 100_000), default=400, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-@click.option("--threads", type=int, default=None)
-def fit(data, output, holdout, ensemble, cost_features, hidden, layers, max_epochs, seed, as_json, threads):
+@click.option("--threads", type=THREADS, default=None)
+@click.option("--force", is_flag=True, help="Replace -o if it exists.")
+def fit(data, output, holdout, ensemble, cost_features, hidden, layers, max_epochs, seed, as_json, threads, force):
     """Fit an accuracy predictor on DATA (acc.jsonl from `collect`); report held-out Spearman/RMSE."""
     from qfa_deploy.search.collect import load_records, records_to_arrays
     from qfa_deploy.search.fitting import fit_and_report
 
+    check_output(output, force)
     set_threads(threads)
     records = []
     for path in data:
@@ -146,11 +153,11 @@ def fit(data, output, holdout, ensemble, cost_features, hidden, layers, max_epoc
     default=None,
     help="Cost to minimise [default: latency with --table, else flops].",
 )
-@click.option("--max-latency-ms", type=float, default=None, help="Latency budget (needs --table).")
-@click.option("--max-flops", type=float, default=None, help="MACs budget, in millions.")
-@click.option("--max-bitops", type=float, default=None, help="BitOPs budget, in billions.")
-@click.option("--pop", "pop_size", type=click.IntRange(min=2), default=100, show_default=True)
-@click.option("--gen", "generations", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--max-latency-ms", type=POSITIVE_FLOAT, default=None, help="Latency budget (needs --table).")
+@click.option("--max-flops", type=POSITIVE_FLOAT, default=None, help="MACs budget, in millions.")
+@click.option("--max-bitops", type=POSITIVE_FLOAT, default=None, help="BitOPs budget, in billions.")
+@click.option("--pop", "pop_size", type=click.IntRange(2, 100_000), default=100, show_default=True)
+@click.option("--gen", "generations", type=click.IntRange(1, 100_000), default=100, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="pareto.json to write.")
 @click.option("--best-out", default=None, type=click.Path(dir_okay=False), help="cfg.json of the chosen subnet.")
@@ -165,10 +172,12 @@ def fit(data, output, holdout, ensemble, cost_features, hidden, layers, max_epoc
     help="With --device: folder for the ONNX model and compiled library.",
 )
 @click.option("--data", "data_dir", default=None, type=click.Path(), help="With --evaluate: data directory.")
-@click.option("--calib-batches", type=int, default=20, show_default=True, help="With --evaluate.")
-@click.option("--test-limit", type=int, default=None, help="With --evaluate: N test images only (fixed random subset).")
+@click.option("--calib-batches", type=COUNT, default=20, show_default=True, help="With --evaluate.")
+@click.option("--test-limit", type=COUNT, default=None,
+              help="With --evaluate: N test images only (fixed random subset).")
 @click.option("--json", "as_json", is_flag=True)
-@click.option("--threads", type=int, default=None)
+@click.option("--threads", type=THREADS, default=None)
+@click.option("--force", is_flag=True, help="Replace -o, --best-out, --plot and --artifacts if they exist.")
 def search(
     checkpoint,
     predictor_path,
@@ -191,6 +200,7 @@ def search(
     test_limit,
     as_json,
     threads,
+    force,
 ):
     """NSGA-II: maximise predicted accuracy, minimise latency / MACs / BitOPs under budgets."""
     from qfa_deploy.lut import LatencyTable
@@ -208,9 +218,6 @@ def search(
         predictor_path = default_predictor()
     if device and not evaluate:
         raise QfaError("--device goes with --evaluate")
-    for flag, value in (("--max-latency-ms", max_latency_ms), ("--max-flops", max_flops), ("--max-bitops", max_bitops)):
-        if value is not None and not value > 0:
-            raise QfaError(f"{flag} must be positive, got {value:g}")
     if table is None and (objective == "latency" or max_latency_ms is not None):
         raise QfaError("latency (--objective latency / --max-latency-ms) needs a latency table (--table)")
     pred = AccuracyPredictor.load(predictor_path)
@@ -219,6 +226,10 @@ def search(
     if lut and (warning := lut.stale_schedule()):
         click.echo(warning, err=True)
     latency = LatencyModel(lut, genome) if lut else None
+    _check_outputs(force, {"-o": output, "--best-out": best_out, "--plot": plot})
+    if device:  # before minutes of search: a device that cannot be measured, or not against this table
+        _check_device(device, lut)
+        check_output(artifacts, force, folder=True, option="--artifacts")
     if evaluate:
         net = load_supernet(checkpoint, space=pred.space)
     elif checkpoint:  # only --evaluate uses it; still, a supernet of another space is a mistake
@@ -250,17 +261,20 @@ def search(
         from qfa_deploy.search.end_to_end import evaluate_choice
 
         predicted = {k: v for k, v in best_rec.items() if k not in ("arch", "digest")}
-        summary["evaluation"] = evaluate_choice(
-            net,
-            best,
-            load_splits(net.space, data_dir),
-            predicted,
-            calib_batches=calib_batches,
-            test_limit=test_limit,
-            device=device,
-            artifact_dir=artifacts,
-            schedule=lut.schedule if lut else "auto",
-        )
+        with staged_directory(artifacts, force) if device else nullcontext() as staging:
+            summary["evaluation"] = evaluate_choice(
+                net,
+                best,
+                load_splits(net.space, data_dir),
+                predicted,
+                calib_batches=calib_batches,
+                test_limit=test_limit,
+                device=device,
+                artifact_dir=staging,
+                schedule=lut.schedule if lut else "auto",
+            )
+        if device:
+            summary["evaluation"]["artifact"] = artifacts
     if as_json:
         emit_json(summary)
         return
@@ -289,6 +303,29 @@ def search(
             stat = m["statistic"]
             click.echo(f"measured: {m.get('timing', 'latency')} {stat} {m['latency_ms'][stat]:.3f} ms{pred_lat}")
         click.echo(f"  {ev['deploy']}")
+
+
+def _check_outputs(force: bool, outputs: dict[str, str | None]) -> None:
+    """Every file the search will write, checked before it runs (and no two the same)."""
+    seen = {}
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        where = check_output(path, force, option=option)
+        if where in seen:
+            raise QfaError(f"{option} and {seen[where]} are the same file ({path})")
+        seen[where] = option
+
+
+def _check_device(device: str, lut) -> None:
+    if lut is None:
+        from qfa_deploy.deploy.device import load_device
+
+        load_device(device)
+    else:  # the same refusal as `lut validate`: other target or statistic = unlike numbers
+        from qfa_deploy.lut.validate import check_table_device
+
+        check_table_device(lut, device)
 
 
 def _fmt(metric: str, value: float) -> str:

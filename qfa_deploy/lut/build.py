@@ -145,6 +145,10 @@ def build_table(plan: BuildPlan, out: str | Path, workers: int = 1, progress: bo
             with ThreadPoolExecutor(workers) as pool:
                 for future in as_completed([pool.submit(run, s) for s in shards if s]):
                     future.result()
+    except BaseException:
+        if not records and len(journal.read()) <= 1:  # this run's journal, nothing measured: nothing to resume
+            journal.remove()
+        raise
     finally:
         bar.close()
 

@@ -25,6 +25,7 @@ import torch
 from qfa_deploy.arch import ArchConfig, sample_arch
 from qfa_deploy.data import ImageSource
 from qfa_deploy.errors import QfaError
+from qfa_deploy.strict_json import check_number
 
 __all__ = ["CollectSettings", "collect", "load_records", "records_to_arrays", "sample_for"]
 
@@ -81,7 +82,7 @@ def _read_lines(path: Path) -> tuple[list[dict], int]:
         raw = data[pos:end]
         try:
             rec = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # ValueError: also integers of >4300 digits
             if data.find(b"\n", end + 1) < 0 and not data[end + 1 :].strip():
                 break  # garbage only in the last line: treat as torn
             raise QfaError(f"{path}:{len(records) + 1}: not a JSON line") from None
@@ -109,7 +110,7 @@ def records_to_arrays(records: list[dict], path: str | Path = "records") -> tupl
     for i, rec in enumerate(records, 1):
         try:
             cfgs.append(ArchConfig.from_dict(rec["arch"]))
-            top1.append(float(rec["top1"]))
+            top1.append(float(check_number(rec["top1"], "top1", low=0, high=1)))  # NaN would fit a NaN predictor
         except QfaError as exc:
             raise QfaError(f"{path}:{i}: {exc}") from None
         except (KeyError, TypeError, ValueError):
@@ -118,6 +119,31 @@ def records_to_arrays(records: list[dict], path: str | Path = "records") -> tupl
     if len(spaces) != 1:
         raise QfaError(f"{path}: records mix spaces {sorted(spaces)}")
     return spaces.pop(), cfgs, np.asarray(top1)
+
+
+_RECORD_START = b'{"index":'
+
+
+def check_journal(out: str | Path) -> tuple[list[dict], int]:
+    """The records of ``out`` and their byte length, if ``out`` is a collect journal or does not exist.
+
+    A file of something else is refused, never truncated: ``collect`` only appends to its own journal.
+    """
+    out = Path(out)
+    if out.is_dir():
+        raise QfaError(f"{out} is a directory")
+    if not out.parent.is_dir():
+        raise QfaError(f"{out.parent}: no such folder (-o); create it first")
+    records, good = _read_lines(out)
+    if not records and out.exists() and out.stat().st_size > 0:
+        with open(out, "rb") as f:  # a first record torn by a kill still starts as collect writes it
+            ours = f.read(len(_RECORD_START)) == _RECORD_START
+        if not ours:
+            raise QfaError(f"{out}: not a collect journal (it would be truncated; choose another -o)")
+    for line, rec in enumerate(records, 1):
+        if not isinstance(rec.get("index"), int) or isinstance(rec.get("index"), bool):
+            raise QfaError(f"{out}:{line}: record has no integer 'index' (not a collect journal)")
+    return records, good
 
 
 def collect(
@@ -137,14 +163,10 @@ def collect(
     from qfa_deploy.search.genome import GenomeSpace
 
     out = Path(out)
-    if out.is_dir():
-        raise QfaError(f"{out} is a directory")
-    records, good = _read_lines(out)
+    records, good = check_journal(out)
     done: dict[int, dict] = {}
     for line, rec in enumerate(records, 1):
         settings.check(rec, out, line)
-        if not isinstance(rec.get("index"), int):
-            raise QfaError(f"{out}:{line}: record has no integer 'index'")
         done[rec["index"]] = rec
     todo = [i for i in range(samples) if i not in done]
     genome = GenomeSpace(settings.space)

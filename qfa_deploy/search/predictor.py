@@ -34,6 +34,7 @@ from qfa_deploy.errors import QfaError
 from qfa_deploy.search.cost import CostModel
 from qfa_deploy.search.encoding import OneHotEncoder
 from qfa_deploy.search.genome import GenomeSpace
+from qfa_deploy.strict_json import check_number
 
 __all__ = ["PREDICTOR_VERSION", "AccuracyPredictor", "fit_predictor", "regression_metrics"]
 
@@ -144,6 +145,7 @@ class AccuracyPredictor:
         if expect_space is not None and space != expect_space:
             raise QfaError(f"{path}: predictor is for space {space!r}, expected {expect_space!r}")
         try:
+            _check_finite(payload)
             genome = GenomeSpace(space)
             in_features = OneHotEncoder(genome).num_features + (2 if payload["cost_features"] else 0)
             members = []
@@ -170,6 +172,19 @@ class AccuracyPredictor:
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
             reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else exc.__class__.__name__
             raise QfaError(f"{path}: malformed predictor file ({reason})") from None
+
+
+def _check_finite(payload: dict) -> None:
+    """Sizes bounded, every weight and statistic finite: a NaN predictor would rank subnets by nothing."""
+    check_number(payload["hidden"], "hidden", low=1, high=65536, integer=True)
+    check_number(payload["layers"], "layers", low=1, high=64, integer=True)
+    for key in ("target_mean", "target_std"):
+        check_number(float(payload[key]), key)
+    named = [("feature_mean", payload["feature_mean"]), ("feature_std", payload["feature_std"])]
+    named += [(f"members[{i}].{k}", t) for i, m in enumerate(payload["members"]) for k, t in m.items()]
+    for name, t in named:
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all():
+            raise QfaError(f"{name} holds non-finite values")
 
 
 def _cost_columns(cost: CostModel, G: np.ndarray) -> np.ndarray:

@@ -1,0 +1,337 @@
+"""Hostile input to every command: exit 2, one line on stderr, no traceback, nothing written or changed.
+
+One small folder of good and bad inputs (and of outputs that already exist) is built once; every case
+runs in it, in-process through click's runner (the same group and error path as the console script;
+``test_cli_errors`` runs a few through the real script), and the folder is snapshot before and after:
+a new file, a removed one, a changed byte or a touched mtime fails the case. Each case must fail
+before any expensive work, so the whole table takes seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from qfa_deploy.arch import sample_arch
+
+CIFAR = "qfa-mbv3-cifar10"
+SHIPPED_TABLE = Path(__file__).parents[1] / "qfa_deploy" / "assets" / "latency_tables" / (
+    "x86-1t-qfa-mbv3-cifar10-r32.json"
+)
+
+
+def _table_variant(d: Path, name: str, edit) -> None:
+    data = json.loads(SHIPPED_TABLE.read_text())
+    text = edit(data)
+    (d / name).write_text(text if isinstance(text, str) else json.dumps(data))
+
+
+def _artifact(d: Path, name: str, good_arch: dict, edit) -> None:
+    meta = {
+        "format": "qfa-artifact", "version": 1, "target": "onnx", "space": CIFAR, "arch": good_arch,
+        "checkpoint": {"path": str(d / "gone.pt"), "sha256": "0" * 64},
+        "calibration": {"batches": 1, "batch_size": 100, "data_dir": None},
+        "files": {}, "onnx": {"file": "model.onnx"},
+    }
+    text = edit(meta)
+    (d / name).mkdir()
+    (d / name / "meta.json").write_text(text if isinstance(text, str) else json.dumps(meta))
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory) -> Path:
+    """Good and bad inputs, plus outputs that exist already (read only for every case)."""
+    from qfa_deploy.search.cost import CostModel
+    from qfa_deploy.search.genome import GenomeSpace
+    from qfa_deploy.search.predictor import fit_predictor
+
+    d = tmp_path_factory.mktemp("hostile")
+    good = sample_arch(CIFAR, random.Random(1)).to_dict()
+    (d / "good.json").write_text(json.dumps(good))
+    text = json.dumps({**good, "resolution": 12345})
+    (d / "nan.json").write_text(text.replace("12345", "NaN"))
+    (d / "inf.json").write_text(text.replace("12345", "1e999"))
+    (d / "huge.json").write_text(text.replace("12345", "9" * 5000))
+    (d / "neginf.json").write_text(text.replace("12345", "-Infinity"))
+
+    _table_variant(d, "table_nan.json", lambda t: t["entries"].update({next(iter(t["entries"])): 12345.678})
+                   or json.dumps(t).replace("12345.678", "NaN"))
+    _table_variant(d, "table_neg.json", lambda t: t["entries"].update({next(iter(t["entries"])): -1.0}))
+    _table_variant(d, "table_bigint.json", lambda t: json.dumps(t).replace('"resolution": 32',
+                                                                           '"resolution": ' + "7" * 40))
+    _table_variant(d, "table_inf.json", lambda t: json.dumps(t).replace('"scale": ', '"scale": 1e999, "_": ', 1))
+    _table_variant(d, "table_types.json", lambda t: t.update(entries=[1, 2, 3]))
+
+    g = GenomeSpace(CIFAR)
+    G = g.random(40, np.random.default_rng(0))
+    y = 0.5 + 0.01 * np.log(CostModel(g).bitops(G)) + np.random.default_rng(1).normal(0, 0.002, len(G))
+    fit_predictor(CIFAR, G, y, ensemble=1, hidden=16, max_epochs=3, seed=0).save(d / "pred.pt")
+    payload = torch.load(d / "pred.pt", weights_only=True)
+    first = next(iter(payload["members"][0]))
+    payload["members"][0][first] = torch.full_like(payload["members"][0][first], float("nan"))
+    torch.save(payload, d / "pred_nan.pt")
+
+    records = [{"index": i, "arch": sample_arch(CIFAR, random.Random(i)).to_dict(), "top1": 0.5 + i / 100}
+               for i in range(6)]
+    (d / "acc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (d / "acc_nan.jsonl").write_text("".join(json.dumps({**r, "top1": float("nan")}) + "\n" for r in records))
+    (d / "acc_inf.jsonl").write_text("".join(json.dumps(r).replace('"top1": ', '"top1": 1e999, "_": ')
+                                             + "\n" for r in records))
+    (d / "acc_range.jsonl").write_text("".join(json.dumps({**r, "top1": 42}) + "\n" for r in records))
+    (d / "foreign.txt").write_text("a file of someone else's: collect must not truncate it")
+
+    _artifact(d, "art_files_list", good, lambda m: m.update(files=["model.onnx"]))
+    _artifact(d, "art_no_checkpoint", good, lambda m: m.pop("checkpoint"))
+    _artifact(d, "art_batches", good, lambda m: m["calibration"].update(batches="many"))
+    _artifact(d, "art_nan", good, lambda m: json.dumps(m).replace('"batch_size": 100', '"batch_size": NaN'))
+    _artifact(d, "art_escape", good, lambda m: m.update(files={"../good.json": "0" * 64}))
+    _artifact(d, "art_ckpt_type", good, lambda m: m["checkpoint"].update(sha256=7))
+    _artifact(d, "art_gone", good, lambda m: None)
+
+    (d / "taken.json").write_text('{"an": "existing output"}\n')
+    (d / "taken_dir").mkdir()
+    (d / "taken_dir" / "keep.txt").write_text("existing folder output\n")
+    (d / "model.onnx").write_bytes(b"not really onnx, never read: the cases fail before")
+    return d
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every file and folder under ``root`` (hidden ones too): kind, size, mtime and bytes."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        out[p.relative_to(root).as_posix()] = (p.is_dir(), st.st_size, st.st_mtime_ns,
+                                               None if p.is_dir() else p.read_bytes())
+    return out
+
+
+S = ["search", "--predictor", "pred.pt"]
+LV = ["lut", "validate", "--table", str(SHIPPED_TABLE), "--device", "x86-1t"]
+TRAIN = ["train", "--space", CIFAR, "--out", "run"]
+EXPORT = ["export", "--arch", "good.json", "--out", "exp"]
+COLLECT = ["collect", "--samples", "2", "-o", "acc_new.jsonl"]
+FIT = ["predictor", "fit", "acc.jsonl"]
+BUILD = ["lut", "build", "--device", "x86-1t", "--space", CIFAR, "--resolution", "32"]
+
+# (case id, argv run in the layout folder, a fragment the one error line must contain)
+CASES = [
+    # sample / info
+    ("sample-exists", ["sample", "--space", CIFAR, "--seed", "1", "-o", "taken.json"], "--force"),
+    ("sample-no-parent", ["sample", "--space", CIFAR, "--seed", "1", "-o", "nodir/x.json"], "no such folder"),
+    ("sample-into-dir", ["sample", "--space", CIFAR, "--seed", "1", "-o", "taken_dir"], "is a directory"),
+    ("sample-bits-text", ["sample", "--space", CIFAR, "--max", "--bits", "four"], "--bits"),
+    ("sample-space", ["sample", "--space", "resnet", "-o", "x.json"], "unknown space"),
+    ("info-nan", ["info", "nan.json"], "non-finite number (NaN)"),
+    ("info-1e999", ["info", "inf.json"], "out of range"),
+    ("info-huge-int", ["info", "huge.json"], "5000 digits"),
+    ("info-neg-inf", ["info", "neginf.json"], "-Infinity"),
+    # train / eval
+    ("train-batch-0", [*TRAIN, "--batch-size", "0"], "--batch-size"),
+    ("train-batch-huge", [*TRAIN, "--batch-size", "9" * 40], "--batch-size"),
+    ("train-ckpt-every-0", [*TRAIN, "--checkpoint-every", "0"], "--checkpoint-every"),
+    ("train-max-steps-0", [*TRAIN, "--max-steps", "0"], "--max-steps"),
+    ("train-max-steps-neg", [*TRAIN, "--max-steps", "-5"], "--max-steps"),
+    ("train-fp-epochs-neg", [*TRAIN, "--fp-epochs", "-1"], "--fp-epochs"),
+    ("train-q-epochs-nan", [*TRAIN, "--q-epochs", "nan"], "--q-epochs"),
+    ("train-no-epochs", [*TRAIN, "--fp-epochs", "0", "--q-epochs", "0"], "nothing to train"),
+    ("train-lr-nan", [*TRAIN, "--lr", "nan"], "--lr"),
+    ("train-lr-zero", [*TRAIN, "--lr", "0"], "--lr"),
+    ("train-q-lr-inf", [*TRAIN, "--q-lr", "inf"], "--q-lr"),
+    ("train-threads-0", [*TRAIN, "--threads", "0"], "--threads"),
+    ("train-num-random-neg", [*TRAIN, "--num-random", "-1"], "--num-random"),
+    ("train-workers-neg", [*TRAIN, "--data-workers", "-2"], "--data-workers"),
+    ("eval-calib-0", ["eval", "--arch", "good.json", "--calib-batches", "0"], "--calib-batches"),
+    ("eval-threads-neg", ["eval", "--arch", "good.json", "--threads", "-4"], "--threads"),
+    # export / verify
+    ("export-exists", [*EXPORT[:-1], "taken_dir"], "--force"),
+    ("export-calib-0", [*EXPORT, "--calib-batches", "0"], "--calib-batches"),
+    ("export-threads-0", [*EXPORT, "--threads", "0"], "--threads"),
+    ("export-nan-arch", ["export", "--arch", "nan.json", "--out", "exp"], "NaN"),
+    ("export-device", [*EXPORT, "--target", "nosuch-board"], "unknown device"),
+    ("verify-limit-0", ["verify", "art_gone", "--limit", "0"], "--limit"),
+    ("verify-agreement-2", ["verify", "art_gone", "--min-agreement", "2"], "--min-agreement"),
+    ("verify-agreement-nan", ["verify", "art_gone", "--min-agreement", "nan"], "--min-agreement"),
+    ("verify-threads-0", ["verify", "art_gone", "--threads", "0"], "--threads"),
+    ("verify-files-list", ["verify", "art_files_list"], "files must be dict"),
+    ("verify-no-checkpoint", ["verify", "art_no_checkpoint"], "missing field 'checkpoint'"),
+    ("verify-batches-text", ["verify", "art_batches"], "calibration.batches must be int"),
+    ("verify-nan-meta", ["verify", "art_nan"], "NaN"),
+    ("verify-escape", ["verify", "art_escape"], "not a path inside the artifact"),
+    ("verify-sha-type", ["verify", "art_ckpt_type"], "checkpoint.sha256 must be str"),
+    ("verify-gone-ckpt", ["verify", "art_gone"], "no longer exists"),
+    ("verify-runtime", ["verify", "art_gone", "--runtimes", "nosuch"], "unknown runtime"),
+    # collect / predictor fit
+    ("collect-samples-0", [*COLLECT[:2], "0", *COLLECT[3:]], "--samples"),
+    ("collect-calib-0", [*COLLECT, "--calib-batches", "0"], "--calib-batches"),
+    ("collect-val-0", [*COLLECT, "--val-images", "0"], "--val-images"),
+    ("collect-threads-0", [*COLLECT, "--threads", "0"], "--threads"),
+    ("collect-foreign", ["collect", "--samples", "2", "-o", "foreign.txt"], "not a collect journal"),
+    ("collect-dir", ["collect", "--samples", "2", "-o", "taken_dir"], "is a directory"),
+    ("collect-no-parent", ["collect", "--samples", "2", "-o", "nodir/acc.jsonl"], "no such folder"),
+    ("fit-exists", [*FIT, "-o", "taken.json"], "--force"),
+    ("fit-no-parent", [*FIT, "-o", "nodir/p.pt"], "no such folder"),
+    ("fit-nan-top1", ["predictor", "fit", "acc_nan.jsonl", "-o", "p.pt"], "top1"),
+    ("fit-inf-top1", ["predictor", "fit", "acc_inf.jsonl", "-o", "p.pt"], "top1"),
+    ("fit-top1-range", ["predictor", "fit", "acc_range.jsonl", "-o", "p.pt"], "top1 = 42"),
+    ("fit-holdout-nan", [*FIT, "-o", "p.pt", "--holdout", "nan"], "--holdout"),
+    ("fit-ensemble-0", [*FIT, "-o", "p.pt", "--ensemble", "0"], "--ensemble"),
+    ("fit-threads-0", [*FIT, "-o", "p.pt", "--threads", "0"], "--threads"),
+    # search
+    ("search-flops-nan", [*S, "-o", "p.json", "--max-flops", "nan"], "--max-flops"),
+    ("search-latency-inf", [*S, "-o", "p.json", "--max-latency-ms", "inf"], "--max-latency-ms"),
+    ("search-bitops-neg", [*S, "-o", "p.json", "--max-bitops", "-1"], "--max-bitops"),
+    ("search-pop-1", [*S, "-o", "p.json", "--pop", "1"], "--pop"),
+    ("search-gen-0", [*S, "-o", "p.json", "--gen", "0"], "--gen"),
+    ("search-threads-0", [*S, "-o", "p.json", "--threads", "0"], "--threads"),
+    ("search-calib-0", [*S, "-o", "p.json", "--evaluate", "--calib-batches", "0"], "--calib-batches"),
+    ("search-test-limit-0", [*S, "-o", "p.json", "--evaluate", "--test-limit", "0"], "--test-limit"),
+    ("search-exists", [*S, "-o", "taken.json"], "--force"),
+    ("search-best-exists", [*S, "-o", "p.json", "--best-out", "taken.json"], "--force"),
+    ("search-plot-no-parent", [*S, "-o", "p.json", "--plot", "nodir/f.png"], "no such folder"),
+    ("search-same-file", [*S, "-o", "p.json", "--best-out", "p.json"], "same file"),
+    ("search-table-nan", [*S, "-o", "p.json", "--table", "table_nan.json"], "NaN"),
+    ("search-table-negative", [*S, "-o", "p.json", "--table", "table_neg.json"], "outside [0, ]"),
+    ("search-table-bigint", [*S, "-o", "p.json", "--table", "table_bigint.json"], "40 digits"),
+    ("search-table-inf", [*S, "-o", "p.json", "--table", "table_inf.json"], "out of range"),
+    ("search-table-types", [*S, "-o", "p.json", "--table", "table_types.json"], "entries must be dict"),
+    ("search-predictor-nan", ["search", "--predictor", "pred_nan.pt", "-o", "p.json"], "non-finite"),
+    ("search-device-unknown", [*S, "-o", "p.json", "--evaluate", "--device", "nosuch"], "unknown device"),
+    ("search-device-statistic", [*S, "-o", "p.json", "--table", str(SHIPPED_TABLE), "--evaluate", "--device", "x86"],
+     "holds min latencies"),
+    ("search-device-alone", [*S, "-o", "p.json", "--device", "x86"], "--device goes with --evaluate"),
+    # lut
+    ("build-exists", [*BUILD, "-o", "taken.json"], "--force"),
+    ("build-no-parent", [*BUILD, "-o", "nodir/t.json"], "no such folder"),
+    ("build-threads-0", [*BUILD, "-o", "t.json", "--threads", "0"], "--threads"),
+    ("build-workers-0", [*BUILD, "-o", "t.json", "--workers", "0"], "--workers"),
+    ("build-fit-neg", [*BUILD, "-o", "t.json", "--fit-samples", "-1"], "--fit-samples"),
+    ("build-resolution-0", [*BUILD[:-1], "0", "-o", "t.json"], "--resolution"),
+    ("predict-nan", ["lut", "predict", "--table", "table_nan.json", "--arch", "good.json"], "NaN"),
+    ("predict-negative", ["lut", "predict", "--table", "table_neg.json", "--arch", "good.json"], "outside"),
+    ("predict-bigint", ["lut", "predict", "--table", "table_bigint.json", "--arch", "good.json"], "digits"),
+    ("predict-nan-arch", ["lut", "predict", "--table", str(SHIPPED_TABLE), "--arch", "nan.json"], "NaN"),
+    ("validate-samples-1", [*LV, "--samples", "1"], "--samples"),
+    ("validate-tolerance-nan", [*LV, "--tolerance", "nan"], "--tolerance"),
+    ("validate-tolerance-0", [*LV, "--tolerance", "0"], "--tolerance"),
+    ("validate-min-within-2", [*LV, "--min-within", "2"], "--min-within"),
+    ("validate-report-exists", [*LV, "--report", "taken.json"], "--force"),
+    ("validate-plot-no-parent", [*LV, "--plot", "nodir/v.png"], "no such folder"),
+    ("validate-statistic", ["lut", "validate", "--table", str(SHIPPED_TABLE), "--device", "x86"],
+     "holds min latencies"),
+    ("validate-table-negative", ["lut", "validate", "--table", "table_neg.json", "--device", "x86-1t"], "outside"),
+    # deploy
+    ("compile-exists", ["compile", "model.onnx", "--device", "x86", "-o", "taken_dir"], "--force"),
+    ("compile-into-file", ["compile", "model.onnx", "--device", "x86", "-o", "taken.json"], "is a file"),
+    ("compile-device", ["compile", "model.onnx", "--device", "nosuch", "-o", "c"], "unknown device"),
+    ("compile-missing", ["compile", "none.onnx", "--device", "x86", "-o", "c"], "no such ONNX file"),
+    ("compile-no-parent", ["compile", "model.onnx", "--device", "x86", "-o", "nodir/c"], "no such folder"),
+    ("profile-timeout-nan", ["profile", "art_gone", "--device", "x86", "--timeout", "nan"], "--timeout"),
+    ("profile-timeout-inf", ["profile", "art_gone", "--device", "x86", "--timeout", "inf"], "--timeout"),
+    ("profile-timeout-0", ["profile", "art_gone", "--device", "x86", "--timeout", "0"], "--timeout"),
+    ("tune-trials-0", ["tune", "model.onnx", "--trials", "0"], "--trials"),
+    ("tune-subnets-0", ["tune", "--space", CIFAR, "--subnets", "0"], "--subnets"),
+    ("tune-resolution-0", ["tune", "--space", CIFAR, "--resolution", "0"], "--resolution"),
+    ("tune-missing", ["tune", "none.onnx"], "no such ONNX file"),
+    ("pi-port-0", ["emulated-pi", "serve", "--port", "0"], "--port"),
+    ("pi-port-big", ["emulated-pi", "serve", "--port", "70000"], "--port"),
+]
+
+
+def run_in(folder: Path, argv: list[str], monkeypatch):
+    from qfa_deploy.cli import cli
+
+    monkeypatch.chdir(folder)
+    monkeypatch.delenv("QFA_DATA_DIR", raising=False)
+    threads = torch.get_num_threads()
+    try:
+        return CliRunner().invoke(cli, argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def check_refused(result, fragment: str) -> None:
+    lines = result.stderr.splitlines()
+    assert result.exit_code == 2, (result.exit_code, result.stderr, result.exception)
+    assert "Traceback" not in result.stderr + result.stdout
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    assert fragment in lines[0], (fragment, lines[0])
+
+
+@pytest.mark.parametrize(("argv", "fragment"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_hostile_input_is_refused_and_nothing_is_written(layout, monkeypatch, argv, fragment):
+    before = snapshot(layout)
+    result = run_in(layout, argv, monkeypatch)
+    check_refused(result, fragment)
+    assert snapshot(layout) == before
+
+
+def test_the_table_is_large_and_covers_every_command():
+    from qfa_deploy.cli import cli
+
+    assert len(CASES) >= 60 and len({c[0] for c in CASES}) == len(CASES)
+    covered = {c[1][0] for c in CASES}
+    wanted = set(cli.commands) - {"devices", "convert"}  # devices takes no input; convert is not ours
+    assert wanted <= covered, wanted - covered
+
+
+# Every command that writes: an existing output stays as it was without --force (with --force it
+# is replaced, shown where that is cheap).
+WRITERS = [
+    ("sample", ["sample", "--space", CIFAR, "--seed", "1", "-o", "{out}"], "file"),
+    ("predictor-fit", ["predictor", "fit", "acc.jsonl", "-o", "{out}"], "file"),
+    ("search-o", [*S, "-o", "{out}"], "file"),
+    ("search-best-out", [*S, "-o", "p.json", "--best-out", "{out}"], "file"),
+    ("search-plot", [*S, "-o", "p.json", "--plot", "{out}"], "file"),
+    ("search-artifacts", [*S, "-o", "p.json", "--evaluate", "--device", "x86", "--artifacts", "{out}"], "dir"),
+    ("lut-build", [*BUILD, "-o", "{out}"], "file"),
+    ("lut-validate-report", [*LV, "--report", "{out}"], "file"),
+    ("lut-validate-plot", [*LV, "--plot", "{out}"], "file"),
+    ("compile", ["compile", "model.onnx", "--device", "x86", "-o", "{out}"], "dir"),
+    ("export", ["export", "--arch", "good.json", "--out", "{out}"], "dir"),
+]
+
+
+@pytest.mark.parametrize(("argv", "kind"), [w[1:] for w in WRITERS], ids=[w[0] for w in WRITERS])
+def test_existing_output_is_untouched_without_force(layout, tmp_path, monkeypatch, argv, kind):
+    for name in ("good.json", "acc.jsonl", "pred.pt", "model.onnx"):
+        shutil.copy(layout / name, tmp_path / name)
+    out = tmp_path / "existing"
+    if kind == "dir":
+        out.mkdir()
+        (out / "meta.json").write_text('{"not": "replaced"}\n')
+    else:
+        out.write_text("precious\n")
+    before = snapshot(tmp_path)
+    result = run_in(tmp_path, [a.replace("{out}", str(out)) for a in argv], monkeypatch)
+    check_refused(result, "already exists (use --force to replace it)")
+    assert snapshot(tmp_path) == before
+
+
+def test_force_replaces_the_output(layout, tmp_path, monkeypatch):
+    out = tmp_path / "cfg.json"
+    out.write_text("old\n")
+    result = run_in(tmp_path, ["sample", "--space", CIFAR, "--seed", "1", "-o", str(out), "--force"], monkeypatch)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(out.read_text()) == sample_arch(CIFAR, random.Random(1)).to_dict()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.json"]  # no staging left
+
+
+def test_train_keeps_an_existing_run_without_resume(tmp_path, monkeypatch):
+    """train's existing output is a run folder: it continues with --resume, else it is left alone."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"an earlier run's checkpoint")
+    data = tmp_path / "data"
+    data.mkdir()
+    before = snapshot(tmp_path)
+    result = run_in(tmp_path, ["train", "--space", CIFAR, "--out", str(run), "--data", str(data)], monkeypatch)
+    check_refused(result, "--resume")
+    assert snapshot(tmp_path) == before
