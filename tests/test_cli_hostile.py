@@ -9,6 +9,7 @@ before any expensive work, so the whole table takes seconds.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import shutil
@@ -40,9 +41,22 @@ def _artifact(d: Path, name: str, good_arch: dict, edit) -> None:
         "calibration": {"batches": 1, "batch_size": 100, "data_dir": None},
         "files": {}, "onnx": {"file": "model.onnx"},
     }
-    text = edit(meta)
     (d / name).mkdir()
+    onnx_bytes = _tiny_onnx() if name != "art_corrupt_onnx" else b"\x08\xff\xff not a protobuf"
+    (d / name / "model.onnx").write_bytes(onnx_bytes)
+    if name == "art_corrupt_onnx":  # the sha256 matches: only reading the model can tell
+        meta["files"] = {"model.onnx": hashlib.sha256(onnx_bytes).hexdigest()}
+    text = edit(meta)
     (d / name / "meta.json").write_text(text if isinstance(text, str) else json.dumps(meta))
+
+
+def _tiny_onnx() -> bytes:
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 32, 32])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3, 32, 32])
+    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["logits"])], "g", [x], [y])
+    return helper.make_model(graph).SerializeToString()
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +108,7 @@ def layout(tmp_path_factory) -> Path:
     _artifact(d, "art_escape", good, lambda m: m.update(files={"../good.json": "0" * 64}))
     _artifact(d, "art_ckpt_type", good, lambda m: m["checkpoint"].update(sha256=7))
     _artifact(d, "art_gone", good, lambda m: None)
+    _artifact(d, "art_corrupt_onnx", good, lambda m: None)
 
     (d / "taken.json").write_text('{"an": "existing output"}\n')
     (d / "taken_dir").mkdir()
@@ -166,6 +181,7 @@ CASES = [
     ("verify-escape", ["verify", "art_escape"], "not a path inside the artifact"),
     ("verify-sha-type", ["verify", "art_ckpt_type"], "checkpoint.sha256 must be str"),
     ("verify-gone-ckpt", ["verify", "art_gone"], "no longer exists"),
+    ("verify-corrupt-onnx", ["verify", "art_corrupt_onnx"], "not a readable ONNX model"),
     ("verify-runtime", ["verify", "art_gone", "--runtimes", "nosuch"], "unknown runtime"),
     # collect / predictor fit
     ("collect-samples-0", [*COLLECT[:2], "0", *COLLECT[3:]], "--samples"),

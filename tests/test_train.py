@@ -72,6 +72,7 @@ def test_sigkill_leaves_a_loadable_checkpoint_and_resumes(tmp_path):
     assert step >= 1
     result = train(tiny_config(str(out), checkpoint_every=1, max_steps=step + 1), resume=True, splits=tiny_splits())
     assert result.step == step + 1
+    assert list(out.glob(".checkpoint.pt.*")) == []  # a write torn by the kill is cleaned by the next one
 
 
 def _free_port() -> int:
@@ -121,3 +122,21 @@ def test_init_from_loads_weights_and_knows_whether_lsq_steps_were_trained(tmp_pa
     assert not _init_weights(lsq, tiny_config("unused", init_from=str(fp_only), act_quantizer="lsq"), steps_per_epoch)
     fp_state = load_checkpoint(fp_only)["model"]
     assert torch.equal(lsq.state_dict()["stem.weight"], fp_state["stem.weight"].float())
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_finite_checkpoint(tmp_path, splits):
+    out = tmp_path / "run"
+    with pytest.raises(QfaError, match="training diverged: loss (nan|inf) at step [1-9]"):
+        train(tiny_config(str(out), max_steps=8, checkpoint_every=1, lr=1e30), splits=splits)
+    payload = load_checkpoint(out / "checkpoint.pt")  # the steps before the divergence were saved
+    assert payload["step"] >= 1
+    assert all(torch.isfinite(t).all() for t in payload["model"].values() if t.is_floating_point())
+    assert list(out.glob(".checkpoint.pt.*")) == []
+
+
+def test_a_non_finite_checkpoint_is_never_written(tmp_path):
+    from qfa_deploy.checkpoint import save_checkpoint
+
+    with pytest.raises(QfaError, match="w holds non-finite values"):
+        save_checkpoint(tmp_path / "c.pt", "qfa-mbv3-cifar10", {"w": torch.tensor([1.0, float("nan")])})
+    assert list(tmp_path.iterdir()) == []

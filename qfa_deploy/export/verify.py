@@ -423,6 +423,10 @@ def verify_artifact(
 
     folder = Path(folder)
     meta = read_artifact(folder)
+    try:  # before the checkpoint loads and calibrates: a corrupt model is refused at once
+        model = onnx.load(str(folder / ONNX_NAME))
+    except Exception as exc:  # protobuf raises its own DecodeError (and others) on a corrupt file
+        raise QfaError(f"{folder}: {ONNX_NAME} is not a readable ONNX model ({exc.__class__.__name__})") from None
     ckpt = Path(meta["checkpoint"]["path"])
     if not ckpt.is_file():
         raise QfaError(f"{folder}: its checkpoint {ckpt} no longer exists")
@@ -436,10 +440,6 @@ def verify_artifact(
     calib = meta["calibration"]
     splits = load_splits(net.space, data_dir if data_dir is not None else calib.get("data_dir"))
     subnet = calibrate_for_export(net, cfg, splits.val, calib["batches"], calib.get("batch_size", 100))
-    try:
-        model = onnx.load(str(folder / ONNX_NAME))
-    except Exception as exc:  # protobuf raises its own DecodeError (and others) on a corrupt file
-        raise QfaError(f"{folder}: {ONNX_NAME} is not a readable ONNX model ({exc.__class__.__name__})") from None
     rebuild = compare_constants(model, export_onnx(fold(subnet), opset=model.opset_import[0].version))
     test = splits.test.subset(limit) if limit else splits.test
     xs, ys = source_batches(test, cfg.resolution, batch_size)
