@@ -212,8 +212,12 @@ def _decode_jpeg_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image
     from tqdm import tqdm
 
-    with np.load(path) as z:
-        blob, offsets, labels = z["jpeg"], z["offsets"], z["y"]
+    try:
+        with np.load(path) as z:
+            blob, offsets, labels = z["jpeg"], z["offsets"], z["y"]
+    except (KeyError, ValueError, OSError, EOFError) as exc:  # a foreign or corrupt .npz: one line
+        raise QfaError(f"{path}: not a CIFAR-10 .npz of this project's layout (jpeg, offsets, y): "
+                       f"{exc.__class__.__name__}") from None
     images = np.empty((len(labels), 32, 32, 3), dtype=np.uint8)
     for i in tqdm(range(len(labels)), desc=f"decoding {path.name}", unit="img", leave=False, disable=None):
         with Image.open(io.BytesIO(blob[offsets[i] : offsets[i + 1]].tobytes())) as im:

@@ -99,6 +99,9 @@ def layout(tmp_path_factory) -> Path:
     (d / "acc_inf.jsonl").write_text("".join(json.dumps(r).replace('"top1": ', '"top1": 1e999, "_": ')
                                              + "\n" for r in records))
     (d / "acc_range.jsonl").write_text("".join(json.dumps({**r, "top1": 42}) + "\n" for r in records))
+    (d / "foreign_data").mkdir()  # .npz files, but not CIFAR-10's
+    np.savez(d / "foreign_data" / "train.npz", a=np.zeros(3))
+    np.savez(d / "foreign_data" / "test.npz", b=np.ones(2))
     (d / "foreign.txt").write_text("a file of someone else's: collect must not truncate it")
 
     _artifact(d, "art_files_list", good, lambda m: m.update(files=["model.onnx"]))
@@ -189,6 +192,7 @@ CASES = [
     ("collect-val-0", [*COLLECT, "--val-images", "0"], "--val-images"),
     ("collect-threads-0", [*COLLECT, "--threads", "0"], "--threads"),
     ("collect-foreign", ["collect", "--samples", "2", "-o", "foreign.txt"], "not a collect journal"),
+    ("collect-foreign-npz", [*COLLECT, "--data", "foreign_data"], "not a CIFAR-10 .npz"),
     ("collect-dir", ["collect", "--samples", "2", "-o", "taken_dir"], "is a directory"),
     ("collect-no-parent", ["collect", "--samples", "2", "-o", "nodir/acc.jsonl"], "no such folder"),
     ("fit-exists", [*FIT, "-o", "taken.json"], "--force"),
