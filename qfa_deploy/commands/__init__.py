@@ -8,9 +8,9 @@ __all__ = ["register_all"]
 
 
 def register_all(group: click.Group) -> None:
-    from qfa_deploy.commands import arch_cmds, deploy_cmds, export_cmds, lut_cmds, search_cmds, train_cmds
+    from qfa_deploy.commands import arch_cmds, convert_cmds, deploy_cmds, export_cmds, lut_cmds, search_cmds, train_cmds
 
-    for module in (arch_cmds, train_cmds, search_cmds, export_cmds, deploy_cmds, lut_cmds):
+    for module in (arch_cmds, train_cmds, search_cmds, export_cmds, deploy_cmds, lut_cmds, convert_cmds):
         for command in module.COMMANDS:
             _wrap(command)
             group.add_command(command)

@@ -1,0 +1,74 @@
+"""``convert``: the seed's (apple/ml-batchquant) files into qfa-deploy's, one verb per format."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from qfa_deploy.atomic import check_output, staged_directory
+from qfa_deploy.errors import QfaError
+
+__all__ = ["COMMANDS"]
+
+
+@click.group()
+def convert() -> None:
+    """Read the seed's (apple/ml-batchquant) genes and write qfa-deploy files."""
+
+
+@convert.command("qfa-gene")
+@click.argument("source")
+@click.option("--index", type=click.IntRange(min=0), default=None,
+              help="Row of a gene matrix (.npy, or a JSON list of lists).")
+@click.option("--all", "all_dir", type=click.Path(file_okay=False), default=None,
+              help="Convert every row into this new folder (qfa-gene-NNN.json).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Write cfg.json here (default: stdout).")
+@click.option("--force", is_flag=True, help="Replace -o / --all if it exists.")
+def qfa_gene(source, index, all_dir, output, force):
+    """The seed's 176-integer gene(s) from SOURCE (a .npy such as pareto_archs.npy, a JSON file or an
+    inline JSON list) as qfa-mbv3-w1.2 cfg.json."""
+    from qfa_deploy.convert.qfa_gene import gene_to_arch, read_genes
+
+    if all_dir is not None and (index is not None or output is not None):
+        raise QfaError("--all writes every row: it goes without --index and -o")
+    if output:
+        check_output(output, force)
+    genes, where = read_genes(source)
+    if all_dir is not None:
+        cfgs = [gene_to_arch(g, f"{where} row {i}") for i, g in enumerate(genes)]  # all valid before writing
+        width = max(3, len(str(len(cfgs) - 1)))
+        with staged_directory(all_dir, force) as folder:
+            for i, cfg in enumerate(cfgs):
+                (folder / f"qfa-gene-{i:0{width}d}.json").write_text(cfg.to_json())
+        click.echo(f"{len(cfgs)} configs in {all_dir}", err=True)
+        return
+    if index is None and len(genes) > 1:
+        raise QfaError(f"{where} holds {len(genes)} genes: choose one with --index (0..{len(genes) - 1}) or --all DIR")
+    row = index or 0
+    if row >= len(genes):
+        raise QfaError(f"--index {row} is out of range: {where} holds {len(genes)} gene(s)")
+    cfg = gene_to_arch(genes[row], where if len(genes) == 1 else f"{where} row {row}")
+    if output:
+        from qfa_deploy.commands.common import write_text_atomic
+
+        write_text_atomic(output, cfg.to_json())
+    else:
+        click.echo(cfg.to_json(), nl=False)
+
+
+@convert.command("to-qfa-gene")
+@click.argument("arch", type=click.Path(dir_okay=False))
+def to_qfa_gene(arch):
+    """Print the seed's gene of a qfa-mbv3-w1.2 ARCH config (a JSON list of 176 integers)."""
+    from qfa_deploy.arch import load_arch
+    from qfa_deploy.convert.qfa_gene import SEED_SPACE, arch_to_gene
+
+    cfg = load_arch(arch)
+    if cfg.space != SEED_SPACE:
+        raise QfaError(f"{arch}: the seed's gene describes space {SEED_SPACE!r}, this config is of {cfg.space!r}")
+    click.echo(json.dumps(arch_to_gene(cfg)))
+
+
+COMMANDS = [convert]
