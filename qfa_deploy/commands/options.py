@@ -12,7 +12,7 @@ import click
 
 __all__ = [
     "COUNT", "NON_NEGATIVE_FLOAT", "NON_NEGATIVE_INT", "POSITIVE_FLOAT", "PROPORTION", "THREADS", "TIMEOUT",
-    "Finite", "FiniteFloat",
+    "FiniteFloat",
 ]
 
 # Bounded so a thousands-of-digits integer is refused instead of reaching range() or torch.
@@ -51,7 +51,6 @@ class FiniteFloat(click.ParamType):
         return f"FiniteFloat({self.low}, {self.high})"
 
 
-Finite = FiniteFloat()  # any finite float
 POSITIVE_FLOAT = FiniteFloat(0.0, open_low=True)  # budgets, learning rates
 NON_NEGATIVE_FLOAT = FiniteFloat(0.0)  # epochs
 PROPORTION = FiniteFloat(0.0, 1.0)  # shares such as --min-within

@@ -13,6 +13,7 @@ import numpy as np
 from scipy.stats import spearmanr
 from tqdm import tqdm
 
+from qfa_deploy.atomic import atomic_write_bytes
 from qfa_deploy.deploy.device import Device, load_device
 from qfa_deploy.deploy.runner import open_session
 from qfa_deploy.errors import QfaError
@@ -106,6 +107,8 @@ def _scatter(p: np.ndarray, m: np.ndarray, report: dict, path: Path) -> None:
     )
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    fmt = Path(path).suffix.lstrip(".") or "png"
+    try:
+        atomic_write_bytes(Path(path), lambda f: fig.savefig(f, format=fmt, dpi=120))  # never half-written
+    finally:
+        plt.close(fig)

@@ -81,8 +81,8 @@ def plot_front(result: SearchResult, path: str | Path, title: str | None = None)
         ax.legend(fontsize=8, loc="lower right")
         fig.tight_layout()
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
+        fmt = path.suffix.lstrip(".") or "png"
+        atomic_write_bytes(path, lambda f: fig.savefig(f, format=fmt))  # never a half-written image
     except OSError as exc:
         raise QfaError(f"cannot write {path}: {exc.strerror or exc}") from None
     finally:
