@@ -166,6 +166,7 @@ CASES = [
     ("train-num-random-neg", [*TRAIN, "--num-random", "-1"], "--num-random"),
     ("train-workers-neg", [*TRAIN, "--data-workers", "-2"], "--data-workers"),
     ("eval-calib-0", ["eval", "--arch", "good.json", "--calib-batches", "0"], "--calib-batches"),
+    ("eval-nan-arch", ["eval", "--arch", "nan.json"], "NaN"),
     ("eval-threads-neg", ["eval", "--arch", "good.json", "--threads", "-4"], "--threads"),
     # export / verify
     ("export-exists", [*EXPORT[:-1], "taken_dir"], "--force"),

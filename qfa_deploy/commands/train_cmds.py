@@ -77,8 +77,7 @@ def eval_cmd(checkpoint, arch_path, data_dir, calib_batches, limit, as_json, thr
     from qfa_deploy.evaluate import evaluate_arch
 
     set_threads(threads)
-    if calib_batches < 1:
-        raise QfaError("--calib-batches must be at least 1")
+    load_arch(arch_path)  # a missing or malformed config fails before the supernet loads
     net = load_supernet(checkpoint)
     cfg = load_arch(arch_path, expect_space=net.space.name)
     try:
