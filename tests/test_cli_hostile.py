@@ -226,6 +226,7 @@ CASES = [
     ("search-device-unknown", [*S, "-o", "p.json", "--evaluate", "--device", "nosuch"], "unknown device"),
     ("search-device-statistic", [*S, "-o", "p.json", "--table", str(SHIPPED_TABLE), "--evaluate", "--device", "x86"],
      "holds min latencies"),
+    ("search-evaluate-data", [*S, "-o", "p.json", "--evaluate", "--data", "foreign_data"], "not a CIFAR-10 .npz"),
     ("search-device-alone", [*S, "-o", "p.json", "--device", "x86"], "--device goes with --evaluate"),
     # lut
     ("build-exists", [*BUILD, "-o", "taken.json"], "--force"),

@@ -231,7 +231,10 @@ def search(
         _check_device(device, lut)
         check_output(artifacts, force, folder=True, option="--artifacts")
     if evaluate:
+        from qfa_deploy.data import load_splits
+
         net = load_supernet(checkpoint, space=pred.space)
+        splits = load_splits(net.space, data_dir)  # missing test data: refused before the search, not after
     elif checkpoint:  # only --evaluate uses it; still, a supernet of another space is a mistake
         from qfa_deploy.checkpoint import load_checkpoint
 
@@ -257,7 +260,6 @@ def search(
         "files": {"pareto": output, "best": best_out, "plot": plot},
     }
     if evaluate:
-        from qfa_deploy.data import load_splits
         from qfa_deploy.search.end_to_end import evaluate_choice
 
         predicted = {k: v for k, v in best_rec.items() if k not in ("arch", "digest")}
@@ -265,7 +267,7 @@ def search(
             summary["evaluation"] = evaluate_choice(
                 net,
                 best,
-                load_splits(net.space, data_dir),
+                splits,
                 predicted,
                 calib_batches=calib_batches,
                 test_limit=test_limit,
