@@ -1,11 +1,21 @@
 # qfa-deploy with the aarch64 cross compiler and qemu-user: the image CI uses to build latency tables.
 # Every install step lives in scripts/install.sh, which .ci/run also runs outside Docker.
-FROM python:3.11-slim-bookworm
-ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+#   docker build -t qfa-deploy .                                   # registry base image
+#   docker build --build-arg BASE=qfa-deploy-base:bookworm ...      # offline base (ci/docker-base.sh)
+# ci/docker.sh does both, and installs the Python packages from a wheelhouse it fills beforehand.
+ARG BASE=python:3.11-slim-bookworm
+FROM ${BASE}
+ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 DEBIAN_FRONTEND=noninteractive
+RUN apt-get update -qq \
+    && apt-get install -y -qq --no-install-recommends python3 python3-venv gcc g++ libc6-dev ca-certificates \
+        gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user debootstrap >/dev/null \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/qfa-deploy
 COPY . .
-RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends gcc g++ libc6-dev \
-    && bash scripts/install.sh \
-    && rm -rf /var/lib/apt/lists/*
+# wheelhouse/ (optional, from ci/docker.sh): install offline from it; else from PyPI
+RUN if [ -d wheelhouse ]; then export QFA_WHEELHOUSE=/opt/qfa-deploy/wheelhouse; fi \
+    && QFA_VENV=/opt/venv QFA_INSTALL=. bash scripts/install.sh \
+    && rm -rf wheelhouse /root/.cache
+ENV PATH=/opt/venv/bin:$PATH
 ENTRYPOINT ["qfa-deploy"]
 CMD ["--help"]

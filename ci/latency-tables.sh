@@ -4,7 +4,8 @@
 #   ci/latency-tables.sh --device rasp4b --space qfa-mbv3-w1.2 --resolution 224 \
 #       --out latency_tables/rasp4b-qfa-mbv3-w1.2-r224.json [--workers 4] [--min-within 0.95] [--tolerance 10]
 #   ci/latency-tables.sh --emulated ...   # start the emulated Raspberry Pi and use it (not latency)
-#   ci/latency-tables.sh --smoke          # small, fast run on this host (what .ci/run does)
+#   ci/latency-tables.sh --smoke [--out T] # small, fast run on this host (what .ci/run does; the table
+#                                          # goes to a temporary folder unless --out says where)
 #
 # The device profile (devices/NAME.json) says where it runs: locally, or on the boards registered
 # under a key at an RPC tracker; the script waits until the key has a board. The build is resumable
@@ -55,7 +56,7 @@ if [ "$smoke" = 1 ]; then
   # 1.7-2.9%): a drift of the host, not of the table. A broken table (a missing part, a wrong fit)
   # is off by far more.
   device=x86-1t space=qfa-mbv3-cifar10 resolution=24 fit=3 samples=4 min_within=0.5 tolerance=20
-  out="$work/smoke-table.json"
+  out="${out:-$work/smoke-table.json}"
 fi
 [ -n "$out" ] || out="latency_tables/${device}-${space}-r${resolution}.json"
 
@@ -85,7 +86,6 @@ done
 qfa-deploy lut build --device "$device" --space "$space" --resolution "$resolution" -o "$out" \
   --fit-samples "$fit" --workers "$workers"
 report="${out%.json}.validation.json"
-[ "$smoke" = 1 ] && report="$work/validation.json"
 qfa-deploy lut validate --table "$out" --device "$device" --samples "$samples" --seed 1 \
   --report "$report" --min-within "$min_within" --tolerance "$tolerance"
 echo "latency table $out validated (report: $report)"

@@ -237,7 +237,11 @@ def _cached_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _torchvision_cifar(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
-    from torchvision.datasets import CIFAR10
+    try:
+        from torchvision.datasets import CIFAR10
+    except ImportError:
+        raise QfaError(f"{root}: torchvision's CIFAR-10 layout needs torchvision "
+                       "(pip install 'qfa-deploy[torchvision]'), or use the JPEG .npz layout") from None
 
     ds = CIFAR10(str(root), train=train, download=False)
     return np.asarray(ds.data, dtype=np.uint8), np.asarray(ds.targets, dtype=np.int64)

@@ -4,9 +4,16 @@
 # so nothing is installed there. Every failure stops the script with a message.
 # System packages, as root: python3-venv, the aarch64 cross compiler and qemu-user (ARM64 artifacts
 # and the emulated Pi), debootstrap (the emulated Pi's root file system).
+#
+# Settings (environment): QFA_VENV (default .venv), QFA_INSTALL (what pip installs, default the
+# editable checkout with the dev tools: "-e .[dev]"; the Docker image installs "."), QFA_WHEELHOUSE
+# (install only from this folder of wheels, offline: what ci/docker.sh fills with `pip download`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${QFA_VENV:-.venv}"
+read -r -a spec <<< "${QFA_INSTALL:--e .[dev]}"
+source_args=()
+[ -n "${QFA_WHEELHOUSE:-}" ] && source_args=(--no-index --find-links "$QFA_WHEELHOUSE")
 
 need_apt=()
 python3 -c "import ensurepip, venv" 2>/dev/null || need_apt+=(python3-venv)
@@ -26,7 +33,7 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv" || { echo "error: 'python3 -m venv $venv' failed (apt-get install python3-venv)" >&2; exit 1; }
 fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
-if ! "$venv/bin/python" -m pip install -q -e '.[dev]'; then
+if ! "$venv/bin/python" -m pip install -q "${source_args[@]}" "${spec[@]}"; then
   echo "error: pip could not install qfa-deploy into $venv (see pip's message above)" >&2
   exit 1
 fi

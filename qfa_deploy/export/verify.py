@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -328,8 +329,13 @@ def checkpoint_agreement(
     runtimes: Sequence[str] = ("pytorch", "ort_noopt", "ort_default", "tvm_x86"),
     batch_size: int = 100,
     threads: int = 1,
+    compile_library: Callable[[Path, Path], dict] | None = None,
 ) -> list[dict]:
     """Calibrate, fold and export each config of ``supernet``; compare the runtimes on ``test``.
+
+    ``compile_library(onnx_path, folder)``, when given, compiles each model into ``folder`` (e.g. as
+    ``qfa-deploy export --target x86`` ships it) and returns ``compile_artifact``'s metadata; that
+    library runs as ``tvm_artifact`` and the report records its ``tvm_artifact_schedule``.
 
     Returns one ``compare_runtimes`` report per config, with its ``arch`` (short form) added.
     """
@@ -341,7 +347,17 @@ def checkpoint_agreement(
         subnet = calibrate_for_export(supernet, cfg, calib, calib_batches)
         model = export_onnx(fold(subnet))
         xs, ys = source_batches(test, cfg.resolution, batch_size)
-        report = compare_runtimes(subnet, model, xs, runtimes, batch_size, labels=ys, threads=threads)
+        with tempfile.TemporaryDirectory(prefix="qfa-agreement-") as tmp:
+            library, names, meta = None, runtimes, None
+            if compile_library is not None:
+                onnx.save(model, str(Path(tmp) / "model.onnx"))
+                meta = compile_library(Path(tmp) / "model.onnx", Path(tmp))
+                library = (Path(tmp) / meta["library"], int(meta["inputs"][0]["shape"][0]))
+                names = [*runtimes, "tvm_artifact"]
+            report = compare_runtimes(subnet, model, xs, names, batch_size, labels=ys, threads=threads,
+                                      library=library)
+        if meta is not None:
+            report["tvm_artifact_schedule"] = meta["schedule"]
         report["arch"] = cfg.short()
         report["digest"] = cfg.digest()
         log.info("%s: %s", cfg.short(), report["runtimes"])
