@@ -219,6 +219,10 @@ def train(cfg: TrainConfig, resume: bool = False, splits: Splits | None = None) 
     if resume and ckpt_path.exists():
         payload = load_checkpoint(ckpt_path, expect_space=sp.name)
         _validate_resume(payload.get("train_config", {}), cfg)
+        if any(k.startswith("blocks.") and ".depthwise.weight_quant." in k for k in payload["model"]):
+            # its optimiser state has one depthwise quantizer where the supernet now has one per kernel size
+            raise QfaError(f"{ckpt_path}: written before the per-kernel-size depthwise quantizers; continue it "
+                           "with --init-from (its weights carry over exactly, with a fresh optimiser)")
         net.load_state_dict(payload["model"])
         opt.load_state_dict(payload["optimizer"])
         step = int(payload["step"])

@@ -111,7 +111,10 @@ class QFASupernet(QuantMobileNet):
     def init_weight_steps(self) -> None:
         """Re-initialise every LSQ step from the current weights (used when quantized training starts)."""
         for module in self.modules():
-            if isinstance(module, QuantConv):
+            if isinstance(module, ElasticQuantConv):
+                for weight_quant, _ in module.quantizer_pairs():  # every kernel size's, not only the active one
+                    weight_quant.init_steps(module.weight)
+            elif isinstance(module, QuantConv):
                 module.weight_quant.init_steps(module.weight)
 
     def param_groups(self, weight_decay: float) -> list[dict]:
