@@ -228,6 +228,13 @@ CASES = [
      "holds min latencies"),
     ("search-evaluate-data", [*S, "-o", "p.json", "--evaluate", "--data", "foreign_data"], "not a CIFAR-10 .npz"),
     ("search-device-alone", [*S, "-o", "p.json", "--device", "x86"], "--device goes with --evaluate"),
+    # seeds: numpy refuses negative ones, torch overflows past int64
+    ("seed-sample-neg", ["sample", "--space", CIFAR, "--seed", "-1"], "--seed"),
+    ("seed-train-huge", [*TRAIN, "--seed", "9" * 30], "--seed"),
+    ("seed-search-neg", [*S, "-o", "p.json", "--seed", "-1"], "--seed"),
+    ("seed-fit-huge", [*FIT, "-o", "p.pt", "--seed", str(2**64)], "--seed"),
+    ("seed-collect-neg", [*COLLECT, "--seed", "-7"], "--seed"),
+    ("seed-profile-neg", ["profile", "art_gone", "--device", "x86", "--seed", "-1"], "--seed"),
     # lut
     ("build-exists", [*BUILD, "-o", "taken.json"], "--force"),
     ("build-no-parent", [*BUILD, "-o", "nodir/t.json"], "no such folder"),

@@ -8,6 +8,7 @@ import random
 import click
 
 from qfa_deploy.atomic import check_output
+from qfa_deploy.commands.options import SEED
 from qfa_deploy.errors import QfaError
 
 __all__ = ["COMMANDS"]
@@ -15,7 +16,7 @@ __all__ = ["COMMANDS"]
 
 @click.command()
 @click.option("--space", required=True, help="Search space name (see `qfa-deploy info --space NAME`).")
-@click.option("--seed", type=int, default=None, help="Random subnet from this seed.")
+@click.option("--seed", type=SEED, default=None, help="Random subnet from this seed.")
 @click.option("--min", "smallest", is_flag=True, help="The smallest subnet (lowest bits).")
 @click.option("--max", "largest", is_flag=True, help="The largest subnet (highest bits).")
 @click.option("--bits", type=int, default=None, help="With --min/--max: uniform bitwidth for every conv.")

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from qfa_deploy.commands.common import emit_json, schedule_option, write_text_atomic
-from qfa_deploy.commands.options import TIMEOUT
+from qfa_deploy.commands.options import SEED, TIMEOUT
 from qfa_deploy.errors import QfaError
 
 __all__ = ["COMMANDS"]
@@ -19,18 +19,22 @@ __all__ = ["COMMANDS"]
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def devices(as_json):
     """List the device profiles (devices/*.json and $QFA_DEVICES)."""
+    from qfa_deploy.deploy.compile import resolve_schedule
     from qfa_deploy.deploy.device import ALIASES, list_devices, load_device
 
     profiles = [load_device(name) for name in list_devices()]
+    schedules = {dev.name: resolve_schedule("auto", dev) for dev in profiles}  # what "auto" compiles with
     if as_json:
-        emit_json({"devices": [{**d.to_dict(), "source": d.source} for d in profiles], "aliases": ALIASES})
+        emit_json({"devices": [{**d.to_dict(), "source": d.source, "resolved_schedule": schedules[d.name]}
+                               for d in profiles], "aliases": ALIASES})
         return
     for dev in profiles:
         where = dev.runner.kind
         if dev.runner.kind != "local":
             where += f" {dev.runner.address}" + (f" key {dev.runner.key}" if dev.runner.key else "")
         target = dev.target if isinstance(dev.target, str) else json.dumps(dev.target)
-        click.echo(f"{dev.name:18s} {target}  [{where}]{'  emulated' if dev.emulated else ''}")
+        emulated = "  emulated" if dev.emulated else ""
+        click.echo(f"{dev.name:18s} {schedules[dev.name]:14s} {target}  [{where}]{emulated}")
     click.echo("aliases: " + ", ".join(f"{k} -> {v}" for k, v in ALIASES.items()))
 
 
@@ -77,7 +81,7 @@ def compile_cmd(onnx_file, device, out_dir, database, schedule, as_json, force):
 @click.option("--device", "-d", required=True, help="Device name, alias or profile .json.")
 @click.option("--tracker", default=None, help="HOST:PORT of the RPC tracker (replaces the profile's).")
 @click.option("--key", default=None, help="Tracker key (replaces the profile's).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random input.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the random input.")
 @click.option("--timeout", type=TIMEOUT, default=30.0, show_default=True,
               help="Seconds to reach the device and be granted a board.")
 @click.option("--no-check", is_flag=True, help="Skip the comparison with onnxruntime.")
@@ -118,7 +122,7 @@ def profile(artifact_dir, device, tracker, key, seed, timeout, no_check, as_json
               help="MetaSchedule trials per workload.")
 @click.option("--database", type=click.Path(file_okay=False), default=None,
               help="Database folder (default ~/.cache/qfa-deploy/tuning/DEVICE); resumable.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def tune(onnx_file, space, resolution, subnets, device, trials, database, seed, as_json):
     """Tune the TIR workloads of a model (or of --space subnets) with MetaSchedule for DEVICE."""

@@ -8,7 +8,7 @@ import click
 
 from qfa_deploy.atomic import check_output
 from qfa_deploy.commands.common import emit_json, set_threads, write_text_atomic
-from qfa_deploy.commands.options import NON_NEGATIVE_INT, PROPORTION, THREADS, FiniteFloat
+from qfa_deploy.commands.options import NON_NEGATIVE_INT, PROPORTION, SEED, THREADS, FiniteFloat
 from qfa_deploy.errors import QfaError
 
 __all__ = ["COMMANDS"]
@@ -28,7 +28,7 @@ def lut():
               help="Whole subnets measured for the fitted correction.")
 @click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Boards measured in parallel (RPC tracker devices).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--threads", type=THREADS, default=None, help="Torch threads for folding the parts.")
 @click.option("--force", is_flag=True, help="Replace -o if it exists (once the new table is complete).")
 def build(device, space, resolution, output, fit_samples, workers, seed, threads, force):
@@ -69,7 +69,7 @@ def predict(table_path, arch_path, as_json):
 @click.option("--table", "table_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--device", required=True)
 @click.option("--samples", type=click.IntRange(2, 100_000), default=50, show_default=True)
-@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--seed", type=SEED, default=1, show_default=True)
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Predicted-vs-measured scatter (PNG).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
               help="Write the JSON report here.")

@@ -11,7 +11,7 @@ import math
 import click
 
 __all__ = [
-    "COUNT", "NON_NEGATIVE_FLOAT", "NON_NEGATIVE_INT", "POSITIVE_FLOAT", "PROPORTION", "THREADS", "TIMEOUT",
+    "COUNT", "NON_NEGATIVE_FLOAT", "NON_NEGATIVE_INT", "POSITIVE_FLOAT", "PROPORTION", "SEED", "THREADS", "TIMEOUT",
     "FiniteFloat",
 ]
 
@@ -21,6 +21,7 @@ _MAX_INT = 2**31 - 1
 COUNT = click.IntRange(1, _MAX_INT)  # samples, steps, batches, images: at least one
 NON_NEGATIVE_INT = click.IntRange(0, _MAX_INT)
 THREADS = click.IntRange(1, 1024)  # torch.set_num_threads raises on <= 0
+SEED = click.IntRange(0, 2**32 - 1)  # numpy refuses negative seeds, torch overflows past int64
 
 
 class FiniteFloat(click.ParamType):

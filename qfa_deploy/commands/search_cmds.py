@@ -8,7 +8,7 @@ import click
 
 from qfa_deploy.atomic import check_output, staged_directory
 from qfa_deploy.commands.common import emit_json, load_supernet, set_threads
-from qfa_deploy.commands.options import COUNT, POSITIVE_FLOAT, THREADS, FiniteFloat
+from qfa_deploy.commands.options import COUNT, POSITIVE_FLOAT, SEED, THREADS, FiniteFloat
 from qfa_deploy.errors import QfaError
 
 __all__ = ["COMMANDS"]
@@ -27,7 +27,7 @@ def _checkpoint_path(checkpoint: str | None):
 @click.option("--data", "data_dir", default=None, type=click.Path(), help="Data directory.")
 @click.option("--samples", type=COUNT, required=True, help="Measure samples 0..N-1 (missing ones).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="JSON-lines file (appended).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Sample i is drawn from (seed, i).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Sample i is drawn from (seed, i).")
 @click.option(
     "--calib-batches",
     type=COUNT,
@@ -95,7 +95,7 @@ def predictor():
 @click.option("--hidden", type=click.IntRange(8, 4096), default=400, show_default=True)
 @click.option("--layers", type=click.IntRange(1, 8), default=3, show_default=True)
 @click.option("--max-epochs", type=click.IntRange(1, 100_000), default=400, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--threads", type=THREADS, default=None)
 @click.option("--force", is_flag=True, help="Replace -o if it exists.")
@@ -158,7 +158,7 @@ def fit(data, output, holdout, ensemble, cost_features, hidden, layers, max_epoc
 @click.option("--max-bitops", type=POSITIVE_FLOAT, default=None, help="BitOPs budget, in billions.")
 @click.option("--pop", "pop_size", type=click.IntRange(2, 100_000), default=100, show_default=True)
 @click.option("--gen", "generations", type=click.IntRange(1, 100_000), default=100, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="pareto.json to write.")
 @click.option("--best-out", default=None, type=click.Path(dir_okay=False), help="cfg.json of the chosen subnet.")
 @click.option("--plot", default=None, type=click.Path(dir_okay=False), help="PNG of the front.")

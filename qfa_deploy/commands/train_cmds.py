@@ -6,7 +6,7 @@ import os
 
 import click
 
-from qfa_deploy.commands.options import COUNT, NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, THREADS
+from qfa_deploy.commands.options import COUNT, NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, SEED, THREADS
 
 __all__ = ["COMMANDS"]
 
@@ -30,7 +30,7 @@ __all__ = ["COMMANDS"]
               help="Random subnets per step (sandwich rule).")
 @click.option("--checkpoint-every", type=COUNT, default=25, show_default=True, help="Steps between checkpoints.")
 @click.option("--act-quantizer", type=click.Choice(["batchquant", "lsq"]), default="batchquant", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--max-steps", type=COUNT, default=None, help="Stop after this many steps (schedule unchanged).")
 @click.option("--threads", type=THREADS, default=None, help="Torch intra-op threads.")
 @click.option("--init-from", type=click.Path(dir_okay=False), default=None,
