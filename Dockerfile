@@ -4,18 +4,26 @@
 #   docker build --build-arg BASE=qfa-deploy-base:bookworm ...      # offline base (ci/docker-base.sh)
 # ci/docker.sh does both, and installs the Python packages from a wheelhouse it fills beforehand.
 ARG BASE=python:3.11-slim-bookworm
-FROM ${BASE}
+
+FROM ${BASE} AS system
 ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 DEBIAN_FRONTEND=noninteractive
 RUN apt-get update -qq \
     && apt-get install -y -qq --no-install-recommends python3 python3-venv gcc g++ libc6-dev ca-certificates \
         gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user debootstrap >/dev/null \
     && rm -rf /var/lib/apt/lists/*
+
+# The install in a stage of its own, so the wheelhouse it reads never reaches the final image's layers.
+FROM system AS install
 WORKDIR /opt/qfa-deploy
 COPY . .
-# wheelhouse/ (optional, from ci/docker.sh): install offline from it; else from PyPI
 RUN if [ -d wheelhouse ]; then export QFA_WHEELHOUSE=/opt/qfa-deploy/wheelhouse; fi \
     && QFA_VENV=/opt/venv QFA_INSTALL=. bash scripts/install.sh \
     && rm -rf wheelhouse /root/.cache
+
+FROM system
+COPY --from=install /opt/venv /opt/venv
+COPY --from=install /opt/qfa-deploy /opt/qfa-deploy
+WORKDIR /opt/qfa-deploy
 ENV PATH=/opt/venv/bin:$PATH
 ENTRYPOINT ["qfa-deploy"]
 CMD ["--help"]
