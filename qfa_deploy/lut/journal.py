@@ -30,7 +30,7 @@ class Journal:
                     break  # torn by a kill
                 try:
                     records.append(json.loads(line))
-                except json.JSONDecodeError:
+                except (ValueError, RecursionError):  # torn, or not JSON we wrote (an integer of >4300 digits)
                     break
                 good += len(line)
         if good != self.path.stat().st_size:
