@@ -5,12 +5,14 @@ Goal: 500 x 1000 (the seed's setting) in <= 60 s on 2 cores. Prints the wall tim
 predictor and which table it used:
 
 - predictor: ``--predictor pred.pt``; else fitted here on ``--data acc.jsonl`` (from ``collect``);
+  else the embedded predictor where the space is the embedded checkpoint's (``qfa-mbv3-cifar10``);
   else fitted on a *synthetic* target (a smooth function of log BitOPs and the number of active
   blocks, no accuracy measured) - timing only, the front means nothing then.
-- table: ``--table T``; else a committed table of the space in ``latency_tables/``; else a
+- table: ``--table T``; else a committed table of the space (``qfa_deploy/assets/latency_tables/``); else a
   *synthetic* in-memory table whose part latencies are proportional to their MACs.
 
-    python bench/search.py [--pop 500] [--gen 1000] [--threads 2] [--space qfa-mbv3-cifar10]
+    python bench/search.py [--pop 500] [--gen 1000] [--threads 2] [--space qfa-mbv3-cifar10] \
+        [--out docs/results/search.json]
 """
 
 from __future__ import annotations
@@ -25,8 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from qfa_deploy.commands.common import write_text_atomic
 from qfa_deploy.lut import LatencyTable
 from qfa_deploy.lut.keys import block_key, head_key, spatial_sizes, stem_key
+from qfa_deploy.reference import REFERENCE_SPACE, default_predictor
+from qfa_deploy.resources import tables_dir
 from qfa_deploy.search.collect import load_records, records_to_arrays
 from qfa_deploy.search.cost import CostModel
 from qfa_deploy.search.genome import GenomeSpace
@@ -82,14 +87,14 @@ def synthetic_table(genome: GenomeSpace, resolution: int) -> LatencyTable:
 def pick_table(space: str, path: str | None) -> tuple[LatencyTable, str]:
     if path:
         return LatencyTable.load(path), f"table {path}"
-    for candidate in sorted((ROOT / "latency_tables").glob("*.json")):
+    for candidate in sorted(tables_dir().glob("*.json")):
         try:
             table = LatencyTable.load(candidate)
         except Exception:  # not a table (e.g. a README-like JSON): skip
             continue
         if table.space == space:
             device = table.provenance.get("device", "?")
-            return table, f"committed table {candidate.relative_to(ROOT)} (device {device})"
+            return table, f"committed table {candidate.name} (device {device}, schedule {table.schedule})"
     genome = GenomeSpace(space)
     res = max(genome.space.resolutions)
     return synthetic_table(genome, res), (
@@ -110,6 +115,9 @@ def pick_predictor(
             raise SystemExit(f"{data} is for space {sp}, the bench runs {space}")
         pred = fit_predictor(space, genome.encode(cfgs), top1, seed=seed, ensemble=ensemble)
         return pred, f"predictor fitted here on {len(top1)} measured subnets of {data} (default settings)"
+    if space == REFERENCE_SPACE:
+        path = default_predictor()
+        return AccuracyPredictor.load(path, expect_space=space), f"embedded predictor {path.relative_to(ROOT)}"
     G = genome.random(2000, np.random.default_rng(seed))
     y = 0.5 + 0.03 * np.log(CostModel(genome).bitops(G)) + 0.004 * genome.active(G).sum(1)
     pred = fit_predictor(space, G, y, seed=seed, ensemble=ensemble, max_epochs=10)  # the shape is what counts
@@ -131,6 +139,7 @@ def main() -> None:
     ap.add_argument("--table", default=None)
     ap.add_argument("--ensemble", type=int, default=1, help="members of a predictor fitted here")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--out", default=None, help="Also write the JSON report here (e.g. docs/results/search.json).")
     args = ap.parse_args()
     # More threads than the CPUs this process may use (taskset) only adds contention.
     cpus = len(os.sched_getaffinity(0))
@@ -191,6 +200,8 @@ def main() -> None:
         # On a shared machine wall time mostly measures the other processes; with --threads 1 the
         # process is single-threaded, so its CPU time is what the wall time would be on a free core.
         report["extrapolated_500x1000_cpu_s"] = round(cpu / max(1, result.evaluations) * goal_evals, 1)
+    if args.out:
+        write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")
     if args.json:
         print(json.dumps(report, indent=2))
         return
