@@ -32,10 +32,10 @@ def _pid_alive(pid: int) -> bool:
         return True
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # gone, or not a PID at all
         return False
-    except (PermissionError, OverflowError):  # another user's process, or not a PID at all
-        return pid < 2**22
+    except PermissionError:  # alive, another user's
+        return True
     return True
 
 
