@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,8 @@ from deploy_helpers import (
 from qfa_deploy.cli import cli
 from qfa_deploy.deploy import compile_artifact, list_devices, load_device, profile_artifact
 from qfa_deploy.deploy.compile import DEFAULT_SCHEDULE, resolve_schedule
-from qfa_deploy.deploy.schedule import CPU_SCHEDULES
+from qfa_deploy.deploy.registry import resolve
+from qfa_deploy.deploy.targets.x86.vnni import AVX2
 from qfa_deploy.digest import file_sha256
 from qfa_deploy.errors import QfaError
 
@@ -58,7 +60,7 @@ def test_compile_writes_library_and_meta(ort_artifact, fast_x86):
     assert meta["library_sha256"] == file_sha256(lib)
     assert meta["target"]["kind"] == "llvm" and meta["target"]["mcpu"] not in ("", "host")
     assert meta["tvm_version"].startswith("0.27")
-    applied = CPU_SCHEDULES[resolve_schedule(DEFAULT_SCHEDULE, str(fast_x86))].name
+    applied = resolve(DEFAULT_SCHEDULE, str(fast_x86)).label
     assert meta["tuning_database"] is None and meta["schedule"] == applied
     assert meta["inputs"] == [{"name": "input", "shape": [1, 3, 16, 16], "dtype": "float32"}]
     json.dumps(meta)  # JSON-ready
@@ -67,10 +69,10 @@ def test_compile_writes_library_and_meta(ort_artifact, fast_x86):
 
 def test_auto_schedule_follows_the_cpu(fast_x86):
     """"auto" is tiled-vnni where the CPU has AVX512-VNNI (read here from /proc/cpuinfo, not from
-    TVM), tiled-cpu on an ARM target, none on CUDA; other names pass through, unknown ones are refused."""
+    TVM), tiled-neon on the Pi 4 target, none on CUDA; other names pass through, unknown ones are refused."""
     has_vnni = "avx512_vnni" in Path("/proc/cpuinfo").read_text().split()
     assert resolve_schedule("auto", str(fast_x86)) == ("tiled-vnni" if has_vnni else "tiled-cpu")
-    assert resolve_schedule("auto", "arm64") == "tiled-cpu"
+    assert resolve_schedule("auto", "arm64") == "tiled-neon"
     assert resolve_schedule("auto", "cuda") == "none"
     assert resolve_schedule("generic", "arm64") == "generic"
     with pytest.raises(QfaError, match="schedule must be one of auto, "):
@@ -166,13 +168,13 @@ def test_tiled_convs_keep_a_parallel_loop(tmp_path):
     from tvm import relax, tirx
     from tvm.relax.frontend.onnx import from_onnx
 
-    from qfa_deploy.deploy.schedule import tiled_cpu_schedule
+    from qfa_deploy.deploy.targets.cpu.tiled import tiled_cpu_schedule
 
     model = onnx.load(ort_qdq_model(tmp_path / "model.onnx", resolution=16))
     mod = from_onnx(model, shape_dict={"input": [1, 3, 16, 16]}, keep_params_in_input=False)
     with load_device("x86").tvm_target():
         mod = relax.get_pipeline("zero")(mod)
-    mod = tiled_cpu_schedule(mod)
+    mod = tiled_cpu_schedule(mod, AVX2)
     convs = {gv.name_hint: f.script() for gv, f in mod.functions.items()
              if isinstance(f, tirx.PrimFunc) and "conv2d" in gv.name_hint}
     assert convs and all("T.parallel" in text for text in convs.values()), sorted(convs)
@@ -196,7 +198,7 @@ def test_global_pooling_sums_channels_in_lanes_bit_identically():
     target = load_device("x86").tvm_target()
     x = np.random.default_rng(0).standard_normal((1, 48, 7, 7)).astype(np.float32) * 1e3
     results = {}
-    for name, schedule in (("lanes", generic_cpu_schedule), ("naive", None)):
+    for name, schedule in (("lanes", partial(generic_cpu_schedule, unit=AVX2)), ("naive", None)):
         with target:
             mod = relax.get_pipeline("zero")(Pool)
         if schedule is not None:
@@ -236,7 +238,7 @@ def test_functions_a_database_scheduled_are_left_alone():
     tuned = next(name for name in names if "mean" in name)
     mod[tuned] = mod[tuned].with_attr("tirx.is_scheduled", True)  # TVM's own spelling (its database, dlight)
     before = mod[tuned]
-    mod = generic_cpu_schedule(mod)
+    mod = generic_cpu_schedule(mod, AVX2)
     tvm.ir.assert_structural_equal(mod[tuned], before)
     assert all(bool(mod[name].attrs[SCHEDULED_ATTR]) for name in names)
     assert any("T.parallel" in mod[name].script() for name in names if name != tuned)

@@ -10,12 +10,8 @@ import pytest
 from deploy_helpers import FAST_PROTOCOL, artifact_dir, device_file, exported_subnet_model
 
 from qfa_deploy.deploy import compile_artifact, load_device
-from qfa_deploy.deploy.int8_lowering import (
-    _depthwise_lanes,
-    _pack_depthwise_weight,
-    _pack_weight,
-    _tile_lanes,
-)
+from qfa_deploy.deploy.targets.cpu.integer import pack_depthwise_weight, pack_weight
+from qfa_deploy.deploy.targets.x86.vnni import VNNI
 from qfa_deploy.errors import QfaError
 
 
@@ -34,13 +30,14 @@ def test_packed_weights_and_zero_point_compensation():
     rng = np.random.default_rng(0)
     w = rng.integers(-8, 8, (40, 36)).astype(np.int8)  # 40 outputs: not a multiple of 16, padded
     zero_point = rng.integers(0, 16, 36)
-    packed, comp = _pack_weight(w, zero_point, 16)
+    packed, comp = pack_weight(w, zero_point, 16)
     assert packed.shape == (3, 9, 16, 4) and packed.dtype == np.int8 and packed.flags.c_contiguous
     o, c = np.meshgrid(np.arange(40), np.arange(36), indexing="ij")
     np.testing.assert_array_equal(packed[o // 16, c // 4, o % 16, c % 4], w)  # where the dot product reads it
     assert not packed[2, :, 8:, :].any()  # padded output channels are zero
-    assert _tile_lanes(40) == 8 and _tile_lanes(48) == 16 and _tile_lanes(36) == 16  # ymm tiles where they fit
-    narrow, narrow_comp = _pack_weight(w, zero_point, 8)
+    assert VNNI.tile_lanes(40) == 8 and VNNI.tile_lanes(48) == 16  # ymm tiles where they fit
+    assert VNNI.tile_lanes(36) == 16  # else zmm tiles, padded
+    narrow, narrow_comp = pack_weight(w, zero_point, 8)
     assert narrow.shape == (5, 9, 8, 4)
     np.testing.assert_array_equal(narrow[o // 8, c // 4, o % 8, c % 4], w)
     np.testing.assert_array_equal(narrow_comp, comp)
@@ -53,9 +50,10 @@ def test_packed_weights_and_zero_point_compensation():
 def test_depthwise_weights_are_blocked_one_vector_per_tap():
     rng = np.random.default_rng(1)
     w = rng.integers(-8, 8, (72, 1, 5, 5)).astype(np.int8)
-    lanes = _depthwise_lanes(72)
-    assert lanes == 8 and _depthwise_lanes(192) == 16  # a zmm of floats where the channels allow it
-    blocked = _pack_depthwise_weight(w, lanes)
+    lanes = VNNI.depthwise_block(72)
+    assert lanes == 8 and VNNI.depthwise_block(192) == 16  # a zmm of floats where the channels allow it
+    assert VNNI.depthwise_block(36) is None  # left to the float conv
+    blocked = pack_depthwise_weight(w, lanes)
     assert blocked.shape == (9, 5, 5, 8) and blocked.dtype == np.float32 and blocked.flags.c_contiguous
     c, ky, kx = np.meshgrid(np.arange(72), np.arange(5), np.arange(5), indexing="ij")
     np.testing.assert_array_equal(blocked[c // 8, ky, kx, c % 8], w[:, 0])  # where the conv reads tap (ky, kx)

@@ -11,8 +11,8 @@ import pytest
 from deploy_helpers import FAST_PROTOCOL, artifact_dir, clip_qdq_model, device_file
 
 from qfa_deploy.deploy import compile_artifact, profile_artifact
-from qfa_deploy.deploy.compile import DEFAULT_SCHEDULE, resolve_schedule
-from qfa_deploy.deploy.schedule import CPU_SCHEDULES
+from qfa_deploy.deploy.compile import DEFAULT_SCHEDULE
+from qfa_deploy.deploy.registry import resolve
 from qfa_deploy.deploy.tune import database_sha256, tune_model
 from qfa_deploy.errors import QfaError
 
@@ -30,7 +30,7 @@ def test_tune_resume_and_apply(tmp_path):
     folder = artifact_dir(tmp_path / "art", onnx_path)
     meta = compile_artifact(folder / "model.onnx", str(device), folder, database=db)
     assert meta["tuning_database"] == database_sha256(db)
-    assert meta["schedule"] == f"metaschedule+{CPU_SCHEDULES[resolve_schedule(DEFAULT_SCHEDULE, device)].name}"
+    assert meta["schedule"] == f"metaschedule+{resolve(DEFAULT_SCHEDULE, device).label}"
     parity = profile_artifact(folder, str(device))["parity"]
     assert parity["max_abs_diff"] <= 1e-5 and parity["argmax_agree"], parity
 

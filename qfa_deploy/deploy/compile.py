@@ -18,6 +18,7 @@ from pathlib import Path
 from qfa_deploy.checkpoint import atomic_write_bytes
 from qfa_deploy.deploy._text import one_line
 from qfa_deploy.deploy.device import Device, load_device
+from qfa_deploy.deploy.registry import AUTO, NONE, resolve, schedule_names
 from qfa_deploy.digest import file_sha256
 from qfa_deploy.errors import QfaError
 
@@ -30,10 +31,10 @@ log = logging.getLogger(__name__)
 
 LIBRARY_NAME = "model.so"
 CUDA_SOURCE_NAME = "model.cu"  # beside the library for CUDA targets: the kernels, for offline nvcc
-SCHEDULES = ("auto", "generic", "tiled-cpu", "tiled-vnni", "none")
+SCHEDULES = schedule_names()  # auto, the target packages' schedules, none (qfa_deploy.deploy.registry)
 # "auto" resolves per target (resolve_schedule); latency tables record the resolved name and are
 # validated and searched with it, so changing what "auto" picks means rebuilding them
-DEFAULT_SCHEDULE = "auto"
+DEFAULT_SCHEDULE = AUTO
 
 
 def compile_artifact(
@@ -54,13 +55,13 @@ def compile_artifact(
         database: a MetaSchedule database folder from ``qfa-deploy tune`` whose schedules are
             applied (workloads it does not cover stay untuned).
         batch_size: the value given to symbolic (dynamic) input dimensions.
-        schedule: for the CPU workloads no database covers: "auto" (the default: "tiled-vnni"
-            where the target has AVX512-VNNI, else "tiled-cpu"), "tiled-cpu" (conv2d functions
-            register-tiled and vectorized, each output still summed in the naive order, the rest as
-            "generic"), "tiled-vnni" (1x1 convs as uint8 x int8 dot products with int32 sums,
-            depthwise convs channel-blocked, the rest as "tiled-cpu"), "generic" (inline cheap
-            stages and parallelize outer loops) or "none" (TVM's naive loops); all give
-            bit-identical results.
+        schedule: for the CPU workloads no database covers: "auto" (the default: the device
+            profile's schedule, else the best its target's features allow: "tiled-vnni" with
+            AVX512-VNNI, "tiled-cpu" on other x86, "tiled-dotprod" on aarch64 with the dot-product
+            extension, "tiled-neon" on other aarch64, none on GPUs), a schedule of the target's
+            package (``qfa_deploy.deploy.registry``: "tiled-vnni", "tiled-cpu", "generic" on x86;
+            "tiled-dotprod", "tiled-neon", "tiled-cpu", "generic" on aarch64) or "none" (TVM's
+            naive loops); all give bit-identical results.
 
     Returns:
         JSON-ready metadata: device, target, tvm_version, tuning_database (sha256 or None),
@@ -88,7 +89,7 @@ def compile_artifact(
         mod = from_onnx(model, shape_dict={i["name"]: i["shape"] for i in inputs}, keep_params_in_input=False)
     except Exception as exc:  # the frontend raises many kinds (NotImplementedError, TVMError, ...)
         raise QfaError(f"TVM cannot import {onnx_path}: {one_line(exc)}") from None
-    cpu_schedule = _cpu_schedule(resolve_schedule(schedule, dev), dev, target)
+    cpu_schedule = resolve(schedule, dev)
     if cpu_schedule is not None and cpu_schedule.rewrite is not None:
         mod = cpu_schedule.rewrite(mod)
     db_hash = None
@@ -105,7 +106,7 @@ def compile_artifact(
             with target:
                 mod = relax.get_pipeline("zero")(mod)  # legalize + fuse, as tvm.compile would
         mod = cpu_schedule.apply(mod)
-        name = cpu_schedule.name
+        name = cpu_schedule.label
         applied = f"metaschedule+{name}" if database is not None else name
     try:
         executable = tvm.compile(mod, target=target)
@@ -132,36 +133,14 @@ def compile_artifact(
 
 
 def resolve_schedule(schedule: str, dev: str | Device) -> str:
-    """The schedule ``compile_artifact`` applies on ``dev`` for ``schedule``: "auto" becomes
-    "tiled-vnni" on an LLVM target with AVX512-VNNI (1x1 convs in integer dot products: ~2x faster
-    than "tiled-cpu" on such a CPU), "tiled-cpu" on other LLVM targets and "none" elsewhere (GPU
-    kernels come from TVM's default GPU schedules); other names are returned unchanged."""
-    if schedule not in SCHEDULES:
-        raise QfaError(f"schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
-    if schedule != "auto":
-        return schedule
-    dev = load_device(dev)
-    if dev.target_kind != "llvm":
-        return "none"
-    from tvm.target.codegen import target_has_features
+    """The name of the schedule ``compile_artifact`` applies on ``dev`` for ``schedule`` ("auto"
+    resolved by ``registry.resolve``; "none" where nothing is applied).
 
-    return "tiled-vnni" if target_has_features("avx512vnni", dev.tvm_target()) else "tiled-cpu"
-
-
-def _cpu_schedule(schedule: str, dev: Device, target):
-    """The ``CpuSchedule`` to apply (None: "none", or a non-CPU target); QfaError if the target lacks
-    the CPU feature it needs."""
-    if schedule == "none" or dev.target_kind != "llvm":
-        return None
-    from tvm.target.codegen import target_has_features
-
-    from qfa_deploy.deploy.schedule import CPU_SCHEDULES
-
-    chosen = CPU_SCHEDULES[schedule]
-    if chosen.needs and not target_has_features(chosen.needs, target):
-        raise QfaError(f"schedule {schedule} needs a CPU with {chosen.needs}; device {dev.name}'s target "
-                       f"({target}) has none: use --schedule tiled-cpu")
-    return chosen
+    Raises:
+        QfaError: an unknown name, or one the device's target cannot run (one line).
+    """
+    chosen = resolve(schedule, dev)
+    return NONE if chosen is None else chosen.name
 
 
 def onnx_input_specs(model, batch_size: int = 1) -> list[dict]:

@@ -16,6 +16,8 @@ Fields::
     threads     runtime threads pinned on the device (0: the runtime's default)
     protocol    {"warmup", "number", "repeat", "min_repeat_ms"}: see time_evaluator
     emulated    true when the device is an emulator: its timings are not latency
+    schedule    the schedule "auto" means on this device (default "auto": by the target's
+                features, see ``qfa_deploy.deploy.registry``)
     description free text
 """
 
@@ -47,7 +49,7 @@ DEVICE_VERSION = 1
 RUNNER_KINDS = ("local", "rpc-tracker", "rpc-direct")
 # Short names the exporter's ``--target x86|arm64|cuda`` uses.
 ALIASES = {"arm64": "rasp4b", "cuda": "cuda-sm80"}
-_FIELDS = {"version", "name", "description", "target", "cc", "runner", "threads", "protocol", "emulated"}
+_FIELDS = {"version", "name", "description", "target", "cc", "runner", "threads", "protocol", "emulated", "schedule"}
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,7 @@ class Device:
     emulated: bool = False
     description: str = ""
     source: str | None = None  # the file it came from
+    schedule: str = "auto"  # checked against the registry when resolved (registry.resolve)
 
     def __post_init__(self):
         if not isinstance(self.target, (str, dict)) or not self.target:
@@ -137,6 +140,8 @@ class Device:
             raise ValueError(f"threads must be an integer >= 0, not {self.threads!r}")
         if not isinstance(self.emulated, bool):
             raise ValueError("emulated must be true or false")
+        if not isinstance(self.schedule, str) or not self.schedule:
+            raise ValueError("schedule must be a schedule name (or \"auto\")")
 
     def tvm_target(self):
         """The ``tvm.target.Target`` (imports TVM)."""
@@ -172,6 +177,7 @@ class Device:
             "threads": self.threads,
             "protocol": self.protocol.to_dict(),
             "emulated": self.emulated,
+            "schedule": self.schedule,
         }
 
     @classmethod
@@ -211,6 +217,7 @@ class Device:
             emulated=data.get("emulated", False),
             description=data.get("description", ""),
             source=source,
+            schedule=data.get("schedule", "auto"),
         )
 
 

@@ -1,7 +1,7 @@
 """Rewrite the conv2d calls of an imported Relax module (before legalization) into TE computes.
 
-Shared by the integer lowering (``int8_lowering``) and the transposed squeeze-excite convs
-(``gemv_lowering``). Each supplies ``rewrite(builder, call, lookup_binding)`` returning
+Shared by the integer lowering (``targets.cpu.integer``) and the transposed squeeze-excite convs
+(``targets.cpu.gemv``). Each supplies ``rewrite(builder, call, lookup_binding)`` returning
 ``(kind, call_te result)`` for a conv it takes, None for one it leaves. The new PrimFuncs are marked
 fusable like a conv2d, so the conv's epilogue (bias, activation, quantize) still fuses onto them,
 and operands nothing reads any more (the codes' float copies) are dropped.

@@ -1,7 +1,7 @@
 """Squeeze-excite convs (float 1x1 convs on a 1x1 map) read their weights transposed.
 
 Such a conv is a matrix-vector product: ``y[o] = sum_c x[c] * W[o, c]``. Its schedule puts a vector of
-output channels in the lanes (``schedule.tiled_cpu_schedule``), and with the weights in ONNX's
+output channels in the lanes (``targets.cpu.tiled``), and with the weights in ONNX's
 [O, C] layout each vector load gathered its lanes from as many rows: the squeeze-excite convs of a
 w1.2 subnet at 224 took 12% of its time on one thread, reading 4.7 MB of float weights at ~9 GB/s.
 ``transpose_gemv_weights`` rewrites each into a conv whose weights are stored [C, 1, 1, O] at compile
@@ -28,7 +28,7 @@ def transpose_gemv_weights(mod, lanes: int):
     weights as [C, 1, 1, O]."""
     from tvm import relax
 
-    from qfa_deploy.deploy.conv_rewrite import rewrite_convs
+    from qfa_deploy.deploy.targets.cpu.conv_rewrite import rewrite_convs
 
     def rewrite(builder, call, lookup_binding):
         weight = _gemv_weight(call, lookup_binding, lanes)

@@ -1,0 +1,24 @@
+"""aarch64 schedules, best first: ``tiled-dotprod`` (Pi 5: ``sdot`` dot products), ``tiled-neon`` (Pi 4:
+NEON widening multiply-accumulates), ``tiled-cpu`` (float convs in 4-lane NEON registers), ``generic``."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from qfa_deploy.deploy.registry import TargetSchedule
+from qfa_deploy.deploy.targets.arm import neon
+from qfa_deploy.deploy.targets.arm.neon import DOTPROD, NEON, NEON_INT8
+from qfa_deploy.deploy.targets.cpu.tiled import float_schedules
+
+__all__ = ["SCHEDULES"]
+
+ARCH = "aarch64"
+SCHEDULES = (
+    TargetSchedule("tiled-dotprod", "tiled-dotprod", ARCH, partial(neon.schedule, plan=DOTPROD),
+                   partial(neon.rewrite, plan=DOTPROD), needs=("dotprod",),
+                   summary="1x1 convs as sdot int8 dot products (codes shifted by 128), depthwise channel-blocked"),
+    TargetSchedule("tiled-neon", "tiled-neon", ARCH, partial(neon.schedule, plan=NEON_INT8),
+                   partial(neon.rewrite, plan=NEON_INT8), needs=("neon",),
+                   summary="1x1 convs on codes, widening multiply-accumulates into int32, depthwise channel-blocked"),
+    *float_schedules(ARCH, NEON),
+)

@@ -1,0 +1,60 @@
+"""Integer schedules for aarch64: ``tiled-neon`` (Cortex-A72, Pi 4) and ``tiled-dotprod`` (Cortex-A76, Pi 5).
+
+Both compute the 1x1 convs (and the integer GEMVs) on the uint8 codes and int8 weights with exact
+int32 sums, the zero-point compensation and epilogue as on x86 (``targets.cpu.integer``), the
+depthwise convs channel-blocked in 4 float32 lanes (one NEON register), and hand the codes from one
+integer conv to the next channel-blocked.
+
+- ``tiled-neon`` (ARMv8.0, no dot product): a tile of 8 (or 4) output channels x up to 14 pixels of a
+  row, summed channel by channel with the lanes over output channels: each step multiplies one code
+  (broadcast) by 8 weights and adds into int32 accumulators. The product of a uint8 code and an int8
+  weight is within +-32640, so it is exact in 16 bits, and LLVM selects the widening multiply-
+  accumulate ``smlal``/``smlal2`` (int16 x int16 -> int32) for it; the sums themselves stay int32.
+- ``tiled-dotprod`` (ARMv8.2 dot product): ``sdot`` sums 4 int8 x int8 products into each int32 lane,
+  16 per instruction. Codes are unsigned, weights signed and ``usdot`` needs the i8mm extension the
+  A76 lacks, so the codes are shifted to ``q - 128`` (an int8, exact) and the compensation takes
+  ``128 * sum(w)`` back: sum (q - 128) w - sum (Z - 128) w = sum (q - Z) w.
+"""
+
+from __future__ import annotations
+
+from qfa_deploy.deploy.registry import VectorUnit
+from qfa_deploy.deploy.targets.cpu.gemv import transpose_gemv_weights
+from qfa_deploy.deploy.targets.cpu.integer import IntegerPlan, lower_integer_convs
+
+__all__ = ["DOTPROD", "NEON", "NEON_INT8", "register_intrinsics", "rewrite", "schedule"]
+
+NEON = VectorUnit(bits=128, registers=32)
+_SDOT_LANES = 4  # int32 lanes of one sdot (a q register)
+
+
+def _sdot_name(lanes: int) -> str:
+    return f"qfa_sdot_{lanes}x4"
+
+
+NEON_INT8 = IntegerPlan(name="tiled-neon", unit=NEON, pointwise_lanes=(8, 4), depthwise_lanes=(4,), group=1)
+DOTPROD = IntegerPlan(
+    name="tiled-dotprod", unit=NEON, pointwise_lanes=(16, 8, 4), depthwise_lanes=(4,), group=4, code_offset=128,
+    dot=_sdot_name, dot_lanes=_SDOT_LANES,
+)
+
+
+def register_intrinsics() -> None:
+    """Register the ``sdot`` tensor intrinsic in this process."""
+    from qfa_deploy.deploy.targets.cpu.dot_intrinsic import register_dot_intrinsic
+
+    register_dot_intrinsic(_sdot_name(_SDOT_LANES), "llvm.aarch64.neon.sdot.v4i32.v16i8", _SDOT_LANES, "int8")
+
+
+def rewrite(mod, plan: IntegerPlan):
+    """Before legalization: integer convs on the codes, squeeze-excite weights transposed."""
+    return transpose_gemv_weights(lower_integer_convs(mod, plan), NEON.lanes())
+
+
+def schedule(mod, plan: IntegerPlan):
+    """After fusion: the integer convs tiled (``sdot``-tensorized for ``DOTPROD``), the rest as ``tiled-cpu``."""
+    from qfa_deploy.deploy.targets.cpu.integer_schedule import integer_schedule
+
+    if plan.dot is not None:
+        register_intrinsics()
+    return integer_schedule(mod, plan, NEON)

@@ -1,0 +1,58 @@
+"""One 4-byte dot-product instruction as a TIR tensor intrinsic: C[lanes] int32 += A[4] . B[lanes, 4].
+
+Each int32 lane of C gets the sum of the four products of A's bytes (the same 4 codes, broadcast to
+every lane) with its own 4 weight bytes: x86's ``vpdpbusd`` (A uint8, B int8) and aarch64's ``sdot``
+(both int8) have this shape. A target registers the intrinsics it uses when its schedule runs
+(``register_dot_intrinsic``), under names of its own, once per process.
+"""
+
+from __future__ import annotations
+
+__all__ = ["register_dot_intrinsic"]
+
+
+def register_dot_intrinsic(name: str, llvm_name: str, lanes: int, code_dtype: str) -> str:
+    """Register ``name`` (unless this process already has it) as ``lanes`` int32 lanes += a word of 4
+    ``code_dtype`` bytes . [lanes, 4] int8 by LLVM's ``llvm_name`` (accumulator, broadcast codes,
+    weights); returns ``name``."""
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    if TensorIntrin.get(name, allow_missing=True) is not None:
+        return name
+    acc_type, code_type, word_type = f"int32x{lanes}", f"{code_dtype}x{4 * lanes}", f"int8x{4 * lanes}"
+
+    @T.prim_func(s_tir=True)
+    def semantics(
+        A: T.Buffer((4,), code_dtype, offset_factor=1),
+        B: T.Buffer((lanes, 4), "int8", offset_factor=1),
+        C: T.Buffer((lanes,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            for i, k in T.grid(lanes, 4):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def instruction(
+        A: T.Buffer((4,), code_dtype, offset_factor=1),
+        B: T.Buffer((lanes, 4), "int8", offset_factor=1),
+        C: T.Buffer((lanes,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            a_word = T.reinterpret(A.vload([0], f"{code_dtype}x4"), dtype="int32")  # the 4 codes, to every lane
+            C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(llvm_name),
+                C.vload([0], dtype=acc_type),
+                T.reinterpret(T.broadcast(a_word, lanes), dtype=code_type),
+                B.vload([0, 0], dtype=word_type),
+                dtype=acc_type,
+            )
+
+    TensorIntrin.register(name, semantics, instruction)
+    return name

@@ -1,0 +1,251 @@
+"""Integer convs read the uint8 codes: 1x1 convs as integer dot products, depthwise convs channel-blocked.
+
+The exported graph computes every quantized conv as ``Conv(q - Z, w_int)`` on float tensors holding
+integers, whose every partial sum is an integer below 2^24 (``qfa_deploy.nn.integer_conv``), so the
+float conv is exact. For a 1x1 conv the same sum can be taken on the integers themselves:
+
+    acc[o] = sum_c (q[c] - s) * w[o, c] - comp[o],    comp[o] = sum_c (Z[c] - s) * w[o, c]
+
+with ``q`` the uint8 codes, ``w`` int8, int32 accumulation, and ``s`` a shift of the codes (0, or 128
+where the target's instruction multiplies signed bytes only: ``q - 128`` is an int8, and the
+compensation takes the shift back exactly). The result is converted to float and the graph goes on
+unchanged, so the outputs are bit-identical to the float build. How a target computes it is an
+:class:`IntegerPlan`: x86 tensorizes the dot product on ``vpdpbusd`` (``targets.x86``), the
+Pi 5 on ``sdot``, the Pi 4 leaves it to LLVM's NEON widening multiply-accumulates
+(``targets.arm``).
+
+``lower_integer_convs(mod, plan)`` rewrites, in the imported Relax module, each
+``conv2d(dequantize(q, 1, Z), dequantize(W, 1, 0))``:
+
+- 1x1, stride 1, one group: one ``call_tir`` of three stages: pack the codes to
+  ``[C/g, H, W, g]`` (``g`` = ``plan.group`` channels of a pixel side by side, the operand of one
+  dot instruction), the packed dot product into int32 tiles of ``lanes`` output channels (weights
+  pre-packed at compile time to ``[O/lanes, C/g, lanes, g]``), and the conversion back to an NCHW
+  float tensor, onto which the conv's epilogue then fuses.
+- depthwise (channels a multiple of the smallest block): the same float sums, but dequantizing the
+  codes in its own padding stage, so that the tensor between the producer and the conv is uint8
+  instead of float (a quarter of the bytes), into planes of ``lanes`` channels side by side: every
+  tap is then one contiguous vector load and FMA whatever the stride or the width.
+
+With every reader of a dequantized tensor rewritten, the dequantize is dead and the producing
+function ends at its quantize. ``targets.cpu.integer_schedule`` schedules both;
+``targets.cpu.blocked_codes`` hands the codes from one integer conv to the next channel-blocked.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from qfa_deploy.deploy.registry import VectorUnit
+
+__all__ = [
+    "DEPTHWISE_BLOCKS", "INT8_BLOCKS", "IntegerPlan", "lower_integer_convs", "pack_depthwise_weight", "pack_weight",
+]
+
+log = logging.getLogger(__name__)
+
+INT8_BLOCKS = ("int8_pack", "int8_dot", "int8_out")  # the stages' block names, found again by the schedule
+DEPTHWISE_BLOCKS = ("dw_pad", "dw_conv", "dw_out")
+
+
+@dataclass(frozen=True)
+class IntegerPlan:
+    """How one target computes the integer convs."""
+
+    name: str  # the schedule's name (logs)
+    unit: VectorUnit  # the registers the tiles are cut for
+    pointwise_lanes: tuple[int, ...]  # output channels of a 1x1 tile (int32 sums), preferred first
+    depthwise_lanes: tuple[int, ...]  # channels of a depthwise block (float32 lanes), preferred first
+    group: int = 4  # codes summed into each int32 lane by one instruction (the packing's inner axis)
+    code_offset: int = 0  # subtracted from the codes: 128 where the instruction takes signed bytes only
+    dot: Callable[[int], str] | None = None  # int32 lanes -> a registered tensor intrinsic; None: LLVM vectorizes
+    dot_lanes: int = 0  # the most int32 lanes one dot instruction fills (wider tiles are split to it)
+
+    def tile_lanes(self, channels: int) -> int:
+        """Output channels per 1x1 tile: the first choice dividing ``channels`` (else the first, padded)."""
+        return next((lanes for lanes in self.pointwise_lanes if channels % lanes == 0), self.pointwise_lanes[0])
+
+    def depthwise_block(self, channels: int) -> int | None:
+        """Channels per depthwise block: the first choice dividing ``channels``; None: left to the float path."""
+        return next((lanes for lanes in self.depthwise_lanes if channels % lanes == 0), None)
+
+    def tile_columns(self, lanes: int, share: int = 1) -> int:
+        """Pixels of a row per tile: as many accumulators as the register file allows (``share``: the
+        tiles keep as many other registers live per accumulator, e.g. a depthwise tap's input)."""
+        return max(1, self.unit.accumulators // share // self.unit.registers_for(lanes))
+
+
+def lower_integer_convs(mod, plan: IntegerPlan):
+    """``mod`` (an imported, not yet legalized Relax module) with its integer convs reading the codes:
+    1x1 convs as int8 dot products, depthwise convs dequantizing inside their padding stage."""
+    from tvm import ir, relax
+
+    from qfa_deploy.deploy.targets.cpu.conv_rewrite import rewrite_convs
+
+    dequantize = ir.Op.get("relax.dequantize")
+
+    def rewrite(builder, call, lookup_binding):
+        operands = _integer_operands(call, lookup_binding, dequantize)
+        if operands is None:
+            return None
+        codes, weight, zero_point = operands
+        attrs = call.attrs
+        strides, padding = [int(v) for v in attrs.strides], [int(v) for v in attrs.padding]
+        if int(attrs.groups) == 1 and weight.shape[2:] == (1, 1) and strides == [1, 1] and not any(padding):
+            packed, comp = pack_weight(weight[:, :, 0, 0], zero_point, plan.tile_lanes(int(weight.shape[0])),
+                                       plan.group, plan.code_offset)
+            return "pointwise", builder.call_te(
+                _pointwise_int8, codes, relax.const(packed), relax.const(comp), int(weight.shape[0]),
+                plan.code_offset, primfunc_name_hint="conv2d_int8",
+            )
+        lanes = plan.depthwise_block(int(weight.shape[0]))
+        if int(attrs.groups) == weight.shape[0] == codes.ty.shape[1] and weight.shape[1] == 1 and lanes:
+            # depthwise: no channel sum for a dot product to take, but reading the uint8 codes (not
+            # their float copy) lets the producer write a quarter of the bytes
+            return "depthwise", builder.call_te(
+                _depthwise_from_codes, codes, relax.const(pack_depthwise_weight(weight, lanes)),
+                relax.const(zero_point.astype(np.float32)), strides, padding,
+                primfunc_name_hint="conv2d_codes",
+            )
+        return None
+
+    mod, counts = rewrite_convs(mod, rewrite)
+    log.info("integer convs (%s): %d 1x1 convs lowered to uint8 x int8 dot products, %d depthwise convs read codes",
+             plan.name, counts["pointwise"], counts["depthwise"])
+    return mod
+
+
+def _integer_operands(call, lookup_binding, dequantize):
+    """(codes var, int8 weight [O, C/g, kh, kw], zero points [C] int) if ``call`` is a conv of dequantized
+    codes (scale 1) by dequantized int8 weights (scale 1, zero point 0), NCHW/OIHW, else None."""
+    from tvm import ir
+
+    attrs = call.attrs
+    if ([int(d) for d in attrs.dilation] != [1, 1]
+            or attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW" or attrs.out_layout != "NCHW"):
+        return None
+    data, weight = (lookup_binding(arg) if isinstance(arg, ir.expr.Var) else None for arg in call.args)
+    if not all(isinstance(e, ir.expr.Call) and e.op == dequantize for e in (data, weight)):
+        return None
+    codes, w_int = data.args[0], weight.args[0]
+    if not isinstance(w_int, ir.expr.Constant) or w_int.value.dtype != "int8":
+        return None
+    if codes.ty.dtype != "uint8" or codes.ty.ndim != 4:
+        return None
+    w = w_int.value.numpy()
+    if w.ndim != 4:
+        return None
+    scales = [_constant(data.args[1]), _constant(weight.args[1])]
+    zero_point, w_zero = _constant(data.args[2]), _constant(weight.args[2])
+    if any(s is None or not np.all(s == 1.0) for s in scales) or w_zero is None or np.any(w_zero != 0):
+        return None
+    channels = int(codes.ty.shape[1])
+    if zero_point is None or zero_point.size not in (1, channels):
+        return None
+    return codes, w, np.broadcast_to(zero_point.astype(np.int64).reshape(-1), (channels,))
+
+
+def _constant(expr):
+    from tvm import ir
+
+    return expr.value.numpy() if isinstance(expr, ir.expr.Constant) else None
+
+
+def pack_weight(w: np.ndarray, zero_point: np.ndarray, lanes: int, group: int = 4,
+                code_offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Weights [O, C] int8 -> [O/lanes, C/group, lanes, group] (zero-padded), and the compensation
+    comp[O] = sum_c (Z[c] - code_offset) w[o, c] (int32)."""
+    out_ch, in_ch = w.shape
+    o_pad, c_pad = -(-out_ch // lanes) * lanes, -(-in_ch // group) * group
+    padded = np.zeros((o_pad, c_pad), np.int8)
+    padded[:out_ch, :in_ch] = w
+    packed = padded.reshape(o_pad // lanes, lanes, c_pad // group, group).transpose(0, 2, 1, 3)
+    comp = (w.astype(np.int64) @ (zero_point - code_offset)).astype(np.int32)
+    return np.ascontiguousarray(packed), comp
+
+
+def _pointwise_int8(codes, packed, comp, out_channels: int, code_offset: int):
+    """TE: codes [N, C, H, W] uint8, packed weights, comp [O] int32 -> float32 [N, O, H, W]."""
+    from tvm import te, tirx
+
+    n, channels, height, width = codes.shape
+    o_blocks, c_groups, lanes, group = (int(d) for d in packed.shape)
+
+    def code(i, c, y, x):
+        if not code_offset:
+            return codes[i, c, y, x]
+        return (codes[i, c, y, x].astype("int16") - code_offset).astype("int8")  # exact: q - 128 is an int8
+
+    def pack(i, g, y, x, k):
+        c = g * group + k
+        if int(channels) % group == 0:
+            return code(i, c, y, x)
+        zero = tirx.const(0, "int8" if code_offset else "uint8")  # meets a zero weight: adds nothing
+        return tirx.if_then_else(c < channels, code(i, c, y, x), zero)
+
+    codes_g = te.compute((n, c_groups, height, width, group), pack, name=INT8_BLOCKS[0])
+    g = te.reduce_axis((0, c_groups), "g")
+    k = te.reduce_axis((0, group), "k")
+    acc = te.compute(
+        (n, o_blocks, height, width, lanes),
+        lambda i, ob, y, x, lane: te.sum(
+            codes_g[i, g, y, x, k].astype("int32") * packed[ob, g, lane, k].astype("int32"), axis=[g, k]
+        ),
+        name=INT8_BLOCKS[1],
+    )
+    return te.compute(
+        (n, out_channels, height, width),
+        lambda i, o, y, x: (acc[i, o // lanes, y, x, o % lanes] - comp[o]).astype("float32"),
+        name=INT8_BLOCKS[2],
+    )
+
+
+def pack_depthwise_weight(w: np.ndarray, lanes: int) -> np.ndarray:
+    """Depthwise weights [C, 1, kh, kw] -> [C/lanes, kh, kw, lanes] float32: one vector per tap and block."""
+    channels, _, kh, kw = w.shape
+    blocked = w.astype(np.float32).reshape(channels // lanes, lanes, kh, kw).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(blocked)
+
+
+def _depthwise_from_codes(codes, weight, zero_point, strides, padding):
+    """TE: a depthwise conv of (codes - Z) [N, C, H, W], zero padded, computed channel-blocked.
+
+    The padding stage dequantizes the uint8 codes into planes of ``lanes`` channels side by side
+    ([N, C/lanes, Hp, Wp, lanes]), so every tap of the kernel is one contiguous vector load and one FMA
+    against the tap's weight vector whatever the stride or width; the sum runs over (kh, kw) in order,
+    as TOPI's conv sums it. The last stage writes NCHW floats, onto which the conv's epilogue fuses.
+    """
+    from tvm import te, tirx
+
+    n, channels, height, width = codes.shape
+    blocks, kh, kw, lanes = (int(d) for d in weight.shape)
+    top, left, bottom, right = padding
+    sh, sw = strides
+
+    def pad(i, cb, y, x, lane):
+        inside = tirx.all(y >= top, y < height + top, x >= left, x < width + left)
+        c = cb * lanes + lane
+        value = codes[i, c, y - top, x - left].astype("float32") - zero_point[c]
+        return tirx.if_then_else(inside, value, tirx.const(0.0, "float32"))
+
+    padded = te.compute((n, blocks, height + top + bottom, width + left + right, lanes), pad,
+                        name=DEPTHWISE_BLOCKS[0])
+    ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
+    out_h = (height + top + bottom - kh) // sh + 1
+    out_w = (width + left + right - kw) // sw + 1
+    acc = te.compute(
+        (n, blocks, out_h, out_w, lanes),
+        lambda i, cb, y, x, lane: te.sum(
+            padded[i, cb, y * sh + ry, x * sw + rx, lane] * weight[cb, ry, rx, lane], axis=[ry, rx]
+        ),
+        name=DEPTHWISE_BLOCKS[1],
+    )
+    return te.compute(
+        (n, channels, out_h, out_w),
+        lambda i, c, y, x: acc[i, c // lanes, y, x, c % lanes],
+        name=DEPTHWISE_BLOCKS[2],
+    )

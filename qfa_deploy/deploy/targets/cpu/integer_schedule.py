@@ -1,0 +1,150 @@
+"""TIR schedules of the integer convs of ``targets.cpu.integer``, cut for a target's :class:`IntegerPlan`.
+
+- ``schedule_int8_pointwise``: a 1x1 conv's tile of ``lanes`` output channels x up to the register
+  file's worth of pixels of a row, summed over the packed channel groups; the dot product is
+  tensorized on the plan's instruction (``vpdpbusd``, ``sdot``) or, with none, vectorized over the
+  output channels for LLVM to select widening multiply-accumulates.
+- ``schedule_depthwise_blocked``: the channel-blocked depthwise conv, one vector of channels per tap.
+- ``integer_schedule``: both, after ``keep_codes_blocked``, and every other function as ``tiled-cpu``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from qfa_deploy.deploy._text import one_line
+from qfa_deploy.deploy.schedule import inline, schedule_each
+from qfa_deploy.deploy.targets.cpu.blocked_codes import keep_codes_blocked
+from qfa_deploy.deploy.targets.cpu.integer import DEPTHWISE_BLOCKS, INT8_BLOCKS, IntegerPlan
+from qfa_deploy.deploy.targets.cpu.tiled import tiled_cpu_schedule
+
+__all__ = ["integer_schedule", "schedule_depthwise_blocked", "schedule_int8_pointwise"]
+
+log = logging.getLogger(__name__)
+
+
+def integer_schedule(mod, plan: IntegerPlan, float_unit):
+    """``mod`` (lowered by ``lower_integer_convs(mod, plan)`` before legalization, then legalized and
+    fused) with its integer pointwise functions tiled (and tensorized) and its depthwise convs tiled
+    channel-blocked, every other PrimFunc as ``tiled_cpu_schedule`` with ``float_unit``."""
+    mod = keep_codes_blocked(mod, plan.name)
+    counts = {"pointwise": 0, "depthwise": 0}
+
+    def lowered_or_leave(sch, name: str) -> bool:
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+        for kind, schedule_one in (("pointwise", schedule_int8_pointwise), ("depthwise", schedule_depthwise_blocked)):
+            try:
+                if schedule_one(sch, blocks, plan):
+                    counts[kind] += 1
+                    return True
+            except Exception as exc:  # left to the generic schedule: correct, but slow
+                log.warning("%s: %s not scheduled (%s)", plan.name, name, one_line(exc))
+                return False
+        return False
+
+    schedule_each(mod, lowered_or_leave)
+    log.info("%s: %d int8 pointwise functions scheduled, %d depthwise functions channel-blocked",
+             plan.name, counts["pointwise"], counts["depthwise"])
+    return tiled_cpu_schedule(mod, float_unit)
+
+
+def schedule_int8_pointwise(sch, blocks, plan: IntegerPlan) -> bool:
+    """Tile (and tensorize) the int8 dot product of ``sch`` (a fused PrimFunc made from
+    ``integer._pointwise_int8``); False if it has none. ``blocks`` are the root's child blocks."""
+    named = {sch.get(b).name_hint: b for b in blocks}
+    if not all(name in named for name in INT8_BLOCKS):
+        return False
+    pack, dot = named[INT8_BLOCKS[0]], named[INT8_BLOCKS[1]]
+    for block in blocks:  # the conversion and the conv's epilogue: one stage writing the output
+        if not any(sch.get(block).same_as(sch.get(b)) for b in (pack, dot)):
+            inline(sch, block)
+    (out,) = sch.get_consumers(dot)
+    blocked = _iterate_blocked(sch, out)
+    # blocked codes hold a group's channels side by side, and a group of one is the codes themselves:
+    # read in place. Shifted codes (q - 128) stay a stage: a tensor intrinsic matches plain operands.
+    in_place = len(sch.get(pack).reads[0].source.shape) == 5 or plan.group == 1
+    packed_in_place = in_place and not plan.code_offset
+    if packed_in_place:
+        sch.compute_inline(pack)
+
+    n, ob, y, x, lane, g, k = sch.get_loops(dot)
+    width, lanes = int(sch.get(x).extent), int(sch.get(lane).extent)
+    cols = max(d for d in range(1, min(width, plan.tile_columns(lanes)) + 1) if width % d == 0)
+    xo, xi = sch.split(x, [None, cols])
+    if plan.dot is None:  # the lanes innermost, vectorized: LLVM picks the widening multiply-accumulates
+        sch.reorder(n, ob, y, xo, g, k, xi, lane)
+    else:
+        sch.reorder(n, ob, y, xo, g, xi, lane, k)
+    outer = sch.fuse(n, ob, y)
+    sch.reverse_compute_at(out, xo, preserve_unit_loops=True)
+    sch.parallel(outer)
+    if plan.dot is None:  # vectorized before the split into init and update, which both inherit it
+        sch.unroll(xi)
+        sch.vectorize(lane)
+        sch.decompose_reduction(dot, g)
+    else:
+        init = sch.decompose_reduction(dot, g)
+        sch.vectorize(sch.get_loops(init)[-1])
+        if lanes > plan.dot_lanes:  # several instructions per pixel, each on its own accumulator register
+            lane = sch.split(lane, [None, plan.dot_lanes])[1]
+        sch.tensorize(lane, plan.dot(int(sch.get(lane).extent)))
+        sch.unroll(xi)
+    _vectorize_output(sch, out, blocked)
+    if not packed_in_place:
+        pack_loops = sch.get_loops(pack)
+        sch.parallel(sch.fuse(*pack_loops[:3]))
+    return True
+
+
+def schedule_depthwise_blocked(sch, blocks, plan: IntegerPlan) -> bool:
+    """Register-tile the channel-blocked depthwise conv of ``sch`` (a fused PrimFunc made from
+    ``integer._depthwise_from_codes``); False if it has none. Arguments as ``schedule_int8_pointwise``."""
+    named = {sch.get(b).name_hint: b for b in blocks}
+    if not all(name in named for name in DEPTHWISE_BLOCKS):
+        return False
+    pad, conv = named[DEPTHWISE_BLOCKS[0]], named[DEPTHWISE_BLOCKS[1]]
+    for block in blocks:  # the NCHW write and the conv's epilogue: one stage
+        if not any(sch.get(block).same_as(sch.get(b)) for b in (pad, conv)):
+            inline(sch, block)
+    (out,) = sch.get_consumers(conv)
+    blocked = _iterate_blocked(sch, out)
+
+    n, cb, y, x, lane, ry, rx = sch.get_loops(conv)
+    width = int(sch.get(x).extent)
+    # each accumulator's tap input is loaded into a register too: half the register file for sums
+    cols_max = plan.tile_columns(int(sch.get(lane).extent), share=2)
+    cols = max(d for d in range(1, min(width, cols_max) + 1) if width % d == 0)
+    xo, xi = sch.split(x, [None, cols])
+    sch.reorder(n, cb, y, xo, ry, rx, xi, lane)
+    outer = sch.fuse(n, cb)
+    sch.compute_inline(sch.cache_write(conv, 0, "local"))  # the output stage reads the accumulators
+    sch.reverse_compute_at(out, xo, preserve_unit_loops=True)
+    sch.compute_at(pad, outer, preserve_unit_loops=True)
+    fill = sch.decompose_padding(pad, sch.get_loops(pad)[-3])
+    for block in (fill, pad):  # the copy gathers a pixel's channels (measured: as fast as the other order)
+        sch.vectorize(sch.get_loops(block)[-1])
+    sch.parallel(outer)
+    sch.unroll(xi)
+    sch.vectorize(lane)
+    sch.decompose_reduction(conv, ry)
+    _vectorize_output(sch, out, blocked)
+    return True
+
+
+def _iterate_blocked(sch, out) -> bool:
+    """If ``out`` (the stage writing the function's output) writes blocked codes [N, C/lanes, H, W, lanes]
+    (``keep_codes_blocked``), make it iterate in that order too; True if so."""
+    shape = sch.get(out).writes[0].source.shape
+    if len(shape) != 5:
+        return False
+    lanes = int(shape[-1])
+    sch.transform_block_layout(out, lambda n, c, y, x: (n, c // lanes, y, x, c % lanes))
+    return True
+
+
+def _vectorize_output(sch, out, blocked: bool) -> None:
+    """The output stage at a tile: blocked, a vector of channels per pixel (as the tile holds them);
+    NCHW, a vector of pixels per channel (a transpose of the tile)."""
+    loops = sch.get_loops(out)
+    sch.vectorize(loops[-1])
+    sch.unroll(loops[-2] if blocked else loops[-3])
