@@ -28,7 +28,7 @@ from qfa_deploy.space import SearchSpace
 
 __all__ = [
     "ArraySource", "BatchPlan", "CALIBRATION_ASSET", "ImageSource", "Splits", "calibration_images",
-    "default_data_dir", "default_workers", "load_splits", "normalise", "resize",
+    "default_data_dir", "default_workers", "download_cifar10", "load_splits", "normalise", "resize",
 ]
 
 log = logging.getLogger(__name__)
@@ -245,6 +245,27 @@ def _torchvision_cifar(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]
 
     ds = CIFAR10(str(root), train=train, download=False)
     return np.asarray(ds.data, dtype=np.uint8), np.asarray(ds.targets, dtype=np.int64)
+
+
+def download_cifar10(root: str | Path) -> Path:
+    """torchvision's CIFAR-10 download into ``root`` (``cifar-10-batches-py/``; a complete copy
+    already there is verified and kept). Needs torchvision and the internet."""
+    try:
+        from torchvision.datasets import CIFAR10
+    except ImportError:
+        raise QfaError("--download needs torchvision (pip install 'qfa-deploy[torchvision]')") from None
+    root = Path(root)
+    created = not root.exists()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for train in (True, False):
+            CIFAR10(str(root), train=train, download=True)
+    except (OSError, RuntimeError, ValueError) as exc:  # URLError is an OSError; a bad archive a RuntimeError
+        if created and root.is_dir() and not any(root.iterdir()):
+            root.rmdir()  # nothing arrived: leave no empty folder behind
+        text = " ".join(str(exc).split()) or exc.__class__.__name__
+        raise QfaError(f"{root}: CIFAR-10 download failed: {text}") from None
+    return root
 
 
 def _load_cifar(root: Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:

@@ -73,3 +73,23 @@ def test_shipped_and_full_data_set_export_the_same_model(monkeypatch, tmp_path):
     cfg = load_arch("export/cifar10-smallest-w2a2.json")
     models = [export_onnx(fold(calibrate_for_export(net, cfg, src, 20))) for src in (full, shipped)]
     assert models[0].SerializeToString() == models[1].SerializeToString()
+
+
+def test_eval_download_offline_is_one_line_and_leaves_nothing(tmp_path):
+    """Without a network (as here and in CI) --download fails in one line, exit 2, no folder left."""
+    import socket
+
+    try:
+        socket.getaddrinfo("www.cs.toronto.edu", 443)
+        pytest.skip("this machine resolves the CIFAR-10 host: the offline case cannot be checked")
+    except OSError:
+        pass
+    from test_cli_errors import run_cli
+
+    target = tmp_path / "cifar"
+    arch = Path(__file__).parents[1] / "export" / "cifar10-smallest-w2a2.json"
+    result = run_cli(["eval", "--arch", str(arch), "--data", str(target), "--download"], tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "CIFAR-10 download failed" in lines[0], result.stderr
+    assert not target.exists()

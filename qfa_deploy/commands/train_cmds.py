@@ -66,13 +66,15 @@ def train(space, data_dir, data_workers, out, resume, fp_epochs, q_epochs, batch
 @click.option("--calib-batches", type=COUNT, default=20, show_default=True,
               help="Calibration batches of 100 validation images.")
 @click.option("--limit", type=COUNT, default=None, help="Evaluate on the first N test images only.")
+@click.option("--download", is_flag=True,
+              help="First download CIFAR-10 with torchvision into --data (or $QFA_DATA_DIR); needs the internet.")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--threads", type=THREADS, default=None)
-def eval_cmd(checkpoint, arch_path, data_dir, calib_batches, limit, as_json, threads):
+def eval_cmd(checkpoint, arch_path, data_dir, calib_batches, limit, download, as_json, threads):
     """Top-1 on the test split of a subnet after per-subnet calibration."""
     from qfa_deploy.arch import load_arch
     from qfa_deploy.commands.common import emit_json, load_supernet, set_threads
-    from qfa_deploy.data import calibration_images, load_splits
+    from qfa_deploy.data import calibration_images, default_data_dir, download_cifar10, load_splits
     from qfa_deploy.errors import QfaError
     from qfa_deploy.evaluate import evaluate_arch
 
@@ -80,10 +82,14 @@ def eval_cmd(checkpoint, arch_path, data_dir, calib_batches, limit, as_json, thr
     load_arch(arch_path)  # a missing or malformed config fails before the supernet loads
     net = load_supernet(checkpoint)
     cfg = load_arch(arch_path, expect_space=net.space.name)
+    if download:
+        if net.space.num_classes != 10:
+            raise QfaError(f"--download fetches CIFAR-10; space {net.space.name!r} needs its own data (--data)")
+        data_dir = str(download_cifar10(data_dir if data_dir is not None else default_data_dir()))
     try:
         test = load_splits(net.space, data_dir).test
     except QfaError as exc:
-        raise QfaError(f"test-set accuracy needs the test set: {exc}") from None
+        raise QfaError(f"test-set accuracy needs the test set ({exc}; or --download)") from None
     test = test.subset(limit) if limit else test
     val = calibration_images(net.space, data_dir, calib_batches * 100)
     top1 = evaluate_arch(net, cfg, val, test, calib_batches)
