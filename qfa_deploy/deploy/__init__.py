@@ -1,6 +1,8 @@
 """Compile QDQ ONNX with Apache TVM for a device, run it there (locally or over TVM RPC), measure it.
 
-One idea per module: ``device`` (profiles), ``compile`` (ONNX -> model.so), ``runner`` (local/RPC
+One idea per module: ``device`` (profiles), ``compile`` (ONNX -> model.so), ``registry`` (which
+schedule a target gets; the schedules live in ``targets/x86``, ``targets/arm``, ``targets/cpu``),
+``schedule`` (shared TIR helpers), ``runner`` (local/RPC
 sessions), ``parity`` (onnxruntime reference), ``profile`` (latency + parity of an artifact),
 ``procs`` (tracker/server processes), ``emulated_pi`` (an ARM64 board under qemu-user),
 ``tune`` (MetaSchedule). Importing this package does not import TVM.

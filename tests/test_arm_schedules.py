@@ -1,0 +1,120 @@
+"""The integer ARM schedules (Pi 4 ``tiled-neon``, Pi 5 ``tiled-dotprod``) on an emulated Pi: bit-identical
+to onnxruntime (graph optimisations off), codes and logits, on three CIFAR-10 configs (slow).
+
+Each config is exported twice from a calibrated random-weight supernet: as deployed (logits only: the
+codes pass between integer convs channel-blocked) and with every QuantizeLinear's uint8 codes as
+extra outputs. Both are cross-compiled for both schedules, run in one aarch64 python under
+qemu-user (the emulated Pi's image, without its RPC server; qemu's default CPU, ``max``, has the
+dot-product instructions), and compared with onnxruntime on two seeded inputs. The generated code
+is checked for the instructions the schedules are meant to use. ~20 min on this 2-core machine
+under load (12 cross-compiles), ~20 s of it under qemu.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from qfa_deploy.deploy import compile_artifact
+
+needs_cross = pytest.mark.skipif(shutil.which("aarch64-linux-gnu-gcc") is None,
+                                 reason="aarch64-linux-gnu-gcc missing (apt-get install gcc-aarch64-linux-gnu)")
+
+SCHEDULES = {"tiled-neon": ("rasp4b-emulated", ("smlal", "smlal2")), "tiled-dotprod": ("rasp5-emulated", ("sdot",))}
+# device side: for each (library, inputs .npz, outputs .npz), run main on every input, save every output
+DEVICE_SCRIPT = """
+import sys
+import numpy as np
+import tvm
+from tvm.runtime.vm import VirtualMachine
+
+def flat(r):
+    return [r.numpy()] if hasattr(r, "numpy") else [a for item in r for a in flat(item)]
+
+for lib, inputs, outputs in zip(*[iter(sys.argv[1:])] * 3):
+    vm = VirtualMachine(tvm.runtime.load_module(lib), tvm.cpu())
+    data = np.load(inputs)
+    np.savez(outputs, **{f"{name}/{i}": out for name in data.files
+                         for i, out in enumerate(flat(vm["main"](tvm.runtime.tensor(data[name], tvm.cpu()))))})
+"""
+EXAMPLES = Path(__file__).resolve().parents[1] / "export"
+
+
+def _configs(space: str):
+    from qfa_deploy.arch import load_arch, sample_arch
+
+    return {"largest-w4a4": load_arch(EXAMPLES / "cifar10-largest-w4a4.json", expect_space=space),
+            "smallest-w2a2": load_arch(EXAMPLES / "cifar10-smallest-w2a2.json", expect_space=space),
+            "random": sample_arch(space, random.Random(11))}
+
+
+def _export(folder, supernet, cfg, seed: int):
+    """(deployed model, model with the codes as outputs) of ``cfg``, calibrated on random batches."""
+    from qfa_deploy.calibrate import calibrate
+    from qfa_deploy.export.onnx_export import export_onnx, save_onnx
+    from qfa_deploy.extract import extract
+    from qfa_deploy.fold import fold
+
+    subnet = extract(supernet, cfg)
+    g = torch.Generator().manual_seed(seed)
+    size = cfg.resolution
+    calibrate(subnet, (torch.randn(8, 3, size, size, generator=g) for _ in range(2)), size, 2)
+    folded = fold(subnet.eval())
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, expose in (("deployed", False), ("codes", True)):
+        paths[name] = folder / f"{name}.onnx"
+        save_onnx(export_onnx(folded, batch=1, expose_codes=expose), paths[name])
+    return paths
+
+
+def _instructions(lib) -> set[str]:
+    dump = subprocess.run(["aarch64-linux-gnu-objdump", "-d", "--no-show-raw-insn", str(lib)],
+                          capture_output=True, text=True, check=True).stdout
+    rows = (line.split() for line in dump.splitlines() if line.startswith(" "))
+    return {fields[1] for fields in rows if len(fields) > 1}
+
+
+@pytest.mark.slow
+@needs_cross
+def test_arm_integer_schedules_are_bit_identical_to_onnxruntime(tmp_path, cifar_supernet):
+    from qfa_deploy.deploy.emulated_pi import build_emulated_pi, missing_tools
+    from qfa_deploy.deploy.parity import onnxruntime_outputs, random_inputs
+
+    missing = missing_tools()
+    if missing:
+        pytest.skip(f"the emulated Pi needs {', '.join(missing)}")
+    image = build_emulated_pi()
+    artifacts = []  # (config, model kind, schedule, onnx path, folder, inputs)
+    for c, (config, cfg) in enumerate(_configs(cifar_supernet.space.name).items()):
+        models = _export(tmp_path / config, cifar_supernet, cfg, seed=c)
+        for kind, onnx_path in models.items():
+            for schedule, (device, wanted) in SCHEDULES.items():
+                folder = tmp_path / config / f"{kind}-{schedule}"
+                meta = compile_artifact(onnx_path, device, folder)  # "auto": the profile's target picks it
+                assert meta["schedule"] == schedule
+                if shutil.which("aarch64-linux-gnu-objdump"):
+                    assert set(wanted) <= _instructions(folder / "model.so"), (config, schedule)
+                inputs = {str(seed): random_inputs(meta["inputs"], seed=seed)[0] for seed in range(2)}
+                np.savez(folder / "inputs.npz", **inputs)
+                artifacts.append((config, kind, schedule, onnx_path, folder, meta, inputs))
+    script = tmp_path / "run_on_pi.py"
+    script.write_text(DEVICE_SCRIPT)
+    args = [str(f) for *_, folder, _, _ in artifacts
+            for f in (folder / "model.so", folder / "inputs.npz", folder / "outputs.npz")]
+    subprocess.run(image.command(str(script), *args), env=image.environment(), check=True, timeout=1800)
+    for config, kind, schedule, onnx_path, folder, meta, inputs in artifacts:
+        results = np.load(folder / "outputs.npz")
+        for seed, x in inputs.items():
+            reference = onnxruntime_outputs(onnx_path, meta["inputs"], [x])
+            ours = [results[f"{seed}/{i}"] for i in range(len(reference))]
+            assert len(results.files) == 2 * len(reference) and (len(reference) > 1) == (kind == "codes")
+            for i in [*range(1, len(ours)), 0]:  # codes in graph order (the first to differ), then logits
+                assert ours[i].dtype == reference[i].dtype, (config, kind, schedule, i)
+                np.testing.assert_array_equal(ours[i], reference[i], err_msg=f"{config} {kind} {schedule} output {i}")
