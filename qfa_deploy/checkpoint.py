@@ -13,7 +13,7 @@ from qfa_deploy.errors import QfaError
 
 __all__ = [
     "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "atomic_write_bytes", "float32_model_state", "load_checkpoint",
-    "save_checkpoint",
+    "load_supernet", "save_checkpoint",
 ]
 
 CHECKPOINT_FORMAT = "qfa-supernet"
@@ -72,3 +72,20 @@ def load_checkpoint(path: str | Path, expect_space: str | None = None) -> dict:
 def float32_model_state(payload: dict) -> dict:
     """A loaded checkpoint's model state with floating tensors in float32 (released ones are fp16)."""
     return {k: v.float() if v.is_floating_point() else v for k, v in payload["model"].items()}
+
+
+def load_supernet(path: str | Path, space: str | None = None):
+    """The supernet stored in checkpoint ``path``, in eval mode (``space``: refuse another space).
+
+    ``reference.default_checkpoint()`` is the embedded one (kept out of here: reference imports this module).
+    """
+    from qfa_deploy.nn.supernet import QFASupernet
+
+    path = Path(path)
+    payload = load_checkpoint(path, expect_space=space)
+    net = QFASupernet(payload["space"], act_quantizer=payload.get("act_quantizer", "batchquant"))
+    try:
+        net.load_state_dict(float32_model_state(payload))
+    except RuntimeError:
+        raise QfaError(f"{path}: weights do not match the {payload['space']!r} supernet") from None
+    return net.eval()

@@ -5,36 +5,14 @@ Every user-facing problem is a QfaError (or a click usage error): one line on st
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
 
 import click
 
-from qfa_deploy.errors import QfaError
+from qfa_deploy.commands.user_errors import fail
 
 __all__ = ["main"]
-
-
-def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(2)
-
-
-def user_errors(fn):
-    """Turn QfaError (and interrupted runs) into one line on stderr and a non-zero exit."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except QfaError as exc:
-            _fail(str(exc))
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
-
-    return wrapper
 
 
 class _Group(click.Group):
@@ -47,14 +25,14 @@ class _Group(click.Group):
             click.echo(exc.ctx.get_help() if exc.ctx else str(exc), err=True)
             sys.exit(2)
         except click.UsageError as exc:
-            _fail(exc.format_message().replace("\n", " "))
+            fail(exc.format_message().replace("\n", " "))
         except click.exceptions.Abort:
             click.echo("aborted", err=True)
             sys.exit(130)
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)
         except click.ClickException as exc:
-            _fail(exc.format_message())
+            fail(exc.format_message())
 
 
 @click.group(cls=_Group)

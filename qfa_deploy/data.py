@@ -12,7 +12,6 @@ import hashlib
 import io
 import logging
 import os
-from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from qfa_deploy.checkpoint import atomic_write_bytes
 from qfa_deploy.errors import QfaError
 from qfa_deploy.resources import asset
+from qfa_deploy.sources import SPLIT_SEED, BatchPlan, ImageSource, Splits, normalise  # re-exported
 from qfa_deploy.space import SearchSpace
 
 __all__ = [
@@ -33,7 +33,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 VAL_SIZE_CIFAR = 5000
-SPLIT_SEED = 20211206  # fixed: the validation split never changes
 # The first 2,000 images of CIFAR-10's validation split (the default 20 calibration batches of 100),
 # as the data set's own JPEG bytes: export and calibration work on a machine without the data set.
 CALIBRATION_ASSET = "cifar10-calibration.npz"
@@ -59,47 +58,6 @@ def resize(x: torch.Tensor, resolution: int) -> torch.Tensor:
     return F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True)
 
 
-class ImageSource(ABC):
-    """A split: labelled images, batched by a ``BatchPlan``. ``ArraySource`` holds them in memory,
-    ``imagefolder.ImageFolderSource`` decodes files."""
-
-    labels: torch.Tensor  # int64 [N]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def subset(self, n: int) -> ImageSource:
-        return self.select(torch.arange(min(n, len(self))))
-
-    @abstractmethod
-    def select(self, idx: torch.Tensor) -> ImageSource:
-        """The images at ``idx``, in that order."""
-
-    @abstractmethod
-    def _planned(self, plan: BatchPlan, start: int, augment: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches ``start``, ``start + 1``, ... of ``plan``, normalised (and augmented)."""
-
-    def batches(
-        self,
-        batch_size: int,
-        *,
-        seed: int | None = None,
-        epoch: int = 0,
-        augment: bool = False,
-        start: int = 0,
-        rank: int = 0,
-        world: int = 1,
-        drop_last: bool = False,
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches in order (``seed=None``) or shuffled by (seed, epoch), from batch ``start``.
-
-        With ``world > 1`` each rank gets its own slice of every global batch.
-        """
-        return self._planned(BatchPlan(len(self), batch_size, seed, epoch, rank, world, drop_last), start, augment)
-
-
 @dataclass
 class ArraySource(ImageSource):
     """Images held in memory as uint8 NHWC (small datasets such as CIFAR-10)."""
@@ -119,44 +77,6 @@ class ArraySource(ImageSource):
             yield normalise(x, self.mean, self.std), self.labels[idx]
 
 
-def normalise(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """uint8 NHWC images -> float NCHW, standardised per channel."""
-    x = x.permute(0, 3, 1, 2).float().div_(255.0)
-    return ((x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)).contiguous()
-
-
-@dataclass(frozen=True)
-class BatchPlan:
-    """Which images make batch ``b`` of an epoch, and its augmentation's random generator: functions of
-    (seed, epoch, b) only, so that every source, worker process and resumed run agree."""
-
-    n: int
-    batch_size: int
-    seed: int | None  # None: in order, no shuffling
-    epoch: int = 0
-    rank: int = 0
-    world: int = 1
-    drop_last: bool = False
-
-    def __post_init__(self) -> None:
-        if self.seed is None:
-            order = torch.arange(self.n)
-        else:
-            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1000 + self.epoch))
-        object.__setattr__(self, "_order", order)
-
-    @property
-    def num_batches(self) -> int:
-        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
-
-    def indices(self, b: int) -> torch.Tensor:
-        """This rank's slice of global batch ``b``."""
-        return self._order[b * self.batch_size : (b + 1) * self.batch_size][self.rank :: self.world]
-
-    def generator(self, b: int) -> torch.Generator:
-        return torch.Generator().manual_seed((self.seed or 0) * 1_000_003 + self.epoch * 10_007 + b)
-
-
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Random 4-pixel-padded crop and horizontal flip (the standard CIFAR recipe), per image."""
     n, h, w, _ = x.shape
@@ -169,13 +89,6 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     flip = torch.rand(n, generator=gen) < 0.5
     cols = torch.where(flip[:, None, None], cols.flip(-1), cols)
     return padded[torch.arange(n)[:, None, None], rows, cols]
-
-
-@dataclass
-class Splits:
-    train: ImageSource
-    val: ImageSource
-    test: ImageSource
 
 
 def cifar_val_indices(n_train: int) -> tuple[np.ndarray, np.ndarray]:

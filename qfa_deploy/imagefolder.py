@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qfa_deploy.data import SPLIT_SEED, BatchPlan, ImageSource, Splits, normalise
 from qfa_deploy.errors import QfaError
+from qfa_deploy.sources import SPLIT_SEED, BatchPlan, ImageSource, Splits, normalise
 
 __all__ = ["IMAGE_SUFFIXES", "ImageFolderSource", "is_image_folder", "load_image_folder"]
 

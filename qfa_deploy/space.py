@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from qfa_deploy.errors import QfaError
 
-__all__ = ["SearchSpace", "StageSpec", "create_space", "list_spaces", "register_space"]
+__all__ = ["SearchSpace", "StageSpec", "create_space", "list_spaces", "register_space", "spatial_sizes"]
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -120,6 +120,21 @@ class SearchSpace:
         final_expand = bits_per_conv
         feature_mix = len(self.mix_choices) ** 2
         return len(self.resolutions) * first_block * final_expand * feature_mix * per_stage**self.num_stages
+
+
+def _down(size: int, stride: int) -> int:
+    return -(-size // stride)  # same-padded conv: ceil(size / stride)
+
+
+def spatial_sizes(space: SearchSpace, resolution: int) -> tuple[int, list[int], int]:
+    """(stem input, input size of each of the space's blocks at full depth, head input)."""
+    size = _down(resolution, space.stem_stride)
+    sizes = []
+    for b in range(space.num_blocks):
+        sizes.append(size)
+        stage, j = divmod(b, space.max_depth)
+        size = _down(size, space.stages[stage].stride if j == 0 else 1)  # only a stage's first block strides
+    return resolution, sizes, size
 
 
 _REGISTRY: dict[str, SearchSpace] = {}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from qfa_deploy.commands.user_errors import user_errors
+
 __all__ = ["register_all"]
 
 
@@ -18,8 +20,6 @@ def register_all(group: click.Group) -> None:
 
 def _wrap(command: click.Command) -> None:
     """User errors become one line on stderr, in subcommands of groups too: the one place that wraps."""
-    from qfa_deploy.cli import user_errors  # here, not at the top: cli imports this package
-
     if command.callback is not None:
         command.callback = user_errors(command.callback)
     for sub in getattr(command, "commands", {}).values():

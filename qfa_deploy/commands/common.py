@@ -35,20 +35,11 @@ def set_threads(threads: int | None) -> None:
 
 
 def load_supernet(checkpoint: str | None, space: str | None = None):
-    """The supernet of ``checkpoint`` (default: the embedded reference checkpoint)."""
-    from qfa_deploy.checkpoint import float32_model_state, load_checkpoint
-    from qfa_deploy.nn.supernet import QFASupernet
+    """The supernet of ``checkpoint`` (default: the embedded reference checkpoint): ``checkpoint.load_supernet``."""
+    from qfa_deploy.checkpoint import load_supernet as load
     from qfa_deploy.reference import default_checkpoint
 
-    path = Path(checkpoint) if checkpoint else default_checkpoint()
-    payload = load_checkpoint(path, expect_space=space)
-    net = QFASupernet(payload["space"], act_quantizer=payload.get("act_quantizer", "batchquant"))
-    state = float32_model_state(payload)
-    try:
-        net.load_state_dict(state)
-    except RuntimeError:
-        raise QfaError(f"{path}: weights do not match the {payload['space']!r} supernet") from None
-    return net.eval()
+    return load(checkpoint or default_checkpoint(), space)
 
 
 def schedule_option(command):

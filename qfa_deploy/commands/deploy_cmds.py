@@ -129,7 +129,8 @@ def tune(onnx_file, space, resolution, subnets, device, trials, database, seed, 
     import tempfile
 
     from qfa_deploy.deploy.device import load_device
-    from qfa_deploy.deploy.tune import default_database_dir, space_models, tune_model
+    from qfa_deploy.deploy.tune import default_database_dir, tune_model
+    from qfa_deploy.export.tuning_models import space_models
 
     if (onnx_file is None) == (space is None):
         raise QfaError("give an ONNX file or --space NAME (one of them)")

@@ -94,7 +94,7 @@ def compile_artifact(
         mod = cpu_schedule.rewrite(mod)
     db_hash = None
     if database is not None:
-        from qfa_deploy.deploy.tune import apply_database, database_sha256
+        from qfa_deploy.deploy.database import apply_database, database_sha256
 
         db_hash = database_sha256(database)
         mod = apply_database(mod, target, database)  # legalizes and fuses, then swaps in the schedules

@@ -13,49 +13,19 @@ worker process, which is why the workers get long timeouts and trials are batche
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from pathlib import Path
 
-from qfa_deploy.deploy._text import one_line
+from qfa_deploy.deploy.database import apply_database, database_sha256, default_database_dir  # re-exported
 from qfa_deploy.deploy.device import Device, load_device
 from qfa_deploy.errors import QfaError
 
-__all__ = ["apply_database", "database_sha256", "default_database_dir", "space_models", "tune_model"]
+__all__ = ["apply_database", "database_sha256", "default_database_dir", "tune_model"]
 
 log = logging.getLogger(__name__)
 
-_DB_FILES = ("database_workload.json", "database_tuning_record.json")
 _WORKER_TIMEOUT_S = 900.0  # MetaSchedule's import alone takes ~100 s per worker here
-
-
-def default_database_dir(device: Device) -> Path:
-    base = os.environ.get("QFA_CACHE") or Path.home() / ".cache" / "qfa-deploy"
-    return Path(base) / "tuning" / device.name
-
-
-def database_sha256(work_dir: Path) -> str:
-    """sha256 over the database's workload and record files (what was applied to a build)."""
-    work_dir = Path(work_dir)
-    files = [work_dir / name for name in _DB_FILES]
-    if not all(f.is_file() for f in files):
-        raise QfaError(f"{work_dir} is not a MetaSchedule database (needs {' and '.join(_DB_FILES)})")
-    digest = hashlib.sha256()
-    for f in files:
-        digest.update(f.read_bytes())
-    return digest.hexdigest()
-
-
-def apply_database(mod, target, work_dir: Path):
-    """``mod`` with the schedules recorded in ``work_dir`` applied (legalized and fused first)."""
-    from tvm import relax
-
-    try:
-        pipeline = relax.get_pipeline("static_shape_tuning", total_trials=0, target=target, work_dir=str(work_dir))
-        return pipeline(mod)
-    except Exception as exc:
-        raise QfaError(f"cannot apply the tuning database {work_dir}: {one_line(exc)}") from None
 
 
 def tune_model(
@@ -116,50 +86,6 @@ def tune_model(
     del tvm
     return {"database": str(work_dir), "tasks": len(tasks), "tuned": tuned, "skipped": len(tasks) - len(todo),
             "trials_per_task": trials, "database_sha256": database_sha256(work_dir) if tuned or tasks else None}
-
-
-def space_models(space: str, resolution: int, count: int, folder: Path, seed: int = 0) -> list[Path]:
-    """QDQ ONNX models of ``count`` subnets of ``space`` at ``resolution`` (largest, smallest, random).
-
-    Their weights are random (a schedule does not depend on them); statistics come from two random
-    calibration batches. Needs the project's exporter (qfa_deploy.export).
-    """
-    import random
-
-    import torch
-
-    try:
-        from qfa_deploy.export.onnx_export import export_onnx, save_onnx
-        from qfa_deploy.fold import fold
-    except ImportError:
-        raise QfaError("tuning a --space needs the QDQ exporter (qfa_deploy.export); give an ONNX file") from None
-    from dataclasses import replace
-
-    from qfa_deploy.arch import ArchConfig, sample_arch
-    from qfa_deploy.calibrate import calibrate
-    from qfa_deploy.extract import extract
-    from qfa_deploy.nn.supernet import QFASupernet
-    from qfa_deploy.space import create_space
-
-    sp = create_space(space)
-    if resolution not in sp.resolutions:
-        raise QfaError(f"--resolution {resolution} is not one of {space}'s ({sp.resolutions[0]}..{sp.resolutions[-1]})")
-    rng = random.Random(seed)
-    cfgs = [replace(ArchConfig.largest(space), resolution=resolution),
-            replace(ArchConfig.smallest(space), resolution=resolution)]
-    cfgs += [sample_arch(space, rng, resolutions=[resolution]) for _ in range(max(0, count - 2))]
-    torch.manual_seed(seed)
-    supernet = QFASupernet(space).eval()
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, cfg in enumerate(cfgs[:count]):
-        subnet = extract(supernet, cfg)
-        g = torch.Generator().manual_seed(seed + i)
-        calibrate(subnet, (torch.randn(2, 3, resolution, resolution, generator=g) for _ in range(2)), resolution, 2)
-        path = folder / f"subnet{i}-{cfg.digest()[:8]}.onnx"
-        save_onnx(export_onnx(fold(subnet.eval()), batch=1), path)
-        paths.append(path)
-    return paths
 
 
 def _target_dict(dev: Device) -> dict:

@@ -19,7 +19,7 @@ from qfa_deploy.export.onnx_export import (
     emit_stem,
 )
 from qfa_deploy.fold import FoldedSubnet
-from qfa_deploy.lut.keys import spatial_sizes
+from qfa_deploy.space import spatial_sizes
 
 __all__ = ["export_part_onnx"]
 

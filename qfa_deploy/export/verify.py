@@ -430,7 +430,7 @@ def verify_artifact(
     and calibrated as recorded; ``rebuild`` says whether that reproduces the exported constants,
     ``quantizers`` is ``quantizer_parity`` on the first batch, the rest ``compare_runtimes``.
     """
-    from qfa_deploy.commands.common import load_supernet
+    from qfa_deploy.checkpoint import load_supernet
     from qfa_deploy.data import load_splits
     from qfa_deploy.digest import file_sha256
     from qfa_deploy.errors import QfaError

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from qfa_deploy.arch import ArchConfig
 from qfa_deploy.nn.supernet import block_channels
-from qfa_deploy.space import SearchSpace, create_space
+from qfa_deploy.space import SearchSpace, create_space, spatial_sizes  # spatial_sizes: re-exported
 
 __all__ = ["LatencyKey", "arch_keys", "block_key", "space_keys", "spatial_sizes"]
 
@@ -48,20 +48,6 @@ class LatencyKey:
         in_ch, mid_ch, out_ch = (int(c) for c in chans.split("-"))
         bits = tuple(int(c) for c in parts[7][1:]) if len(parts) > 7 else ()
         return cls(kind, int(size), in_ch, mid_ch, out_ch, int(k[1:]), int(s[1:]), se == "se1", act, bits)
-
-
-def _down(size: int, stride: int) -> int:
-    return -(-size // stride)  # same-padded conv: ceil(size / stride)
-
-
-def spatial_sizes(space: SearchSpace, resolution: int) -> tuple[int, list[int], int]:
-    """(stem input, input size of each of the space's blocks at full depth, head input)."""
-    size = _down(resolution, space.stem_stride)
-    sizes = []
-    for b in range(space.num_blocks):
-        sizes.append(size)
-        size = _down(size, block_channels(space, b, space.expand_choices[0])[3])
-    return resolution, sizes, size
 
 
 def block_key(space: SearchSpace, block: int, size: int, kernel: int, expand: int,

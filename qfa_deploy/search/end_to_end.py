@@ -58,7 +58,7 @@ def evaluate_choice(
     """Measure ``cfg``: top-1 on the test split, and latency on ``device`` if given.
 
     Args:
-        supernet: the trained supernet (``commands.common.load_supernet``).
+        supernet: the trained supernet (``checkpoint.load_supernet``).
         splits: ``data.load_splits`` of its space (val calibrates, test scores).
         predicted: what the search predicted (``predicted_top1``, ``latency_ms``, ...), echoed.
         test_limit: score on N test images only (a fixed random subset, all classes).

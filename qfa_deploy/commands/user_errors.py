@@ -1,0 +1,33 @@
+"""How the CLI reports a user error: one line on stderr and exit 2 (the one wrapper; cli.py and every verb use it)."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+
+from qfa_deploy.errors import QfaError
+
+__all__ = ["fail", "user_errors"]
+
+
+def fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+def user_errors(fn):
+    """Turn QfaError (and interrupted runs) into one line on stderr and a non-zero exit."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except QfaError as exc:
+            fail(str(exc))
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
