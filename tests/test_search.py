@@ -278,8 +278,10 @@ def test_search_cli_writes_loadable_cfg_pareto_and_plot(tmp_path, tiny_predictor
 def test_search_cli_errors(tmp_path, tiny_predictor):
     pred = tmp_path / "pred.pt"
     tiny_predictor.save(pred)
-    r = _cli(["search", "-o", str(tmp_path / "p.json")])
-    assert r.exit_code == 2 and "collect" in r.output and "predictor fit" in r.output
+    # no --predictor: the embedded one (the embedded checkpoint's space), refused for a table of another space
+    r = _cli(["search", "--table", "x86-1t-qfa-mbv3-w1.2-r224.json", "-o", str(tmp_path / "p.json")])
+    assert r.exit_code == 2 and r.output.count("\n") == 1
+    assert "'qfa-mbv3-w1.2'" in r.output and "'qfa-mbv3-cifar10'" in r.output
     r = _cli(["search", "--predictor", str(pred), "--max-flops", "0.5", "-o", str(tmp_path / "p.json")])
     assert r.exit_code == 2
     assert r.output.count("\n") == 1 and "infeasible" in r.output

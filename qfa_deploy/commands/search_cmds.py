@@ -223,9 +223,9 @@ def search(
     pred = AccuracyPredictor.load(predictor_path)
     genome = GenomeSpace(pred.space)
     lut = LatencyTable.load(table) if table else None
-    if lut and (warning := lut.stale_schedule()):
-        click.echo(warning, err=True)
     latency = LatencyModel(lut, genome) if lut else None
+    if lut and (warning := lut.stale_schedule()):  # once the table fits the search: no warning beside an error
+        click.echo(warning, err=True)
     _check_outputs(force, {"-o": output, "--best-out": best_out, "--plot": plot})
     if device:  # before minutes of search: a device that cannot be measured, or not against this table
         _check_device(device, lut)
