@@ -113,6 +113,12 @@ def layout(tmp_path_factory) -> Path:
     _artifact(d, "art_gone", good, lambda m: None)
     _artifact(d, "art_corrupt_onnx", good, lambda m: None)
 
+    profile = json.loads((Path(__file__).parents[1] / "qfa_deploy" / "assets" / "devices" / "x86-1t.json").read_text())
+    dev_text = json.dumps({**profile, "threads": 12345})
+    (d / "dev_nan.json").write_text(dev_text.replace("12345", "NaN"))
+    (d / "dev_huge.json").write_text(dev_text.replace("12345", "9" * 5000))
+    (d / "dev_type.json").write_text(dev_text.replace("12345", '"four"'))
+    (d / "dev_list.json").write_text("[1, 2, 3]")
     (d / "taken.json").write_text('{"an": "existing output"}\n')
     (d / "taken_dir").mkdir()
     (d / "taken_dir" / "keep.txt").write_text("existing folder output\n")
@@ -259,6 +265,10 @@ CASES = [
     ("compile-exists", ["compile", "model.onnx", "--device", "x86", "-o", "taken_dir"], "--force"),
     ("compile-into-file", ["compile", "model.onnx", "--device", "x86", "-o", "taken.json"], "is a file"),
     ("compile-device", ["compile", "model.onnx", "--device", "nosuch", "-o", "c"], "unknown device"),
+    ("device-file-nan", ["compile", "model.onnx", "--device", "dev_nan.json", "-o", "c"], "non-finite"),
+    ("device-file-huge-int", ["compile", "model.onnx", "--device", "dev_huge.json", "-o", "c"], "digits"),
+    ("device-file-type", ["compile", "model.onnx", "--device", "dev_type.json", "-o", "c"], "threads"),
+    ("device-file-list", ["profile", "art_gone", "--device", "dev_list.json"], "JSON object"),
     ("compile-missing", ["compile", "none.onnx", "--device", "x86", "-o", "c"], "no such ONNX file"),
     ("compile-no-parent", ["compile", "model.onnx", "--device", "x86", "-o", "nodir/c"], "no such folder"),
     ("profile-timeout-nan", ["profile", "art_gone", "--device", "x86", "--timeout", "nan"], "--timeout"),

@@ -23,7 +23,6 @@ Fields::
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
@@ -33,6 +32,7 @@ from typing import Any
 from qfa_deploy.deploy._text import one_line
 from qfa_deploy.errors import QfaError
 from qfa_deploy.resources import devices_dir
+from qfa_deploy.strict_json import parse_json
 
 __all__ = [
     "ALIASES",
@@ -261,11 +261,10 @@ def load_device(name_or_path: str | Path) -> Device:
     if not path.is_file():
         raise QfaError(f"device file {path} does not exist")
     try:
-        data = json.loads(path.read_text())
+        text = path.read_bytes()
     except OSError as exc:
         raise QfaError(f"cannot read device file {path}: {exc.strerror or exc}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise QfaError(f"device file {path} is not valid JSON: {one_line(exc)}") from None
+    data = parse_json(text, f"device file {path}")  # NaN, 1e999, huge integers: one line
     try:
         return Device.from_dict(data, source=str(path))
     except ValueError as exc:

@@ -6,7 +6,6 @@ An artifact folder holds ``model.so`` (from :func:`compile_artifact`), and usual
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from qfa_deploy.deploy.parity import compare_outputs, onnxruntime_outputs, rando
 from qfa_deploy.deploy.runner import open_session
 from qfa_deploy.digest import file_sha256
 from qfa_deploy.errors import QfaError
+from qfa_deploy.strict_json import parse_json
 
 __all__ = ["EMULATED_LABEL", "LATENCY_LABEL", "ONNX_NAME", "META_NAME", "load_meta", "profile_artifact"]
 
@@ -107,9 +107,10 @@ def load_meta(artifact_dir: Path) -> dict:
     if not path.is_file():
         return {}
     try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise QfaError(f"cannot read {path}: {exc}") from None
+        text = path.read_bytes()
+    except OSError as exc:
+        raise QfaError(f"cannot read {path}: {exc.strerror or exc}") from None
+    meta = parse_json(text, str(path))
     if not isinstance(meta, dict):
         raise QfaError(f"{path} is not a JSON object")
     nested = meta.get("compile")  # the exporter's meta.json keeps compile_artifact's fields there
