@@ -19,3 +19,14 @@ def cifar_supernet():
     with torch.no_grad():
         net(torch.randn(16, 3, 32, 32))
     return net.eval()
+
+
+@pytest.fixture(scope="session")
+def emulated_pi_image():
+    """The emulated Raspberry Pi's image (built once, then cached); skips where its tools are missing."""
+    from qfa_deploy.deploy.emulated_pi import build_emulated_pi, missing_tools
+
+    missing = missing_tools()
+    if missing:
+        pytest.skip(f"the emulated Pi needs {', '.join(missing)}")
+    return build_emulated_pi()

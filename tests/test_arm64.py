@@ -48,13 +48,10 @@ def test_missing_cross_compiler_is_a_clear_error(tmp_path):
 
 @pytest.mark.slow
 @needs_cross
-def test_emulated_pi_runs_arm64_artifact_bit_exact(tmp_path, cifar_supernet):
-    from qfa_deploy.deploy.emulated_pi import EmulatedPi, build_emulated_pi, missing_tools
+def test_emulated_pi_runs_arm64_artifact_bit_exact(tmp_path, cifar_supernet, emulated_pi_image):
+    from qfa_deploy.deploy.emulated_pi import EmulatedPi
 
-    missing = missing_tools()
-    if missing:
-        pytest.skip(f"the emulated Pi needs {', '.join(missing)}")
-    image = build_emulated_pi()  # cached after the first run
+    image = emulated_pi_image
     models = {"ort": ort_qdq_model(tmp_path / "ort.onnx")}
     try:
         models["exported"] = exported_subnet_model(tmp_path / "subnet.onnx", cifar_supernet)

@@ -83,14 +83,10 @@ def _instructions(lib) -> set[str]:
 
 @pytest.mark.slow
 @needs_cross
-def test_arm_integer_schedules_are_bit_identical_to_onnxruntime(tmp_path, cifar_supernet):
-    from qfa_deploy.deploy.emulated_pi import build_emulated_pi, missing_tools
+def test_arm_integer_schedules_are_bit_identical_to_onnxruntime(tmp_path, cifar_supernet, emulated_pi_image):
     from qfa_deploy.deploy.parity import onnxruntime_outputs, random_inputs
 
-    missing = missing_tools()
-    if missing:
-        pytest.skip(f"the emulated Pi needs {', '.join(missing)}")
-    image = build_emulated_pi()
+    image = emulated_pi_image
     artifacts = []  # (config, model kind, schedule, onnx path, folder, inputs)
     for c, (config, cfg) in enumerate(_configs(cifar_supernet.space.name).items()):
         models = _export(tmp_path / config, cifar_supernet, cfg, seed=c)
