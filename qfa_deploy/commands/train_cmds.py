@@ -74,6 +74,7 @@ def eval_cmd(checkpoint, arch_path, data_dir, calib_batches, limit, download, as
     """Top-1 on the test split of a subnet after per-subnet calibration."""
     from qfa_deploy.arch import load_arch
     from qfa_deploy.commands.common import emit_json, load_supernet, set_threads
+    from qfa_deploy.commands.export_cmds import CALIB_BATCH_SIZE
     from qfa_deploy.data import calibration_images, default_data_dir, download_cifar10, load_splits
     from qfa_deploy.errors import QfaError
     from qfa_deploy.evaluate import evaluate_arch
@@ -91,7 +92,7 @@ def eval_cmd(checkpoint, arch_path, data_dir, calib_batches, limit, download, as
     except QfaError as exc:
         raise QfaError(f"test-set accuracy needs the test set ({exc}; or --download)") from None
     test = test.subset(limit) if limit else test
-    val = calibration_images(net.space, data_dir, calib_batches * 100)
+    val = calibration_images(net.space, data_dir, calib_batches * CALIB_BATCH_SIZE)
     top1 = evaluate_arch(net, cfg, val, test, calib_batches)
     result = {"arch": cfg.short(), "digest": cfg.digest(), "top1": top1, "images": len(test),
               "calib_batches": calib_batches}

@@ -22,6 +22,7 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -347,8 +348,9 @@ def checkpoint_agreement(
         subnet = calibrate_for_export(supernet, cfg, calib, calib_batches)
         model = export_onnx(fold(subnet))
         xs, ys = source_batches(test, cfg.resolution, batch_size)
-        with tempfile.TemporaryDirectory(prefix="qfa-agreement-") as tmp:
-            library, names, meta = None, runtimes, None
+        library, names, meta = None, runtimes, None
+        # a folder for the compiled library only when there is one to compile
+        with tempfile.TemporaryDirectory(prefix="qfa-agreement-") if compile_library else nullcontext() as tmp:
             if compile_library is not None:
                 onnx.save(model, str(Path(tmp) / "model.onnx"))
                 meta = compile_library(Path(tmp) / "model.onnx", Path(tmp))
