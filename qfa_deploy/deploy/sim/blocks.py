@@ -1,0 +1,77 @@
+"""How often each basic block of a program ran: the program under qemu-user with the bbcount plugin.
+
+Blocks are keyed by their instruction bytes (hex, one group per instruction), not their address:
+a block's cost depends only on its code, and the same code at two addresses (two loads of one
+library) is the same block to price.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from qfa_deploy.atomic import atomic_write_bytes
+from qfa_deploy.errors import QfaError
+
+PLUGIN_SOURCE = Path(__file__).with_name("bbcount.c")
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("QFA_CACHE") or Path.home() / ".cache" / "qfa-deploy"
+    return Path(base) / "sim"
+
+
+def plugin() -> Path:
+    """The compiled plugin, built once per source version with the host C compiler."""
+    source = PLUGIN_SOURCE.read_bytes()
+    path = cache_dir() / f"bbcount-{hashlib.sha256(source).hexdigest()[:12]}.so"
+    if path.is_file():
+        return path
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if cc is None:
+        raise QfaError("the simulator needs a C compiler (cc or gcc) to build its qemu plugin")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        built = Path(tmp) / "bbcount.so"
+        done = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(built), str(PLUGIN_SOURCE)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise QfaError(f"building the qemu plugin failed: {done.stderr.strip().splitlines()[-1:]}")
+        atomic_write_bytes(path, lambda f: f.write(built.read_bytes()))
+    return path
+
+
+def count_blocks(argv: list[str], *, arch: str, qemu_cpu: str, rootfs: Path | None = None,
+                 env: dict | None = None, timeout: float = 3600) -> collections.Counter:
+    """{block hex: executions} of ``argv`` run under ``qemu-<arch> -cpu <qemu_cpu>``."""
+    qemu = shutil.which(f"qemu-{arch}")
+    if qemu is None:
+        raise QfaError(f"qemu-{arch} not found: install Debian's qemu-user")
+    with tempfile.TemporaryDirectory(prefix="qfa-bbcount-") as tmp:
+        out = Path(tmp) / "blocks.txt"
+        command = [qemu, "-cpu", qemu_cpu, "-plugin", f"{plugin()},out={out}"]
+        if rootfs is not None:
+            command += ["-L", str(rootfs)]
+        try:
+            done = subprocess.run([*command, *argv], env=env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise QfaError(f"the emulated run took longer than {timeout:.0f} s: {' '.join(argv[:3])} ...") from None
+        if done.returncode != 0 or not out.is_file():
+            tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise QfaError(f"the emulated run failed (exit {done.returncode}): {tail}")
+        counts: collections.Counter = collections.Counter()
+        with open(out) as lines:
+            for line in lines:
+                _vaddr, count, code = line.split(" ", 2)
+                counts[code.strip()] += int(count)
+        return counts
+
+
+def difference(more: collections.Counter, fewer: collections.Counter) -> dict[str, int]:
+    """Executions in ``more`` beyond ``fewer``: what the extra inferences ran (never negative)."""
+    return {code: n - fewer.get(code, 0) for code, n in more.items() if n > fewer.get(code, 0)}

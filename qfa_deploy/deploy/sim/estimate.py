@@ -1,0 +1,94 @@
+"""Cycles of one inference on a CPU model: two emulated runs that differ only in the number of
+inferences, their per-block count difference priced by llvm-mca, summed.
+
+Start-up (interpreter, imports, model load, first-run allocations) cancels in the difference, so the
+same procedure serves a compiled TVM library, onnxruntime and LiteRT alike.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from qfa_deploy.deploy.sim.blocks import count_blocks, difference
+from qfa_deploy.deploy.sim.cost import CostModel, block_cycles
+from qfa_deploy.errors import QfaError
+
+INFER_MAIN = Path(__file__).with_name("infer_main.py")
+RPC_SITE = Path(__file__).parents[1] / "_rpc_site"  # hides torch: the runner never needs it
+
+
+@dataclass(frozen=True)
+class SimCpu:
+    """A CPU the simulator models: how to emulate its ISA and how llvm-mca prices it."""
+
+    name: str
+    arch: str  # qemu-<arch>
+    qemu_cpu: str
+    model: CostModel
+    ghz: float  # nominal clock, only to print ms beside cycles
+    note: str
+
+
+CPUS = {
+    cpu.name: cpu
+    for cpu in (
+        SimCpu("cortex-a72", "aarch64", "cortex-a72", CostModel("aarch64-linux-gnu", "cortex-a72"), 1.8,
+               "Raspberry Pi 4 (ARMv8.0-A, NEON); LLVM's Cortex-A57-family scheduling model"),
+        SimCpu("cortex-a76", "aarch64", "max", CostModel("aarch64-linux-gnu", "cortex-a76", "+dotprod"), 2.4,
+               "Raspberry Pi 5 (ARMv8.2-A, NEON + dot product); LLVM <= 16 prices it with the same "
+               "Cortex-A57-family model as the A72, so only its instructions differ, not its pipeline"),
+        SimCpu("znver4", "x86_64", "max", CostModel("x86_64-linux-gnu", "znver4"), 0.0,
+               "this host's x86 (AMD Zen 4) for validation; qemu runs AVX2 code only (no AVX-512 in TCG)"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    cycles: float  # one inference
+    instructions: int
+    coverage: float  # share of the instructions priced block by block
+    blocks: int
+
+    def ms(self, ghz: float) -> float | None:
+        return self.cycles / (ghz * 1e6) if ghz else None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def simulate(runtime: str, model_path: Path, cpu: SimCpu, *, python: list[str], env: dict,
+             rootfs: Path | None = None, runs: tuple[int, int] = (1, 4), timeout: float = 7200) -> Estimate:
+    """Cycles of one ``runtime`` inference of ``model_path`` on ``cpu``.
+
+    ``python`` is the argv of an interpreter for ``cpu.arch`` (its path inside ``rootfs`` for a
+    foreign one) that can import the runtime; ``runs`` the inference counts of the two emulated runs.
+    """
+    fewer, more = runs
+    if more <= fewer:
+        raise QfaError(f"runs must grow: {runs}")
+
+    def counted(n: int):
+        argv = [*python, str(INFER_MAIN), runtime, str(model_path), str(n)]
+        return count_blocks(argv, arch=cpu.arch, qemu_cpu=cpu.qemu_cpu, rootfs=rootfs, env=env, timeout=timeout)
+
+    extra = difference(counted(more), counted(fewer))
+    costs, coverage = block_cycles(extra, cpu.model)
+    priced_insns = sum(extra[code] * (code.count(".") + 1) for code in costs)
+    priced_cycles = sum(extra[code] * cycles for code, cycles in costs.items())
+    instructions = sum(n * (code.count(".") + 1) for code, n in extra.items())
+    # The unpriced tail (coverage < 1) at the priced blocks' cycles per instruction.
+    cycles = priced_cycles * instructions / max(priced_insns, 1)
+    k = more - fewer
+    return Estimate(cycles / k, round(instructions / k), coverage, len(costs))
+
+
+def host_python_env(extra_path: str | None = None) -> tuple[list[str], dict]:
+    """This interpreter (for qemu-x86_64 validation runs and native timing) and its runner environment."""
+    env = dict(os.environ, TVM_USE_RUNTIME_LIB="1", TVM_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(RPC_SITE), extra_path, env.get("PYTHONPATH")) if p)
+    # The venv's own python path (not the resolved binary): resolving it would leave the venv.
+    return [str(Path(sys.prefix) / "bin" / "python")], env

@@ -1,0 +1,82 @@
+"""Run one model N times with one thread, under emulation or natively: the program the simulator
+counts and the x86 validation times. Standalone (numpy and the runtime only): it runs inside the
+emulated Pi's aarch64 Python, which has no qfa_deploy.
+
+    python infer_main.py RUNTIME MODEL N [--time]      RUNTIME: tvm, ort or tflite
+
+The input is a fixed pseudo-random image of the model's input shape. With --time it prints the
+median of N timed runs in ms (after 3 warm-ups) instead of running silently.
+"""
+
+import os
+import sys
+import time
+
+os.environ.setdefault("TVM_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+
+def tvm_runner(path):
+    import tvm
+    from tvm.runtime.vm import VirtualMachine  # not tvm.relax: the runtime-only library lacks the compiler
+
+    vm = VirtualMachine(tvm.runtime.load_module(path), tvm.cpu())
+    with open(os.path.join(os.path.dirname(path), "meta.json")) as f:
+        import json
+
+        dims = json.load(f)["compile"]["inputs"][0]["shape"]
+    data = tvm.runtime.tensor(_image(dims)) if hasattr(tvm.runtime, "tensor") else tvm.nd.array(_image(dims))
+    return lambda: vm["main"](data)
+
+
+def ort_runner(path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    first = session.get_inputs()[0]
+    feed = {first.name: _image([d if isinstance(d, int) else 1 for d in first.shape])}
+    return lambda: session.run(None, feed)
+
+
+def tflite_runner(path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=path, num_threads=1)
+    interpreter.allocate_tensors()
+    detail = interpreter.get_input_details()[0]
+    image = _image(list(detail["shape"]))
+    if detail["dtype"] != np.float32:
+        scale, zero = detail["quantization"]
+        image = np.clip(np.round(image / scale + zero), -128, 127).astype(detail["dtype"])
+    interpreter.set_tensor(detail["index"], image)
+    return interpreter.invoke
+
+
+def _image(shape):
+    return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+
+
+def main(argv):
+    runtime, path, n = argv[0], argv[1], int(argv[2])
+    run = {"tvm": tvm_runner, "ort": ort_runner, "tflite": tflite_runner}[runtime](path)
+    if "--time" not in argv:
+        for _ in range(n):
+            run()
+        return
+    for _ in range(3):
+        run()
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    print(f"{1e3 * float(np.median(times)):.6f}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
