@@ -3,7 +3,8 @@
 # the Docker image runs the same steps. Stock Debian 12 refuses pip on the system Python (PEP 668),
 # so nothing is installed there. Every failure stops the script with a message.
 # System packages, as root: python3-venv, the aarch64 cross compiler and qemu-user (ARM64 artifacts
-# and the emulated Pi), debootstrap (the emulated Pi's root file system).
+# and the emulated Pi), debootstrap (the emulated Pi's root file system), llvm-16 (llvm-mc/llvm-mca:
+# the ARM speed simulator, qfa_deploy/deploy/sim).
 #
 # Settings (environment): QFA_VENV (default .venv), QFA_INSTALL (what pip installs, default the
 # editable checkout with the dev tools: "-e .[dev]"; the Docker image installs "."), QFA_WHEELHOUSE
@@ -20,6 +21,7 @@ python3 -c "import ensurepip, venv" 2>/dev/null || need_apt+=(python3-venv)
 command -v aarch64-linux-gnu-gcc >/dev/null || need_apt+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
 command -v qemu-aarch64 >/dev/null || need_apt+=(qemu-user)
 command -v debootstrap >/dev/null || need_apt+=(debootstrap)
+command -v llvm-mca-16 >/dev/null || need_apt+=(llvm-16)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq

@@ -41,6 +41,7 @@ __all__ = [
     "PiImage",
     "WHEELS",
     "build_emulated_pi",
+    "build_peer_site",
     "cache_dir",
     "find_emulated_pi",
     "missing_tools",
@@ -60,7 +61,11 @@ WHEELS = (
     "cloudpickle==3.1.2",
     "typing_extensions==4.15.0",
 )
-PLATFORMS = ("manylinux_2_28_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64")
+# The aarch64 peers the ARM benchmark runs beside the artifact (bench/arm64.py), in a site of their own.
+# onnxruntime 1.28-1.32 segfault while importing under qemu-user 7.2 (Debian 12); 1.27.0 is the newest
+# that runs there.
+PEER_WHEELS = ("onnxruntime==1.27.0", "ai-edge-litert==2.3.0")
+PLATFORMS = ("manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64")
 TOOLS = ("debootstrap", "dpkg-deb", "qemu-aarch64")
 _DONE = ".qfa-complete"
 _SERVER_SCRIPT = Path(__file__).with_name("_pi_server.py")
@@ -138,6 +143,14 @@ def build_emulated_pi(root: Path | None = None, *, mirror: str | None = None, ve
     return image
 
 
+def build_peer_site(image: PiImage) -> Path:
+    """The aarch64 onnxruntime and LiteRT wheels unzipped beside the image (built once), for PYTHONPATH."""
+    site = image.root / "peers"
+    if not (site / _DONE).is_file():
+        _build_site(image.root / "peer-wheels", site, PEER_WHEELS)
+    return site
+
+
 class EmulatedPi:
     """Serve TVM RPC from the emulated Pi, registered as ``key`` with a tracker on 127.0.0.1.
 
@@ -213,17 +226,17 @@ def _build_rootfs(rootfs: Path, mirror: str | None) -> None:
     os.replace(partial, rootfs)
 
 
-def _build_site(wheel_dir: Path, site: Path) -> None:
+def _build_site(wheel_dir: Path, site: Path, wheels: tuple[str, ...] = WHEELS) -> None:
     wheel_dir.mkdir(parents=True, exist_ok=True)
     args = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
             "--python-version", "3.11", "--implementation", "cp", "-d", str(wheel_dir)]
     for platform in PLATFORMS:
         args += ["--platform", platform]
     log.info("pip download (aarch64 wheels) into %s", wheel_dir)
-    _run_checked([*args, *WHEELS], "pip download of the aarch64 wheels", timeout=1800)
-    wheels = sorted(wheel_dir.glob("*.whl"))
+    _run_checked([*args, *wheels], "pip download of the aarch64 wheels", timeout=1800)
+    wanted = {spec.split("==")[0].lower().replace("_", "-") for spec in wheels}
+    wheels = sorted(w for w in wheel_dir.glob("*.whl") if w.name.split("-")[0].lower().replace("_", "-") in wanted)
     names = {w.name.split("-")[0].lower().replace("_", "-") for w in wheels}
-    wanted = {spec.split("==")[0].lower().replace("_", "-") for spec in WHEELS}
     if not wanted <= names:
         raise QfaError(f"pip did not download {', '.join(sorted(wanted - names))} for aarch64")
     partial = site.with_name(site.name + ".partial")

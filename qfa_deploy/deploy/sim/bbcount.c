@@ -4,10 +4,12 @@
  * plugins but ships no qemu-plugin.h, so the few declarations of QEMU's stable plugin C API
  * (version 1, QEMU 7.x-8.x) that this file uses are written out here.
  *
- * Output (argument out=PATH), one line per translation at exit:
+ * Phases: the program marks a phase boundary with write(MARK_FD, "", 0) (it fails with EBADF and
+ * has no other effect). Output (argument out=PATH), written at exit:
+ *     # phase <k>                      one header per phase: 0 before the first mark, then 1, 2, ...
  *     <vaddr hex> <count> <insn bytes as hex, one group per instruction, '.'-separated>
- * Counters are bumped inline (no callback per block), so a run costs about 2x plain qemu. They are
- * per-process, not atomic: run the program with one thread.
+ * where count is the block's executions within that phase (blocks that did not run are left out).
+ * Counters are bumped inline (no callback per block). They are not atomic: run one thread.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -26,11 +28,14 @@ typedef struct {
 enum qemu_plugin_op { QEMU_PLUGIN_INLINE_ADD_U64 };
 typedef void (*tb_trans_cb_t)(qemu_plugin_id_t id, struct qemu_plugin_tb *tb);
 typedef void (*udata_cb_t)(qemu_plugin_id_t id, void *userdata);
+typedef void (*syscall_cb_t)(qemu_plugin_id_t id, unsigned int vcpu, int64_t num, uint64_t a1, uint64_t a2,
+                             uint64_t a3, uint64_t a4, uint64_t a5, uint64_t a6, uint64_t a7, uint64_t a8);
 
 void qemu_plugin_register_vcpu_tb_trans_cb(qemu_plugin_id_t id, tb_trans_cb_t cb);
 void qemu_plugin_register_vcpu_tb_exec_inline(struct qemu_plugin_tb *tb, enum qemu_plugin_op op,
                                               void *ptr, uint64_t imm);
 void qemu_plugin_register_atexit_cb(qemu_plugin_id_t id, udata_cb_t cb, void *userdata);
+void qemu_plugin_register_vcpu_syscall_cb(qemu_plugin_id_t id, syscall_cb_t cb);
 size_t qemu_plugin_tb_n_insns(const struct qemu_plugin_tb *tb);
 uint64_t qemu_plugin_tb_vaddr(const struct qemu_plugin_tb *tb);
 struct qemu_plugin_insn *qemu_plugin_tb_get_insn(const struct qemu_plugin_tb *tb, size_t idx);
@@ -39,8 +44,11 @@ size_t qemu_plugin_insn_size(const struct qemu_plugin_insn *insn);
 
 __attribute__((visibility("default"))) int qemu_plugin_version = 1;
 
+#define MARK_FD 0x5157
+
 struct block {
     uint64_t count;  /* first: the inline add targets it */
+    uint64_t seen;   /* count at the last phase boundary */
     uint64_t vaddr;
     char *hex;
 };
@@ -48,6 +56,27 @@ struct block {
 static struct block **blocks;
 static size_t n_blocks, cap_blocks;
 static char out_path[4096];
+static FILE *out;
+static int phase, write_syscall;
+
+static void end_phase(void)
+{
+    fprintf(out, "# phase %d\n", phase++);
+    for (size_t i = 0; i < n_blocks; i++) {
+        struct block *b = blocks[i];
+        if (b->count != b->seen)
+            fprintf(out, "%llx %llu %s\n", (unsigned long long)b->vaddr,
+                    (unsigned long long)(b->count - b->seen), b->hex);
+        b->seen = b->count;
+    }
+}
+
+static void on_syscall(qemu_plugin_id_t id, unsigned int vcpu, int64_t num, uint64_t a1, uint64_t a2,
+                       uint64_t a3, uint64_t a4, uint64_t a5, uint64_t a6, uint64_t a7, uint64_t a8)
+{
+    if (num == write_syscall && a1 == MARK_FD)
+        end_phase();
+}
 
 static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
 {
@@ -79,16 +108,11 @@ static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
 static void write_counts(qemu_plugin_id_t id, void *userdata)
 {
     char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.partial", out_path);
-    FILE *f = fopen(tmp, "w");
-    if (!f)
-        return;
-    for (size_t i = 0; i < n_blocks; i++)
-        if (blocks[i]->count)
-            fprintf(f, "%llx %llu %s\n", (unsigned long long)blocks[i]->vaddr,
-                    (unsigned long long)blocks[i]->count, blocks[i]->hex);
-    if (fclose(f) == 0)
+    end_phase();
+    if (fclose(out) == 0) {
+        snprintf(tmp, sizeof tmp, "%s.partial", out_path);
         rename(tmp, out_path);  /* a reader never sees half a file */
+    }
 }
 
 __attribute__((visibility("default")))
@@ -101,7 +125,23 @@ int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info, int argc, 
         fprintf(stderr, "bbcount: the out=PATH argument is required\n");
         return -1;
     }
+    if (strcmp(info->target_name, "x86_64") == 0)
+        write_syscall = 1;
+    else if (strcmp(info->target_name, "aarch64") == 0)
+        write_syscall = 64;
+    else {
+        fprintf(stderr, "bbcount: unsupported target %s\n", info->target_name);
+        return -1;
+    }
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.partial", out_path);
+    out = fopen(tmp, "w");
+    if (!out) {
+        fprintf(stderr, "bbcount: cannot write %s\n", tmp);
+        return -1;
+    }
     qemu_plugin_register_vcpu_tb_trans_cb(id, on_translate);
+    qemu_plugin_register_vcpu_syscall_cb(id, on_syscall);
     qemu_plugin_register_atexit_cb(id, write_counts, NULL);
     return 0;
 }

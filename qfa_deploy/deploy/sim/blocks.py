@@ -46,9 +46,15 @@ def plugin() -> Path:
     return path
 
 
-def count_blocks(argv: list[str], *, arch: str, qemu_cpu: str, rootfs: Path | None = None,
-                 env: dict | None = None, timeout: float = 3600) -> collections.Counter:
-    """{block hex: executions} of ``argv`` run under ``qemu-<arch> -cpu <qemu_cpu>``."""
+
+
+MARK_FD = 0x5157  # bbcount.c: write(MARK_FD, "", 0) ends a phase
+
+
+def count_phases(argv: list[str], *, arch: str, qemu_cpu: str, rootfs: Path | None = None,
+                 env: dict | None = None, timeout: float = 3600) -> list[collections.Counter]:
+    """[{block hex: executions}] per phase of ``argv`` run under ``qemu-<arch> -cpu <qemu_cpu>``:
+    phase 0 runs up to the program's first ``mark_phase()``, the last from its last mark to exit."""
     qemu = shutil.which(f"qemu-{arch}")
     if qemu is None:
         raise QfaError(f"qemu-{arch} not found: install Debian's qemu-user")
@@ -64,14 +70,12 @@ def count_blocks(argv: list[str], *, arch: str, qemu_cpu: str, rootfs: Path | No
         if done.returncode != 0 or not out.is_file():
             tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
             raise QfaError(f"the emulated run failed (exit {done.returncode}): {tail}")
-        counts: collections.Counter = collections.Counter()
+        phases: list[collections.Counter] = []
         with open(out) as lines:
             for line in lines:
+                if line.startswith("# phase"):
+                    phases.append(collections.Counter())
+                    continue
                 _vaddr, count, code = line.split(" ", 2)
-                counts[code.strip()] += int(count)
-        return counts
-
-
-def difference(more: collections.Counter, fewer: collections.Counter) -> dict[str, int]:
-    """Executions in ``more`` beyond ``fewer``: what the extra inferences ran (never negative)."""
-    return {code: n - fewer.get(code, 0) for code, n in more.items() if n > fewer.get(code, 0)}
+                phases[-1][code.strip()] += int(count)
+        return phases

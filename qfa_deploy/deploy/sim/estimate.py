@@ -1,7 +1,7 @@
-"""Cycles of one inference on a CPU model: two emulated runs that differ only in the number of
-inferences, their per-block count difference priced by llvm-mca, summed.
+"""Cycles of one inference on a CPU model: the runner, under qemu with the bbcount plugin, warms up
+and then marks a phase around a few inferences; that phase's block counts, priced by llvm-mca, summed.
 
-Start-up (interpreter, imports, model load, first-run allocations) cancels in the difference, so the
+Start-up (interpreter, imports, model load, first-run allocations) falls outside the phase, so the
 same procedure serves a compiled TVM library, onnxruntime and LiteRT alike.
 """
 
@@ -12,7 +12,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from qfa_deploy.deploy.sim.blocks import count_blocks, difference
+from qfa_deploy.deploy.sim.blocks import count_phases
 from qfa_deploy.deploy.sim.cost import CostModel, block_cycles
 from qfa_deploy.errors import QfaError
 
@@ -61,29 +61,32 @@ class Estimate:
 
 
 def simulate(runtime: str, model_path: Path, cpu: SimCpu, *, python: list[str], env: dict,
-             rootfs: Path | None = None, runs: tuple[int, int] = (1, 4), timeout: float = 7200) -> Estimate:
+             rootfs: Path | None = None, runs: int = 2, shape: list[int] | None = None,
+             timeout: float = 7200) -> Estimate:
     """Cycles of one ``runtime`` inference of ``model_path`` on ``cpu``.
 
     ``python`` is the argv of an interpreter for ``cpu.arch`` (its path inside ``rootfs`` for a
-    foreign one) that can import the runtime; ``runs`` the inference counts of the two emulated runs.
+    foreign one) that can import the runtime. The runner warms up with one inference, then marks a
+    phase around ``runs`` more: only that phase is priced.
     """
-    fewer, more = runs
-    if more <= fewer:
-        raise QfaError(f"runs must grow: {runs}")
+    argv = [*python, str(INFER_MAIN), runtime, str(model_path), str(runs), "--phases"]
+    if shape:
+        argv += ["--shape", ",".join(map(str, shape))]
+    phases = count_phases(argv, arch=cpu.arch, qemu_cpu=cpu.qemu_cpu, rootfs=rootfs, env=env, timeout=timeout)
+    if len(phases) != 3:
+        raise QfaError(f"the runner marked {len(phases) - 1} phase boundaries, not 2")
+    return price(phases[1], cpu, runs)
 
-    def counted(n: int):
-        argv = [*python, str(INFER_MAIN), runtime, str(model_path), str(n)]
-        return count_blocks(argv, arch=cpu.arch, qemu_cpu=cpu.qemu_cpu, rootfs=rootfs, env=env, timeout=timeout)
 
-    extra = difference(counted(more), counted(fewer))
-    costs, coverage = block_cycles(extra, cpu.model)
-    priced_insns = sum(extra[code] * (code.count(".") + 1) for code in costs)
-    priced_cycles = sum(extra[code] * cycles for code, cycles in costs.items())
-    instructions = sum(n * (code.count(".") + 1) for code, n in extra.items())
+def price(blocks: dict[str, int], cpu: SimCpu, inferences: int = 1) -> Estimate:
+    """Cycles of ``blocks`` (executions per block) on ``cpu``, per inference."""
+    costs, coverage = block_cycles(blocks, cpu.model)
+    priced_insns = sum(blocks[code] * (code.count(".") + 1) for code in costs)
+    priced_cycles = sum(blocks[code] * cycles for code, cycles in costs.items())
+    instructions = sum(n * (code.count(".") + 1) for code, n in blocks.items())
     # The unpriced tail (coverage < 1) at the priced blocks' cycles per instruction.
     cycles = priced_cycles * instructions / max(priced_insns, 1)
-    k = more - fewer
-    return Estimate(cycles / k, round(instructions / k), coverage, len(costs))
+    return Estimate(cycles / inferences, round(instructions / inferences), coverage, len(costs))
 
 
 def host_python_env(extra_path: str | None = None) -> tuple[list[str], dict]:

@@ -2,10 +2,12 @@
 counts and the x86 validation times. Standalone (numpy and the runtime only): it runs inside the
 emulated Pi's aarch64 Python, which has no qfa_deploy.
 
-    python infer_main.py RUNTIME MODEL N [--time]      RUNTIME: tvm, ort or tflite
+    python infer_main.py RUNTIME MODEL N [--shape 1,3,224,224] [--time | --phases]    RUNTIME: tvm, ort or tflite
 
-The input is a fixed pseudo-random image of the model's input shape. With --time it prints the
-median of N timed runs in ms (after 3 warm-ups) instead of running silently.
+The input is a fixed pseudo-random image of the model's input shape (a TVM library does not record
+it: --shape, else the meta.json beside it). With --time it prints the median of N timed runs in ms
+(after 3 warm-ups) instead of running silently. With --phases it runs one inference, then N between
+two phase marks for the bbcount plugin (a write to fd 0x5157, which fails harmlessly).
 """
 
 import os
@@ -18,20 +20,22 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 
-def tvm_runner(path):
+def tvm_runner(path, shape):
     import tvm
     from tvm.runtime.vm import VirtualMachine  # not tvm.relax: the runtime-only library lacks the compiler
 
     vm = VirtualMachine(tvm.runtime.load_module(path), tvm.cpu())
-    with open(os.path.join(os.path.dirname(path), "meta.json")) as f:
+    dims = shape
+    if dims is None:
         import json
 
-        dims = json.load(f)["compile"]["inputs"][0]["shape"]
+        with open(os.path.join(os.path.dirname(path), "meta.json")) as f:
+            dims = json.load(f)["compile"]["inputs"][0]["shape"]
     data = tvm.runtime.tensor(_image(dims)) if hasattr(tvm.runtime, "tensor") else tvm.nd.array(_image(dims))
     return lambda: vm["main"](data)
 
 
-def ort_runner(path):
+def ort_runner(path, shape):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -43,7 +47,7 @@ def ort_runner(path):
     return lambda: session.run(None, feed)
 
 
-def tflite_runner(path):
+def tflite_runner(path, shape):
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_path=path, num_threads=1)
@@ -57,13 +61,28 @@ def tflite_runner(path):
     return interpreter.invoke
 
 
+def _mark():
+    try:
+        os.write(0x5157, b"")  # qfa_deploy.deploy.sim.blocks.MARK_FD
+    except OSError:
+        pass
+
+
 def _image(shape):
     return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
 
 
 def main(argv):
     runtime, path, n = argv[0], argv[1], int(argv[2])
-    run = {"tvm": tvm_runner, "ort": ort_runner, "tflite": tflite_runner}[runtime](path)
+    shape = [int(d) for d in argv[argv.index("--shape") + 1].split(",")] if "--shape" in argv else None
+    run = {"tvm": tvm_runner, "ort": ort_runner, "tflite": tflite_runner}[runtime](path, shape)
+    if "--phases" in argv:
+        run()
+        _mark()
+        for _ in range(n):
+            run()
+        _mark()
+        return
     if "--time" not in argv:
         for _ in range(n):
             run()
