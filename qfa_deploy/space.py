@@ -55,6 +55,9 @@ class SearchSpace:
     mix_bit_choices: tuple[int, ...] = ()
     # Version 2 added the feature-mix bits to ``qfa-mbv3-w1.2`` (its configs name them).
     version: int = 1
+    # One BatchQuant running range per bit choice (the seed's layout, one observer per bit) instead of
+    # one per quantizer; only the supernet's state-dict layout depends on it, not the configs.
+    per_bit_act_ranges: bool = False
     dropout: float = 0.1
     image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -184,6 +187,7 @@ register_space(
         stem_stride=2,
         mix_bit_choices=(2, 3, 4),
         version=2,
+        per_bit_act_ranges=True,
         **_ofa_mbv3(1.2),
     )
 )

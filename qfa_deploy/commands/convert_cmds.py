@@ -14,7 +14,7 @@ __all__ = ["COMMANDS"]
 
 @click.group()
 def convert() -> None:
-    """Read the seed's (apple/ml-batchquant) genes and write qfa-deploy files."""
+    """Read the seed's (apple/ml-batchquant) genes and checkpoints and write qfa-deploy files."""
 
 
 @convert.command("qfa-gene")
@@ -56,6 +56,22 @@ def qfa_gene(source, index, all_dir, output, force):
         write_text_atomic(output, cfg.to_json())
     else:
         click.echo(cfg.to_json(), nl=False)
+
+
+@convert.command("qfa-checkpoint")
+@click.argument("source", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
+              help="Write the qfa-deploy supernet checkpoint here.")
+@click.option("--force", is_flag=True, help="Replace -o if it exists.")
+def qfa_checkpoint(source, output, force):
+    """The seed's supernet checkpoint SOURCE (b234_ps.pth: QFAMobileNetV3, W1.2, bits 2-4) as a
+    qfa-mbv3-w1.2 checkpoint (weights, BN, LSQ steps, BatchQuant parameters and per-bit ranges)."""
+    from qfa_deploy.convert.qfa_checkpoint import SEED_SPACE, convert_file
+
+    check_output(output, force)
+    used = convert_file(source, output)
+    click.echo(f"{output}: space {SEED_SPACE} from {used} tensors of {source} (stem conv 8-bit here, "
+               "float in the seed)", err=True)
 
 
 @convert.command("to-qfa-gene")

@@ -30,7 +30,9 @@ def devices(as_json):
         return
     for dev in profiles:
         where = dev.runner.kind
-        if dev.runner.kind != "local":
+        if dev.runner.kind == "simulated":
+            where += f" {dev.runner.cpu}"
+        elif dev.runner.kind != "local":
             where += f" {dev.runner.address}" + (f" key {dev.runner.key}" if dev.runner.key else "")
         target = dev.target if isinstance(dev.target, str) else json.dumps(dev.target)
         emulated = "  emulated" if dev.emulated else ""

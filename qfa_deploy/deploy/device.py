@@ -13,6 +13,8 @@ Fields::
     cc          cross compiler for export_library (null: the host's)
     runner      {"kind": "local"} | {"kind": "rpc-tracker", "host", "port", "key"}
                 | {"kind": "rpc-direct", "host", "port"}
+                | {"kind": "simulated", "cpu"}: cycles estimated by qfa_deploy.deploy.sim
+                  (cpu: cortex-a72, cortex-a76 or znver4), reported as time at its nominal clock
     threads     runtime threads pinned on the device (0: the runtime's default)
     protocol    {"warmup", "number", "repeat", "min_repeat_ms"}: see time_evaluator
     emulated    true when the device is an emulator: its timings are not latency
@@ -28,6 +30,8 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from qfa_deploy.deploy._text import one_line
 from qfa_deploy.errors import QfaError
@@ -46,7 +50,7 @@ __all__ = [
 ]
 
 DEVICE_VERSION = 1
-RUNNER_KINDS = ("local", "rpc-tracker", "rpc-direct")
+RUNNER_KINDS = ("local", "rpc-tracker", "rpc-direct", "simulated")
 # Short names the exporter's ``--target x86|arm64|cuda`` uses.
 ALIASES = {"arm64": "rasp4b", "cuda": "cuda-sm80"}
 _FIELDS = {"version", "name", "description", "target", "cc", "runner", "threads", "protocol", "emulated", "schedule"}
@@ -87,6 +91,26 @@ class MeasureProtocol:
 
 
 @dataclass(frozen=True)
+class Timing:
+    """Seconds per run of each timed repeat, and the protocol that produced them."""
+
+    seconds: tuple[float, ...]
+    protocol: MeasureProtocol
+    threads: int
+
+    def summary_ms(self) -> dict:
+        ms = np.asarray(self.seconds, dtype=np.float64) * 1e3
+        return {
+            "median": float(np.median(ms)),
+            "p10": float(np.percentile(ms, 10)),
+            "p90": float(np.percentile(ms, 90)),
+            "mean": float(ms.mean()),
+            "min": float(ms.min()),
+            "max": float(ms.max()),
+        }
+
+
+@dataclass(frozen=True)
 class RunnerSpec:
     """Where the compiled library runs: in this process, or on a TVM RPC server."""
 
@@ -94,11 +118,20 @@ class RunnerSpec:
     host: str | None = None
     port: int | None = None
     key: str | None = None
+    cpu: str | None = None  # simulated only
 
     def __post_init__(self):
         if self.kind not in RUNNER_KINDS:
             raise ValueError(f"runner.kind must be one of {', '.join(RUNNER_KINDS)}, not {self.kind!r}")
-        if self.kind != "local":
+        if self.kind == "simulated":
+            from qfa_deploy.deploy.sim.estimate import CPUS
+
+            if self.cpu not in CPUS:
+                raise ValueError(f"runner.cpu must be one of {', '.join(CPUS)} for a simulated device, "
+                                 f"not {self.cpu!r}")
+        elif self.cpu is not None:
+            raise ValueError(f"runner.cpu is only for simulated devices, not {self.kind}")
+        if self.kind not in ("local", "simulated"):
             if not isinstance(self.host, str) or not self.host:
                 raise ValueError(f"runner.host is required for {self.kind}")
             if not isinstance(self.port, int) or not 0 < self.port < 65536:

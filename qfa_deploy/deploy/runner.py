@@ -12,20 +12,19 @@ import logging
 import os
 import platform
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from qfa_deploy.deploy._text import one_line
-from qfa_deploy.deploy.device import Device, MeasureProtocol
+from qfa_deploy.deploy.device import Device, MeasureProtocol, Timing
+from qfa_deploy.deploy.elf import elf_machine
 from qfa_deploy.errors import QfaError
 
 __all__ = ["Session", "Timing", "elf_machine", "open_session"]
 
 log = logging.getLogger(__name__)
 
-_ELF_MACHINES = {3: "x86", 40: "arm", 62: "x86_64", 183: "aarch64", 243: "riscv"}
 # runtime.config_threadpool affinity modes. Remote boards (e.g. a Pi's four equal cores): the "big"
 # cores. Here: one worker per CPU this process may use, named explicitly - the "big" mode ranks cores
 # by their reported frequency, and on a VM that can leave a pool of one thread (2 threads ran no
@@ -34,26 +33,6 @@ _THREADPOOL_BIG_CORES = 1
 _THREADPOOL_ONE_CORE_PER_THREAD = -2
 # The CPUs this process may use (its `taskset` mask), read before TVM's pool starts any thread.
 _ALLOWED_CPUS = frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else frozenset()
-
-
-@dataclass(frozen=True)
-class Timing:
-    """Seconds per run of each timed repeat, and the protocol that produced them."""
-
-    seconds: tuple[float, ...]
-    protocol: MeasureProtocol
-    threads: int
-
-    def summary_ms(self) -> dict:
-        ms = np.asarray(self.seconds, dtype=np.float64) * 1e3
-        return {
-            "median": float(np.median(ms)),
-            "p10": float(np.percentile(ms, 10)),
-            "p90": float(np.percentile(ms, 90)),
-            "mean": float(ms.mean()),
-            "min": float(ms.min()),
-            "max": float(ms.max()),
-        }
 
 
 class Session:
@@ -199,6 +178,10 @@ def open_session(device: Device, *, timeout: float = 30.0, session_timeout: floa
     runner = device.runner
     if runner.kind == "local":
         return Session(device)
+    if runner.kind == "simulated":
+        from qfa_deploy.deploy.sim.session import SimulatedSession
+
+        return SimulatedSession(device)
     from tvm import rpc
 
     _probe(runner.host, runner.port, timeout, "RPC tracker" if runner.kind == "rpc-tracker" else "RPC server")
@@ -225,17 +208,6 @@ def open_session(device: Device, *, timeout: float = 30.0, session_timeout: floa
                        f"{timeout:.0f} s ({one_line(exc)})") from None
     tracker.close()
     return Session(device, remote)
-
-
-def elf_machine(path: Path) -> str | None:
-    """The architecture an ELF file is built for ("x86_64", "aarch64", ...), None if not ELF."""
-    with open(path, "rb") as f:
-        header = f.read(20)
-    if len(header) < 20 or header[:4] != b"\x7fELF":
-        return None
-    byteorder = "little" if header[5] == 1 else "big"
-    code = int.from_bytes(header[18:20], byteorder)
-    return _ELF_MACHINES.get(code, f"elf-machine-{code}")
 
 
 def _host_machine() -> str:

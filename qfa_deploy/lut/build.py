@@ -25,6 +25,7 @@ from qfa_deploy.arch import ArchConfig, sample_arch
 from qfa_deploy.deploy.compile import DEFAULT_SCHEDULE, resolve_schedule
 from qfa_deploy.deploy.device import Device, host_cpu, load_device
 from qfa_deploy.deploy.runner import open_session
+from qfa_deploy.deploy.sim.estimate import simulation_provenance
 from qfa_deploy.errors import QfaError
 from qfa_deploy.lut.journal import Journal
 from qfa_deploy.lut.keys import space_keys
@@ -87,6 +88,7 @@ def _provenance(dev: Device, plan: BuildPlan, bits_probe: dict) -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "fit_samples": plan.fit_samples,
         "bits_probe": bits_probe,
+        **({"simulated": simulation_provenance(dev.runner.cpu)} if dev.runner.kind == "simulated" else {}),
     }
 
 

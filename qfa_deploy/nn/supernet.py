@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from qfa_deploy.arch import ArchConfig
@@ -9,7 +11,7 @@ from qfa_deploy.nn.elastic import ElasticQuantConv, ElasticSqueezeExcite
 from qfa_deploy.nn.layers import QuantConv
 from qfa_deploy.nn.mbconv import MBConv
 from qfa_deploy.nn.network import QuantMobileNet
-from qfa_deploy.quant import act_quantizer_class
+from qfa_deploy.quant import BatchQuant, act_quantizer_class
 from qfa_deploy.space import SearchSpace, create_space, make_divisible
 
 __all__ = ["QFASupernet", "block_channels"]
@@ -32,6 +34,8 @@ class QFASupernet(QuantMobileNet):
         sp = create_space(space) if isinstance(space, str) else space
         bits, fixed = sp.bit_choices, (sp.fixed_bits,)
         aq = act_quantizer_class(act_quantizer)
+        if aq is BatchQuant and sp.per_bit_act_ranges:
+            aq = functools.partial(BatchQuant, per_bit_ranges=True)
         elastic = dict(w_bit_choices=bits, a_bit_choices=bits, act_quant_cls=aq)
         fixed_q = dict(w_bit_choices=fixed, a_bit_choices=fixed, act_quant_cls=aq)
         mix_q = dict(w_bit_choices=sp.mix_choices, a_bit_choices=sp.mix_choices, act_quant_cls=aq)
@@ -82,6 +86,9 @@ class QFASupernet(QuantMobileNet):
             self.classifier.weight_quant.init_steps(self.classifier.weight)
         self.active: ArchConfig = ArchConfig.largest(sp.name)
         self.quantized = True
+        # The seed runs its stem conv in float: True does too (PyTorch only: the integer form, fold and
+        # every export need the 8-bit stem). Takes effect at the next set_active.
+        self.float_stem = False
         self.set_active(self.active)
 
     def set_active(self, cfg: ArchConfig, quantized: bool = True) -> None:
@@ -103,6 +110,8 @@ class QFASupernet(QuantMobileNet):
         self.feature_mix.weight_quant.bits, self.feature_mix.act_quant.bits = q(cfg.mix_w_bits), q(cfg.mix_a_bits)
         for conv in (self.stem, self.classifier):
             conv.weight_quant.bits = conv.act_quant.bits = q(self.space.fixed_bits)
+        if self.float_stem:
+            self.stem.weight_quant.bits = self.stem.act_quant.bits = None
 
     def running_blocks(self) -> list[MBConv]:
         return [self.blocks[i] for i in self.active.active_blocks()]

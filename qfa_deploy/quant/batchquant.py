@@ -21,6 +21,11 @@ zero point) and the constant ``c = (z + beta - Z) * s'``::
 
 ``c`` is BatchQuant's real offset folded exactly: the integer part went into ``Z``, the rest is a
 constant shift before quantisation and after dequantisation.
+
+Running ranges: one per quantizer (shared by its bit choices), or, with ``per_bit_ranges`` (the seed's
+layout: one observer per bit choice), one per bit choice, each tracked only while its bit is active.
+A state dict with one shared range loads into a per-bit quantizer as that range for every bit, so
+every subnet computes what it computed before.
 """
 
 from __future__ import annotations
@@ -65,19 +70,25 @@ class FixedActQuant:
 class BatchQuant(nn.Module):
     """BatchQuant with learned (alpha, beta) per bit choice and running range statistics."""
 
-    def __init__(self, bit_choices: Sequence[int], momentum: float | None = 0.1) -> None:
+    def __init__(
+        self, bit_choices: Sequence[int], momentum: float | None = 0.1, per_bit_ranges: bool = False
+    ) -> None:
         super().__init__()
         self.bit_choices = tuple(bit_choices)
         self.bits: int | None = self.bit_choices[-1]  # None = full precision
         self.momentum = momentum  # None: cumulative average (calibration)
+        # one running range per bit choice (with a single choice there is nothing to separate)
+        self.per_bit_ranges = per_bit_ranges and len(self.bit_choices) > 1
         self.scale_param = nn.Parameter(torch.zeros(len(self.bit_choices)))
         self.offset = nn.Parameter(torch.zeros(len(self.bit_choices)))
-        self.register_buffer("running_min", torch.zeros(()))
-        self.register_buffer("running_max", torch.zeros(()))
-        self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
+        shape = (len(self.bit_choices),) if self.per_bit_ranges else ()
+        self.register_buffer("running_min", torch.zeros(shape))
+        self.register_buffer("running_max", torch.zeros(shape))
+        self.register_buffer("num_batches_tracked", torch.zeros(shape, dtype=torch.long))
 
     def extra_repr(self) -> str:
-        return f"bit_choices={self.bit_choices}, bits={self.bits}"
+        per_bit = ", per-bit ranges" if self.per_bit_ranges else ""
+        return f"bit_choices={self.bit_choices}, bits={self.bits}{per_bit}"
 
     def reset_running_stats(self) -> None:
         self.running_min.zero_()
@@ -87,17 +98,39 @@ class BatchQuant(nn.Module):
     def _index(self) -> int:
         return self.bit_choices.index(self.bits)
 
+    def _slot(self, bits: int | None = None) -> tuple:
+        """Where the running range of ``bits`` (default: the active bits) is: an index or ``()``."""
+        if not self.per_bit_ranges:
+            return ()
+        return (self.bit_choices.index(self.bits if bits is None else bits),)
+
+    def running_range(self, bits: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The running (min, max) that ``bits`` (default: the active bits) quantize with, 0-d tensors."""
+        slot = self._slot(bits)
+        return self.running_min[slot], self.running_max[slot]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # one shared range (the layout without per-bit ranges) becomes that range for every bit
+        if self.per_bit_ranges:
+            for name in ("running_min", "running_max", "num_batches_tracked"):
+                value = state_dict.get(prefix + name)
+                if isinstance(value, torch.Tensor) and value.ndim == 0:
+                    state_dict[prefix + name] = value.expand(len(self.bit_choices)).clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def alpha(self) -> torch.Tensor:
         return F.softplus(self.scale_param[self._index()], beta=SOFTPLUS_BETA)
 
     @torch.no_grad()
     def _track(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
-        self.num_batches_tracked += 1
-        m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        if self.momentum is not None and self.num_batches_tracked == 1:
+        slot = self._slot()
+        self.num_batches_tracked[slot] += 1
+        count = int(self.num_batches_tracked[slot])
+        m = 1.0 / count if self.momentum is None else self.momentum
+        if self.momentum is not None and count == 1:
             m = 1.0  # first batch sets the range instead of averaging with zeros
-        self.running_min.lerp_(lo, m)
-        self.running_max.lerp_(hi, m)
+        self.running_min[slot].lerp_(lo, m)  # a view of the buffer (the whole 0-d one without per-bit ranges)
+        self.running_max[slot].lerp_(hi, m)
 
     def _affine(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
         qmax = 2**self.bits - 1
@@ -127,7 +160,8 @@ class BatchQuant(nn.Module):
     @torch.no_grad()
     def fixed(self) -> FixedActQuant:
         """Inference constants from the running range (float64 arithmetic, stored as float32)."""
-        s, z, qmax = self._affine(self.running_min.double(), self.running_max.double())
+        lo, hi = self.running_range()
+        s, z, qmax = self._affine(lo.double(), hi.double())
         scale = float(torch.tensor(float(s / self.alpha().double()), dtype=torch.float32))
         zf = float(z) + float(self.offset[self._index()])
         zero_point = int(min(max(round(zf), 0), qmax))
@@ -141,7 +175,8 @@ class BatchQuant(nn.Module):
         with torch.no_grad():
             out.scale_param.copy_(self.scale_param[i].reshape(1))
             out.offset.copy_(self.offset[i].reshape(1))
-            out.running_min.copy_(self.running_min)
-            out.running_max.copy_(self.running_max)
-            out.num_batches_tracked.copy_(self.num_batches_tracked)
+            slot = self._slot(bits)
+            out.running_min.copy_(self.running_min[slot])
+            out.running_max.copy_(self.running_max[slot])
+            out.num_batches_tracked.copy_(self.num_batches_tracked[slot])
         return out

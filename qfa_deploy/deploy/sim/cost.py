@@ -99,6 +99,7 @@ _STRING_BYTES = {"b": 1, "w": 2, "l": 4, "q": 8}
 # After every instruction, one that compiled code hardly holds (x86 ud2, arm64 brk #0x7a7a): llvm-mc
 # prints some instructions on two lines (prefixes) and skips what it cannot decode, so the markers,
 # not line counts, delimit each instruction's text.
+COMMENTS = {"x86_64": "#", "aarch64": "//"}
 MARKERS = {"x86_64": "0f0b", "aarch64": (0xD4200000 | 0x7A7A << 5).to_bytes(4, "little").hex()}
 
 
@@ -117,7 +118,8 @@ def _disassemble(insns: set[str], model: CostModel) -> dict[str, str]:
     done = subprocess.run([llvm_tool("llvm-mc"), "--disassemble", f"-triple={model.triple}",
                            *([f"-mattr={model.mattr}"] if model.mattr else [])],
                           input=f"{group(marker)}\n{source}", capture_output=True, text=True)
-    lines = [line.split("//")[0].split("#")[0].strip() for line in done.stdout.splitlines()
+    comment = COMMENTS[model.triple.split("-")[0]]  # aarch64 immediates start with '#'
+    lines = [line.split(comment)[0].strip() for line in done.stdout.splitlines()
              if line.startswith("\t") and not line.strip().startswith(".")]
     marker_text, rest = lines[0], lines[1:]
     text, current = {marker: marker_text}, []

@@ -89,6 +89,17 @@ def price(blocks: dict[str, int], cpu: SimCpu, inferences: int = 1) -> Estimate:
     return Estimate(cycles / inferences, round(instructions / inferences), coverage, len(costs))
 
 
+def simulation_provenance(cpu_name: str) -> dict:
+    """What a simulated figure is, for a table's provenance: the CPU model and the tools' versions."""
+    from qfa_deploy.deploy.sim.cost import ITERATIONS, llvm_tool
+
+    cpu = CPUS[cpu_name]
+    return {"instrument": "qemu-user block counts x llvm-mca steady-state cycles (qfa_deploy.deploy.sim)",
+            "cpu": cpu.name, "llvm_mcpu": cpu.model.mcpu, "llvm_mattr": cpu.model.mattr,
+            "llvm_mca": Path(llvm_tool("llvm-mca")).name, "mca_iterations": ITERATIONS,
+            "qemu_cpu": cpu.qemu_cpu, "nominal_ghz": cpu.ghz, "note": cpu.note}
+
+
 def host_python_env(extra_path: str | None = None) -> tuple[list[str], dict]:
     """This interpreter (for qemu-x86_64 validation runs and native timing) and its runner environment."""
     env = dict(os.environ, TVM_USE_RUNTIME_LIB="1", TVM_NUM_THREADS="1", OMP_NUM_THREADS="1")
