@@ -51,7 +51,8 @@ def tune_model(
         raise QfaError("--trials must be at least 1")
     dev = load_device(device)
     if dev.runner.kind != "local" or dev.target_kind != "llvm":
-        raise QfaError(f"tuning runs on this machine's CPU only; device {dev.name} is not a local llvm device")
+        raise QfaError(f"tuning runs on this machine's CPU only; device {dev.name} is not a local llvm device "
+                       "(an ARM board is not tuned: its integer schedules are hand-written, see docs/deploy.md)")
     work_dir = Path(work_dir) if work_dir else default_database_dir(dev)
     work_dir.mkdir(parents=True, exist_ok=True)
     model = _load_onnx(Path(onnx_path))
