@@ -36,13 +36,14 @@ it runs in a subprocess, with this interpreter if it can import both, else with 
 Results are cached by the sha256 of (float ONNX, calibration array, recipe) under
 ~/.cache/qfa-deploy/tflite-peer (or $QFA_CACHE/tflite-peer), with a JSON description beside each.
 
-On the emulated Pi (``run_emulated``): the aarch64 ``ai-edge-litert`` wheel, unzipped into a scratch
-site, under ``qemu-aarch64`` with the emulated Pi's python and numpy. qemu-user 7.2 shows the
-*host's* x86 /proc/cpuinfo to the guest; the cpuinfo library in LiteRT then finds no ARM core and
-both XNNPACK and the optimized builtin kernels crash (SIGSEGV; only the reference kernels run).
-``run_emulated`` therefore runs qemu with ``-L`` pointing at a scratch folder of symlinks into the
-emulated Pi's root filesystem plus its own ``proc/cpuinfo`` describing the emulated CPU (Cortex-A72
-or Cortex-A76); qemu looks paths up under ``-L`` first. The image itself is not changed.
+On the emulated Pi (``run_emulated``; ``emulated_command`` gives the argv): the aarch64
+``ai-edge-litert`` wheel, unzipped into a scratch site, under ``qemu-aarch64`` with the emulated
+Pi's python and numpy. qemu-user 7.2 shows the *host's* x86 /proc/cpuinfo to the guest; the
+cpuinfo library in LiteRT then finds no ARM core and both XNNPACK and the optimized builtin
+kernels crash (SIGSEGV; only the reference kernels run). ``emulated_command`` therefore runs qemu
+with ``-L`` pointing at a scratch folder of symlinks into the emulated Pi's root filesystem plus
+its own ``proc/cpuinfo`` describing the emulated CPU (Cortex-A72 or Cortex-A76); qemu looks paths
+up under ``-L`` first. The image itself is not changed.
 
     python bench/tflite_peer.py --check [--w12-subnets 1] [--emulated]
 
@@ -53,6 +54,7 @@ and the emulated Pi's python): ``--convert ONNX CALIB.npy OUT.tflite`` and ``--r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -349,12 +351,14 @@ def _cpu_root(rootfs: Path, cpu: str, folder: Path) -> Path:
     return folder
 
 
-def run_emulated(path: str | Path, x: np.ndarray | None = None, *, cpu: str = "cortex-a72", threads: int = 1,
-                 repeat: int = 3, xnnpack: bool = True, image=None, site: Path | None = None,
-                 timeout: float = 1800) -> dict:
-    """The .tflite under qemu-aarch64 (``-cpu cpu``) with the emulated Pi's python: this file's
-    ``--run`` mode. Returns its JSON: wall ms of each invoke (emulation, not latency), the
-    XNNPACK coverage and the logits of ``x`` (one NCHW image; zeros if None)."""
+@contextlib.contextmanager
+def emulated_command(path: str | Path, x: np.ndarray | None = None, *, cpu: str = "cortex-a72", threads: int = 1,
+                     repeat: int = 3, xnnpack: bool = True, image=None, site: Path | None = None):
+    """(argv, env) running the .tflite under ``qemu-aarch64 -cpu cpu`` with the emulated Pi's python
+    (this file's ``--run`` mode), valid inside the ``with``. ``argv[0]`` is ``qemu-aarch64``: a caller
+    may insert its own qemu options (e.g. ``-plugin``) after it. The run prints one JSON line: wall
+    ms of each invoke (emulation, not latency), the XNNPACK coverage, the logits of ``x`` (one NCHW
+    image; zeros if None)."""
     if cpu not in _CPUINFO:
         raise ValueError(f"cpu {cpu!r}: one of {', '.join(_CPUINFO)}")
     if image is None:
@@ -380,14 +384,20 @@ def run_emulated(path: str | Path, x: np.ndarray | None = None, *, cpu: str = "c
                 *args]
         env = image.environment()
         env["PYTHONPATH"] = os.pathsep.join([str(site), str(image.site)])
+        yield argv, env
+
+
+def run_emulated(path: str | Path, x: np.ndarray | None = None, *, timeout: float = 1800, **options) -> dict:
+    """``emulated_command(path, x, **options)`` run; its JSON plus ``cpu`` and the whole process's seconds."""
+    with emulated_command(path, x, **options) as (argv, env):
         start = time.perf_counter()
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
-        if done.returncode != 0:
-            tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-10:])
-            raise RuntimeError(f"emulated LiteRT run failed (exit {done.returncode}):\n{tail}")
-        result = json.loads(done.stdout.strip().splitlines()[-1])
-        result.update(cpu=cpu, process_s=round(time.perf_counter() - start, 1))
-        return result
+    if done.returncode != 0:
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-10:])
+        raise RuntimeError(f"emulated LiteRT run failed (exit {done.returncode}):\n{tail}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result.update(cpu=options.get("cpu", "cortex-a72"), process_s=round(time.perf_counter() - start, 1))
+    return result
 
 
 def _run_main(args) -> int:
@@ -510,11 +520,12 @@ def check(w12_subnets: int, emulated: bool, test_images: int, repeat: int) -> di
     if emulated:
         report["cifar10"]["emulated"] = {}
         for cpu in _CPUINFO:
-            result = run_emulated(tflite, x[:1], cpu=cpu, repeat=3)
-            logits = np.asarray(result.pop("logits"))
-            result["same_top1_as_x86"] = bool(logits.argmax() == tfl_logits[0].argmax())
-            result["max_abs_logit_diff_vs_x86"] = float(np.abs(logits - tfl_logits[0]).max())
-            report["cifar10"]["emulated"][cpu] = result
+            for name, xnnpack in (("xnnpack", True), ("builtin", False)):
+                result = run_emulated(tflite, x[:1], cpu=cpu, repeat=3, xnnpack=xnnpack)
+                logits = np.asarray(result.pop("logits"))
+                result["same_top1_as_x86"] = bool(logits.argmax() == tfl_logits[0].argmax())
+                result["max_abs_logit_diff_vs_x86_xnnpack"] = float(np.abs(logits - tfl_logits[0]).max())
+                report["cifar10"]["emulated"][f"{cpu} {name}"] = result
     report["w12"] = []
     for seed in range(w12_subnets):
         net, cfg, calib = w12_float_subnet(seed)
@@ -551,8 +562,28 @@ def main(argv=None) -> int:
         return _run_main(args)
     if not args.check:
         parser.error("nothing to do: pass --check")
-    print(json.dumps(check(args.w12_subnets, args.emulated, args.test_images, args.repeat), indent=2))
+    report = check(args.w12_subnets, args.emulated, args.test_images, args.repeat)
+    _summary(report)
+    print(json.dumps(report, indent=2))
     return 0
+
+
+def _summary(report: dict) -> None:
+    """The figures of ``check`` in a few lines, on stderr (stdout is the JSON)."""
+    c = report["cifar10"]
+    lines = [f"CIFAR-10 preset (float subnet -> TFLite int8): top-1 agreement {c['top1_agreement']:.2%} on "
+             f"{c['test_images']} test images (accuracy float {c['accuracy_float']:.2%}, "
+             f"int8 {c['accuracy_tflite_int8']:.2%}); XNNPACK: {c['xnnpack']['xnnpack_ops']}/{c['xnnpack']['ops']} "
+             f"ops in {c['xnnpack']['xnnpack_partitions']} partitions, builtin {c['xnnpack']['builtin_ops']}"]
+    rows = [("cifar10", c["x86_ms_1_thread"])]
+    rows += [(f"w1.2 seed {w['seed']}", w["x86_ms_1_thread"]) for w in report["w12"]]
+    for name, timing in rows:
+        figures = ", ".join(f"{k} {v:.2f}" for k, v in timing["median_ms"].items())
+        lines.append(f"x86, 1 thread, ms (median of rounds): {name}: {figures} (load {timing['load_average'][0]})")
+    for name, result in c.get("emulated", {}).items():
+        lines.append(f"emulated {name}: wall ms per invoke {[round(v) for v in result['ms']]} (qemu, not latency), "
+                     f"top-1 as x86: {result['same_top1_as_x86']}")
+    print("\n".join(lines), file=sys.stderr)
 
 
 if __name__ == "__main__":
