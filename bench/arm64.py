@@ -37,7 +37,6 @@ import random
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -204,9 +203,9 @@ def main(argv=None) -> int:
     parser.add_argument("--no-tflite", action="store_true", help="Leave out the TFLite peer.")
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "qfa-deploy" / "bench-arm64")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--profile", action="store_true",
+                        help="Also print where the artifact's simulated cycles go, function by function.")
     args = parser.parse_args(argv)
-
-    from tflite_peer import _cpu_root
 
     from qfa_deploy.deploy.emulated_pi import build_emulated_pi, build_peer_site
 
@@ -224,39 +223,53 @@ def main(argv=None) -> int:
     if args.cifar10:
         subnets.append(("cifar10-largest-w4a4", _cifar10_subnet))
     rows, validation = [], []
-    with tempfile.TemporaryDirectory(prefix="qfa-arm64-") as tmp:
-        for index, (name, make) in enumerate(subnets):
-            cfg, subnet, fp_net, images = make()
-            validate = index < args.validate and name.startswith("w1.2")
-            files = prepare(name, cfg, subnet, fp_net, images, args.work / name, not args.no_tflite, validate)
-            shape = [1, 3, cfg.resolution, cfg.resolution]
-            row = {"subnet": name, "arch": cfg.to_dict(), "cycles": {}, "instructions": {}, "coverage": {}}
-            for cpu in args.cpus:
-                root = _cpu_root(image.rootfs, cpu, Path(tmp) / f"root-{cpu}-{index}")
-                python = [str(root / image.python.relative_to(image.rootfs))]
-                for column in columns:
-                    path = column_file(files, column, cpu)
-                    key = f"{name}|{cpu}|{column}|{_digest(path)}"
-                    start = time.perf_counter()
-                    est = journal.get(key, _estimate, arm_runtime(column), path, cpu, python=python, env=arm_env,
-                                      rootfs=root, shape=shape)
-                    row["cycles"].setdefault(cpu, {})[column] = est["cycles"]
-                    row["instructions"].setdefault(cpu, {})[column] = est["instructions"]
-                    row["coverage"].setdefault(cpu, {})[column] = est["coverage"]
-                    print(f"  {name:<22} {cpu:<11} {column:<12} {est['cycles'] / 1e6:10.2f} M cycles "
-                          f"({time.perf_counter() - start:.0f} s)", flush=True)
-                cycles = row["cycles"][cpu]
-                best = min((p for p in PEERS if p in cycles), key=cycles.get)
-                row.setdefault("ratio_to_best_peer", {})[cpu] = cycles["artifact"] / cycles[best]
-                row.setdefault("best_peer", {})[cpu] = best
-            rows.append(row)
-            if validate:
-                validation.append(_validate_one(name, files, shape, journal, x86_python, x86_env))
+    for index, (name, make) in enumerate(subnets):
+        cfg, subnet, fp_net, images = make()
+        validate = index < args.validate and name.startswith("w1.2")
+        files = prepare(name, cfg, subnet, fp_net, images, args.work / name, not args.no_tflite, validate)
+        shape = [1, 3, cfg.resolution, cfg.resolution]
+        row = {"subnet": name, "arch": cfg.to_dict(), "cycles": {}, "instructions": {}, "coverage": {}}
+        for cpu in args.cpus:
+            root, python = image.cpu_root(cpu), [str(image.python)]
+            for column in columns:
+                path = column_file(files, column, cpu)
+                key = f"{name}|{cpu}|{column}|{_digest(path)}"
+                start = time.perf_counter()
+                est = journal.get(key, _estimate, arm_runtime(column), path, cpu, python=python, env=arm_env,
+                                  rootfs=root, shape=shape)
+                row["cycles"].setdefault(cpu, {})[column] = est["cycles"]
+                row["instructions"].setdefault(cpu, {})[column] = est["instructions"]
+                row["coverage"].setdefault(cpu, {})[column] = est["coverage"]
+                print(f"  {name:<22} {cpu:<11} {column:<12} {est['cycles'] / 1e6:10.2f} M cycles "
+                      f"({time.perf_counter() - start:.0f} s)", flush=True)
+            cycles = row["cycles"][cpu]
+            best = min((p for p in PEERS if p in cycles), key=cycles.get)
+            row.setdefault("ratio_to_best_peer", {})[cpu] = cycles["artifact"] / cycles[best]
+            row.setdefault("best_peer", {})[cpu] = best
+        if args.profile:
+            row["functions"] = _profile(files, shape, args.cpus, image, arm_env)
+        rows.append(row)
+        if validate:
+            validation.append(_validate_one(name, files, shape, journal, x86_python, x86_env))
     report = _report(rows, validation, args)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))
     return 0
+
+
+def _profile(files: dict[str, Path], shape: list[int], cpus: list[str], image, env: dict) -> dict:
+    from qfa_deploy.deploy.sim.functions import function_profile
+
+    out = {}
+    for cpu in cpus:
+        out[cpu] = function_profile("tvm", files[cpu], CPUS[cpu], python=[str(image.python)], env=env,
+                                    rootfs=image.cpu_root(cpu), shape=shape, top=15)
+        print(f"  where the artifact's cycles go on {cpu} (simulated):")
+        for f in out[cpu]:
+            print(f"    {100 * f['share']:5.1f}%  {f['cycles'] / 1e6:8.2f} M cycles  "
+                  f"{f['instructions'] / 1e6:8.2f} M instr  {f['function']}")
+    return out
 
 
 def _validate_one(name: str, files: dict[str, Path], shape: list[int], journal: Journal, python, env) -> dict:

@@ -68,6 +68,12 @@ PEER_WHEELS = ("onnxruntime==1.27.0", "ai-edge-litert==2.3.0")
 PLATFORMS = ("manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64")
 TOOLS = ("debootstrap", "dpkg-deb", "qemu-aarch64")
 _DONE = ".qfa-complete"
+# /proc/cpuinfo of the Pi cores (Arm's part numbers; features as Linux prints them): PiImage.cpu_root
+CPUINFO = {
+    "cortex-a72": ("fp asimd evtstrm crc32 cpuid", "0x0", "0xd08", "3"),
+    "cortex-a76": ("fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc "
+                   "dcpop asimddp", "0x4", "0xd0b", "1"),
+}
 _SERVER_SCRIPT = Path(__file__).with_name("_pi_server.py")
 
 
@@ -85,6 +91,32 @@ class PiImage:
 
     def is_complete(self) -> bool:
         return (self.rootfs / _DONE).is_file() and (self.site / _DONE).is_file() and self.python.exists()
+
+    def cpu_root(self, cpu: str) -> Path:
+        """A root for ``qemu-aarch64 -L`` that shows the guest a /proc/cpuinfo of ``cpu`` (made once).
+
+        qemu-user 7.2 passes the host's x86 /proc/cpuinfo through; the cpuinfo library inside
+        onnxruntime and LiteRT then finds no ARM core and their optimized kernels crash or are skipped.
+        The root holds that file and links to the image's system folders only: a link named like a
+        host path the guest also uses (/root, /tmp) would make realpath() wander into the image.
+        """
+        if cpu not in CPUINFO:
+            raise QfaError(f"no /proc/cpuinfo for {cpu!r}: one of {', '.join(CPUINFO)}")
+        root = self.root / f"cpu-{cpu}"
+        if root.is_dir():
+            return root
+        partial = root.with_name(root.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        (partial / "proc").mkdir(parents=True)
+        for name in ("bin", "sbin", "lib", "lib64", "usr", "etc", "var"):
+            if (self.rootfs / name).exists():
+                (partial / name).symlink_to(self.rootfs / name)
+        features, variant, part, revision = CPUINFO[cpu]
+        block = (f"BogoMIPS\t: 108.00\nFeatures\t: {features}\nCPU implementer\t: 0x41\nCPU architecture: 8\n"
+                 f"CPU variant\t: {variant}\nCPU part\t: {part}\nCPU revision\t: {revision}\n\n")
+        (partial / "proc" / "cpuinfo").write_text("".join(f"processor\t: {i}\n{block}" for i in range(4)))
+        os.replace(partial, root)
+        return root
 
     def command(self, *args: str) -> list[str]:
         """argv running the aarch64 python with ``args`` under qemu-user."""

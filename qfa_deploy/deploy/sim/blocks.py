@@ -52,9 +52,10 @@ MARK_FD = 0x5157  # bbcount.c: write(MARK_FD, "", 0) ends a phase
 
 
 def count_phases(argv: list[str], *, arch: str, qemu_cpu: str, rootfs: Path | None = None,
-                 env: dict | None = None, timeout: float = 3600) -> list[collections.Counter]:
+                 env: dict | None = None, timeout: float = 3600, by_address: bool = False) -> list[collections.Counter]:
     """[{block hex: executions}] per phase of ``argv`` run under ``qemu-<arch> -cpu <qemu_cpu>``:
-    phase 0 runs up to the program's first ``mark_phase()``, the last from its last mark to exit."""
+    phase 0 runs up to the program's first phase mark, the last from its last mark to exit.
+    With ``by_address`` the keys are (guest address, block hex)."""
     qemu = shutil.which(f"qemu-{arch}")
     if qemu is None:
         raise QfaError(f"qemu-{arch} not found: install Debian's qemu-user")
@@ -76,6 +77,6 @@ def count_phases(argv: list[str], *, arch: str, qemu_cpu: str, rootfs: Path | No
                 if line.startswith("# phase"):
                     phases.append(collections.Counter())
                     continue
-                _vaddr, count, code = line.split(" ", 2)
-                phases[-1][code.strip()] += int(count)
+                vaddr, count, code = line.split(" ", 2)
+                phases[-1][(int(vaddr, 16), code.strip()) if by_address else code.strip()] += int(count)
         return phases

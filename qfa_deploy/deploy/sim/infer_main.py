@@ -78,6 +78,9 @@ def main(argv):
     run = {"tvm": tvm_runner, "ort": ort_runner, "tflite": tflite_runner}[runtime](path, shape)
     if "--phases" in argv:
         run()
+        if os.environ.get("QFA_SIM_MAPS"):  # where each library sits, for per-function profiles
+            with open("/proc/self/maps") as maps, open(os.environ["QFA_SIM_MAPS"], "w") as out:
+                out.write(maps.read())
         _mark()
         for _ in range(n):
             run()

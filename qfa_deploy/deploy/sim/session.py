@@ -25,7 +25,7 @@ class SimulatedSession:
             from qfa_deploy.deploy.emulated_pi import build_emulated_pi
 
             image = build_emulated_pi()
-            self.python, self.env, self.rootfs = [str(image.python)], image.environment(), image.rootfs
+            self.python, self.env, self.rootfs = [str(image.python)], image.environment(), image.cpu_root(self.cpu.name)
             self.env |= {"TVM_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
         else:
             (self.python, self.env), self.rootfs = host_python_env(), None
