@@ -167,14 +167,15 @@ def _convert_in_subprocess(onnx_path: Path, calibration: np.ndarray, cached: Pat
     args = [str(converter_python()), str(Path(__file__).resolve()), "--convert", str(onnx_path.resolve()),
             str(tmp / "calibration.npy"), str(partial)]
     start = time.perf_counter()
-    done = subprocess.run(args, cwd=work, capture_output=True, text=True, timeout=3600,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""})
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    env.update(TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    done = subprocess.run(args, cwd=work, capture_output=True, text=True, timeout=3600, env=env)
     if done.returncode != 0 or not partial.exists():
         tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
         raise RuntimeError(f"TFLite conversion failed (exit {done.returncode}):\n{tail}")
     info = json.loads(done.stdout.strip().splitlines()[-1])
     info.update(convert_s=round(time.perf_counter() - start, 1), recipe=RECIPE,
-                calibration_images=len(calibration), model=describe_tflite(partial))
+                calibration_images=len(calibration))
     cached.parent.mkdir(parents=True, exist_ok=True)
     cached.with_suffix(".json").write_text(json.dumps(info, indent=2))
     shutil.move(partial, cached)  # last: a cached .tflite always has its description
@@ -197,7 +198,9 @@ def _convert(onnx_path: Path, calibration_npy: Path, out: Path) -> dict:
     converter.inference_input_type = tf.float32
     converter.inference_output_type = tf.float32
     out.write_bytes(converter.convert())
-    return {"converter": {"onnx2tf": onnx2tf.__version__, "tensorflow": tf.__version__}}
+    # described here, with the converter's own ai_edge_litert: the caller's python needs no LiteRT
+    return {"converter": {"onnx2tf": onnx2tf.__version__, "tensorflow": tf.__version__},
+            "model": describe_tflite(out)}
 
 
 # ---------------------------------------------------------------------------------------------------
