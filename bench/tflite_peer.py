@@ -41,9 +41,8 @@ On the emulated Pi (``run_emulated``; ``emulated_command`` gives the argv): the 
 Pi's python and numpy. qemu-user 7.2 shows the *host's* x86 /proc/cpuinfo to the guest; the
 cpuinfo library in LiteRT then finds no ARM core and both XNNPACK and the optimized builtin
 kernels crash (SIGSEGV; only the reference kernels run). ``emulated_command`` therefore runs qemu
-with ``-L`` pointing at a scratch folder of symlinks into the emulated Pi's root filesystem plus
-its own ``proc/cpuinfo`` describing the emulated CPU (Cortex-A72 or Cortex-A76); qemu looks paths
-up under ``-L`` first. The image itself is not changed.
+with ``-L`` at ``PiImage.cpu_root(cpu)``, a root whose own ``proc/cpuinfo`` describes the emulated
+core (Cortex-A72 or Cortex-A76) and links to the image's system folders.
 
     python bench/tflite_peer.py --check [--w12-subnets 1] [--emulated]
 
@@ -81,14 +80,6 @@ RECIPE = f"onnx2tf=={ONNX2TF_VERSION}; ptq full-integer int8; float32 io; per-ch
 # calibration images there instead.
 _ONNX2TF_SAMPLE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 _INT8_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
-
-# /proc/cpuinfo of the emulated CPUs (what a Pi 4 / Pi 5 kernel prints), one block per processor.
-_CPUINFO = {
-    "cortex-a72": ("fp asimd evtstrm crc32 cpuid", "0x0", "0xd08", "3"),
-    "cortex-a76": ("fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc "
-                   "dcpop asimddp", "0x4", "0xd0b", "1"),
-}
-
 
 def cache_root() -> Path:
     base = os.environ.get("QFA_CACHE") or Path.home() / ".cache" / "qfa-deploy"
@@ -340,20 +331,6 @@ def litert_aarch64_site(dest: Path | None = None, wheels: Path | None = None) ->
     return dest
 
 
-def _cpu_root(rootfs: Path, cpu: str, folder: Path) -> Path:
-    """``folder``: symlinks to every top-level entry of ``rootfs`` but proc/, and a proc/cpuinfo
-    that describes ``cpu`` (qemu-user 7.2 would show the guest the host's x86 one)."""
-    features, variant, part, revision = _CPUINFO[cpu]
-    (folder / "proc").mkdir(parents=True)
-    for entry in rootfs.iterdir():
-        if entry.name != "proc":
-            (folder / entry.name).symlink_to(entry)
-    block = (f"BogoMIPS\t: 108.00\nFeatures\t: {features}\nCPU implementer\t: 0x41\nCPU architecture: 8\n"
-             f"CPU variant\t: {variant}\nCPU part\t: {part}\nCPU revision\t: {revision}\n\n")
-    (folder / "proc" / "cpuinfo").write_text("".join(f"processor\t: {i}\n{block}" for i in range(os.cpu_count() or 1)))
-    return folder
-
-
 @contextlib.contextmanager
 def emulated_command(path: str | Path, x: np.ndarray | None = None, *, cpu: str = "cortex-a72", threads: int = 1,
                      repeat: int = 3, xnnpack: bool = True, image=None, site: Path | None = None):
@@ -362,8 +339,6 @@ def emulated_command(path: str | Path, x: np.ndarray | None = None, *, cpu: str 
     may insert its own qemu options (e.g. ``-plugin``) after it. The run prints one JSON line: wall
     ms of each invoke (emulation, not latency), the XNNPACK coverage, the logits of ``x`` (one NCHW
     image; zeros if None)."""
-    if cpu not in _CPUINFO:
-        raise ValueError(f"cpu {cpu!r}: one of {', '.join(_CPUINFO)}")
     if image is None:
         from qfa_deploy.deploy.emulated_pi import find_emulated_pi
 
@@ -373,7 +348,7 @@ def emulated_command(path: str | Path, x: np.ndarray | None = None, *, cpu: str 
     site = site or litert_aarch64_site()
     with tempfile.TemporaryDirectory(prefix="qfa-tflite-emu-") as tmp:
         tmp = Path(tmp)
-        root = _cpu_root(image.rootfs, cpu, tmp / "root")
+        root = image.cpu_root(cpu)
         shutil.copyfile(Path(__file__).resolve(), tmp / "tflite_peer.py")
         shutil.copyfile(path, tmp / "model.tflite")
         args = [str(tmp / "tflite_peer.py"), "--run", str(tmp / "model.tflite"), "--threads", str(threads),
@@ -522,7 +497,9 @@ def check(w12_subnets: int, emulated: bool, test_images: int, repeat: int) -> di
     }
     if emulated:
         report["cifar10"]["emulated"] = {}
-        for cpu in _CPUINFO:
+        from qfa_deploy.deploy.emulated_pi import CPUINFO
+
+        for cpu in CPUINFO:
             for name, xnnpack in (("xnnpack", True), ("builtin", False)):
                 result = run_emulated(tflite, x[:1], cpu=cpu, repeat=3, xnnpack=xnnpack)
                 logits = np.asarray(result.pop("logits"))
