@@ -15,6 +15,8 @@ Columns per CPU:
 - ort-fp32      the float subnet on onnxruntime
 - tflite-int8   the float subnet, full-integer TFLite (onnx2tf + TFLiteConverter PTQ, bench/tflite_peer.py),
                 LiteRT 2.3.0 with XNNPACK (needs the converter venv: bench/setup_tflite_converter.sh)
+- tflite-builtin  that .tflite on LiteRT's builtin kernels without XNNPACK (its XNNPACK has no 7x7
+                depthwise kernel nor int8 hard-swish, and is no faster on these nets)
 
 The x86 validation (``--validate N``, default 2 subnets) runs the same procedure for znver4 on AVX2
 builds of the same subnets (qemu has no AVX-512) and times the same files natively on this host: the
@@ -52,7 +54,7 @@ from qfa_deploy.atomic import atomic_write_bytes  # noqa: E402
 from qfa_deploy.deploy.sim.estimate import CPUS, host_python_env, simulate  # noqa: E402
 
 ARM_DEVICES = {"cortex-a72": "rasp4b", "cortex-a76": "rasp5"}
-PEERS = ("ort-qdq", "ort-int8", "ort-fp32", "tflite-int8")
+PEERS = ("ort-qdq", "ort-int8", "ort-fp32", "tflite-int8", "tflite-builtin")
 VALIDATION_COLUMNS = {"artifact-avx2": "tiled-cpu", "artifact-generic": "generic"}
 AVX2_DEVICE = {"version": 1, "name": "x86-avx2-sim",
                "description": "x86-64 with AVX2 only (znver3 ISA): runs natively here and under qemu-x86_64.",
@@ -148,13 +150,14 @@ def prepare(name: str, cfg, subnet, fp_net, images: np.ndarray, folder: Path, wi
 
 
 def arm_runtime(column: str) -> str:
-    return {"ort-qdq": "ort", "ort-int8": "ort", "ort-fp32": "ort", "tflite-int8": "tflite"}.get(column, "tvm")
+    return {"ort-qdq": "ort", "ort-int8": "ort", "ort-fp32": "ort", "tflite-int8": "tflite",
+            "tflite-builtin": "tflite-builtin"}.get(column, "tvm")
 
 
 def column_file(files: dict[str, Path], column: str, cpu: str) -> Path:
     if column == "artifact":
         return files[cpu]
-    return files[{"ort-qdq": "qdq", "ort-fp32": "fp32"}.get(column, column)]
+    return files[{"ort-qdq": "qdq", "ort-fp32": "fp32", "tflite-builtin": "tflite-int8"}.get(column, column)]
 
 
 def _estimate(runtime: str, path: Path, cpu: str, **kwargs) -> dict:
@@ -216,7 +219,7 @@ def main(argv=None) -> int:
     x86_python, x86_env = host_python_env()
     args.work.mkdir(parents=True, exist_ok=True)
     journal = Journal(args.work / "journal.json")
-    columns = ("artifact", *(p for p in PEERS if p != "tflite-int8" or not args.no_tflite))
+    columns = ("artifact", *(p for p in PEERS if not (p.startswith("tflite") and args.no_tflite)))
 
     subnets = [(f"w1.2-{args.seed + i}", lambda s=args.seed + i: _random_subnet(s, args.resolution))
                for i in range(args.subnets)]

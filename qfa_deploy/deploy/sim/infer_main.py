@@ -2,7 +2,8 @@
 counts and the x86 validation times. Standalone (numpy and the runtime only): it runs inside the
 emulated Pi's aarch64 Python, which has no qfa_deploy.
 
-    python infer_main.py RUNTIME MODEL N [--shape 1,3,224,224] [--time | --phases]    RUNTIME: tvm, ort or tflite
+    python infer_main.py RUNTIME MODEL N [--shape 1,3,224,224] [--time | --phases]
+    RUNTIME: tvm, ort, tflite (LiteRT with its default XNNPACK delegate) or tflite-builtin (without)
 
 The input is a fixed pseudo-random image of the model's input shape (a TVM library does not record
 it: --shape, else the meta.json beside it). With --time it prints the median of N timed runs in ms
@@ -47,10 +48,11 @@ def ort_runner(path, shape):
     return lambda: session.run(None, feed)
 
 
-def tflite_runner(path, shape):
-    from ai_edge_litert.interpreter import Interpreter
+def tflite_runner(path, shape, xnnpack=True):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    interpreter = Interpreter(model_path=path, num_threads=1)
+    resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    interpreter = Interpreter(model_path=path, num_threads=1, experimental_op_resolver_type=resolver)
     interpreter.allocate_tensors()
     detail = interpreter.get_input_details()[0]
     image = _image(list(detail["shape"]))
@@ -75,7 +77,9 @@ def _image(shape):
 def main(argv):
     runtime, path, n = argv[0], argv[1], int(argv[2])
     shape = [int(d) for d in argv[argv.index("--shape") + 1].split(",")] if "--shape" in argv else None
-    run = {"tvm": tvm_runner, "ort": ort_runner, "tflite": tflite_runner}[runtime](path, shape)
+    runners = {"tvm": tvm_runner, "ort": ort_runner, "tflite": tflite_runner,
+               "tflite-builtin": lambda p, s: tflite_runner(p, s, xnnpack=False)}
+    run = runners[runtime](path, shape)
     if "--phases" in argv:
         run()
         if os.environ.get("QFA_SIM_MAPS"):  # where each library sits, for per-function profiles
