@@ -1,4 +1,5 @@
 """Converters from the seed's (apple/ml-batchquant) formats into qfa-deploy's, one module per format.
 
 - ``qfa_gene``: the seed's 176-integer gene (``pareto_archs.npy`` rows) <-> ``ArchConfig``.
+- ``qfa_checkpoint``: the seed's supernet state dict (``b234_ps.pth``) -> a ``qfa-mbv3-w1.2`` checkpoint.
 """

@@ -1,0 +1,288 @@
+"""``convert qfa-checkpoint``: the seed's supernet state dict -> a ``qfa-mbv3-w1.2`` checkpoint whose
+subnets compute the seed's forward.
+
+The fixture (tests/data/seed_qfa/fixture.pt, made by scripts/make_seed_fixture.py from the seed's own
+code) holds the seed state dict's key/shape manifest, the tensors the seed's code computed (LSQ
+steps, BN and per-bit BatchQuant statistics), the input, three genes and the seed's logits in eval
+mode, and the codes of the seed's forward that lay within ``tie_margin`` of a rounding boundary. The
+input tensors (weights, BN affine, kernel matrices, BatchQuant alpha/beta) are regenerated here by the
+script's ``generated_tensor`` from their key and shape.
+
+Tolerance: with the seed's float stem (``float_stem``) and the seed's code forced at its near-ties
+only, logits agree to 1e-5 (logits are ~0.5; what is left is float32 re-association: the integer
+conv with folded BN against the seed's float conv then BN, measured ~2e-7). Without forcing, a value
+that float re-association moves across a rounding boundary changes one code, and at 2-4 bits that
+cascades: those codes are counted and reported, not hidden.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import qfa_deploy.nn.integer_conv as integer_conv_module
+from qfa_deploy.checkpoint import load_supernet
+from qfa_deploy.cli import cli
+from qfa_deploy.convert.qfa_gene import gene_to_arch
+from qfa_deploy.quant import BatchQuant
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = ROOT / "tests/data/seed_qfa/fixture.pt"
+TOLERANCE = 1e-5
+
+
+
+def _maker():
+    spec = importlib.util.spec_from_file_location("make_seed_fixture", ROOT / "scripts/make_seed_fixture.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture(scope="module")
+def fixture():
+    if not FIXTURE.is_file():
+        pytest.skip("no seed fixture: scripts/make_seed_fixture.py SEED_CHECKOUT makes it")
+    return torch.load(FIXTURE, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def seed_state(fixture):
+    """The seed's state dict, rebuilt: regenerated inputs plus the seed-computed tensors."""
+    maker = _maker()
+    state, regenerated = {}, 0.0
+    for key, shape, dtype in fixture["manifest"]:
+        if maker.is_generated(key):
+            value = maker.generated_tensor(key, tuple(shape))
+            regenerated += float(value.double().abs().sum())
+        else:
+            value = fixture["stored"][key]
+        assert str(value.dtype) == f"torch.{dtype}" and list(value.shape) == shape, key
+        state[key] = value
+    if "generated_abs_sum" in fixture:
+        assert regenerated == pytest.approx(fixture["generated_abs_sum"], rel=1e-12), "regeneration differs"
+    return state
+
+
+@pytest.fixture(scope="module")
+def converted(seed_state, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("seed")
+    torch.save({"state_dict": seed_state}, folder / "b234_like.pth")  # the released file's layout
+    code, _, err = _run("convert", "qfa-checkpoint", folder / "b234_like.pth", "-o", folder / "supernet.pt")
+    assert code == 0, err
+    return folder / "supernet.pt"
+
+
+class _Codes:
+    """Wraps ``quantize_codes`` (what every eval-mode conv quantizes its input with): counts the calls of
+    one forward and, at the seed's near-tie positions, compares (and optionally forces) the codes."""
+
+    def __init__(self, monkeypatch, ties: dict, force: bool, stem_quantized: bool) -> None:
+        self.original = integer_conv_module.quantize_codes
+        self.ties, self.force = ties, force
+        self.call, self.flips, self.codes = -1 if stem_quantized else 0, 0, 0  # the seed has no stem call
+        monkeypatch.setattr(integer_conv_module, "quantize_codes", self)
+
+    def __call__(self, x, conv):
+        q = self.original(x, conv)
+        here = self.ties["call"] == self.call
+        self.call += 1
+        if self.call == 0:  # the 8-bit stem's input: not quantized in the seed
+            return q
+        self.codes += q.numel()
+        index, seed = self.ties["index"][here].long(), self.ties["code"][here].float()
+        flat = q.flatten().clone()  # logical NCHW order, as the seed's flatten
+        self.flips += int((flat[index] != seed).sum())
+        if self.force:
+            flat[index] = seed
+        return flat.reshape(q.shape)
+
+
+def _compare(net, fixture, monkeypatch, force: bool, float_stem: bool = True) -> list[dict]:
+    net.float_stem = float_stem
+    x = fixture["input"].float()
+    out = []
+    for name, gene, ref, ties in zip(
+        fixture["names"], fixture["genes"], fixture["logits"], fixture["ties"], strict=True
+    ):
+        codes = _Codes(monkeypatch, ties, force, stem_quantized=not float_stem)
+        net.set_active(gene_to_arch(gene))
+        net.eval()
+        with torch.no_grad():
+            y = net(x)
+        # the same quantizer calls as the seed's forward, in the same order
+        assert (codes.call, codes.codes) == (ties["calls"], ties["codes"]), name
+        out.append({
+            "name": name,
+            "max_dlogit": float((y - ref).abs().max()),
+            "top1_agree": int((y.argmax(1) == ref.argmax(1)).sum()),
+            "flips": codes.flips,
+            "near_ties": len(ties["code"]),
+            "codes": codes.codes,
+        })
+        monkeypatch.undo()
+    return out
+
+
+def test_subnets_compute_the_seeds_forward(converted, fixture, monkeypatch):
+    """Mapping check: every subnet equals the seed's logits once the seed's near-tie codes are used.
+    ``flips`` counts the near-ties the deployed arithmetic rounds the other way (given the seed's
+    codes upstream): a handful in millions of codes."""
+    net = load_supernet(converted)
+    results = _compare(net, fixture, monkeypatch, force=True)
+    print("forced near-ties:", results)
+    for r in results:
+        assert r["max_dlogit"] <= TOLERANCE, r
+        assert r["top1_agree"] == fixture["input"].shape[0], r
+        assert r["flips"] <= r["codes"] * 1e-5, r
+
+
+def test_unforced_differs_only_where_a_code_flips(converted, fixture, monkeypatch):
+    """The deployed arithmetic alone: a subnet where no near-tie rounds the other way equals the seed
+    to the tolerance; where some do, the cascade they cause is reported (at 2-4 bits one flipped code
+    moves every later layer)."""
+    net = load_supernet(converted)
+    forced = _compare(net, fixture, monkeypatch, force=True)
+    results = _compare(net, fixture, monkeypatch, force=False)
+    print("as deployed (float stem):", results)
+    assert any(f["flips"] == 0 for f in forced)
+    for r, f in zip(results, forced, strict=True):
+        if f["flips"] == 0:
+            assert r["max_dlogit"] <= TOLERANCE, r
+
+
+def test_8bit_stem_is_measured(converted, fixture, monkeypatch):
+    """The deployable network (8-bit stem, the seed's is float): the gap is reported, and bounded by
+    the logits' own scale (a sanity bound, not an agreement claim)."""
+    net = load_supernet(converted)
+    results = _compare(net, fixture, monkeypatch, force=False, float_stem=False)
+    print("8-bit stem:", results)
+    for r, ref in zip(results, fixture["logits"], strict=True):
+        assert r["max_dlogit"] < float(ref.abs().max()), r
+
+
+def test_a_wrong_mapping_fails(converted, fixture, monkeypatch):
+    """Swapping the depthwise quantizers of kernel 3 and 7 (what the seed keeps apart) breaks equality."""
+    net = load_supernet(converted)
+    with torch.no_grad():
+        for block in net.blocks:
+            pk = block.depthwise.per_kernel
+            for name, p in pk["3"].named_parameters():
+                other = dict(pk["7"].named_parameters())[name]
+                tmp = p.clone()
+                p.copy_(other)
+                other.copy_(tmp)
+    results = _compare(net, fixture, monkeypatch, force=True)
+    random_subnet = next(r for r in results if r["name"] == "random")
+    gene = fixture["genes"][fixture["names"].index("random")]
+    assert {3, 7} <= set(gene_to_arch(gene).kernel)
+    assert random_subnet["max_dlogit"] > 1e-3, random_subnet
+
+
+def test_converted_file_is_a_checkpoint(converted):
+    payload = torch.load(converted, weights_only=True)
+    assert payload["space"] == "qfa-mbv3-w1.2" and payload["format"] == "qfa-supernet"
+    model = payload["model"]
+    # the seed's per-bit observers became per-bit ranges; its 7to5 matrix is stored transposed
+    assert model["blocks.3.depthwise.per_kernel.5.act_quant.running_max"].shape == (3,)
+    assert model["classifier.weight"].shape == (1000, 1536, 1, 1)
+
+
+# ---- hostile inputs: one line, exit 2, no output file (nor staging litter) --------------------------
+
+
+def _refused(tmp_path, source, *needles):
+    out = tmp_path / "out.pt"
+    code, _, err = _run("convert", "qfa-checkpoint", source, "-o", out)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, err
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.pt")] == []
+    return err
+
+
+def test_foreign_pth(tmp_path):
+    torch.save({"state_dict": {"features.0.weight": torch.zeros(3)}}, tmp_path / "foreign.pth")
+    _refused(tmp_path, tmp_path / "foreign.pth", "not a seed QFAMobileNetV3 state dict")
+    torch.save([1, 2, 3], tmp_path / "list.pth")
+    _refused(tmp_path, tmp_path / "list.pth", "no state_dict")
+
+
+def test_missing_key(seed_state, tmp_path):
+    state = dict(seed_state)
+    del state["blocks.7.mobile_inverted_conv.depth_conv.conv.a_quantizers.5.quantizers.3.observer.running_max"]
+    torch.save({"state_dict": state}, tmp_path / "missing.pth")
+    _refused(tmp_path, tmp_path / "missing.pth", "missing key", "a_quantizers.5.quantizers.3.observer.running_max")
+
+
+def test_wrong_shape(seed_state, tmp_path):
+    state = dict(seed_state)
+    state["blocks.2.mobile_inverted_conv.point_linear.conv.conv.weight"] = torch.zeros(8, 8, 1, 1)
+    torch.save({"state_dict": state}, tmp_path / "shape.pth")
+    _refused(tmp_path, tmp_path / "shape.pth", "blocks.2.mobile_inverted_conv.point_linear.conv.conv.weight", "shape")
+
+
+def test_unknown_key(seed_state, tmp_path):
+    state = dict(seed_state)
+    state["blocks.3.mobile_inverted_conv.extra.weight"] = torch.zeros(2)
+    torch.save({"state_dict": state}, tmp_path / "extra.pth")
+    _refused(tmp_path, tmp_path / "extra.pth", "unknown key blocks.3.mobile_inverted_conv.extra.weight")
+
+
+def test_truncated_and_code_pickles(seed_state, tmp_path, converted):
+    good = tmp_path / "good.pth"
+    torch.save({"state_dict": {k: v for k, v in list(seed_state.items())[:50]}}, good)
+    (tmp_path / "cut.pth").write_bytes(good.read_bytes()[:5000])
+    _refused(tmp_path, tmp_path / "cut.pth", "not a readable checkpoint")
+    (tmp_path / "code.pth").write_bytes(pickle.dumps({"state_dict": _Evil()}))
+    _refused(tmp_path, tmp_path / "code.pth", "not a readable checkpoint")
+    _refused(tmp_path, converted, "already a qfa-deploy checkpoint")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+# ---- per-bit BatchQuant ranges (the seed's observers, one per bit) ---------------------------------
+
+
+def test_per_bit_ranges_track_only_the_active_bit():
+    q = BatchQuant((2, 3, 4), per_bit_ranges=True).train()
+    x = torch.randn(4, 8, 5, 5, generator=torch.Generator().manual_seed(0))
+    q.bits = 3
+    q(x)
+    q(2 * x)
+    assert q.num_batches_tracked.tolist() == [0, 2, 0]
+    assert q.running_min[0] == 0 and q.running_min[2] == 0 and q.running_min[1] < 0
+    q.bits = 2
+    q(x)  # the first batch of bit 2 sets its range, as for a fresh quantizer
+    shared = BatchQuant((2,)).train()
+    shared(x)
+    assert torch.equal(q.running_range(2)[0], shared.running_min)
+    assert torch.equal(q.single(3).running_max, q.running_max[1]) and q.single(3).running_max.ndim == 0
+
+
+def test_a_shared_range_loads_into_every_bit():
+    """A supernet state written with one range per quantizer loads as that range for every bit."""
+    shared = BatchQuant((2, 3, 4)).train()
+    shared(torch.rand(4, 8, 5, 5) - 0.3)
+    per_bit = BatchQuant((2, 3, 4), per_bit_ranges=True)
+    per_bit.load_state_dict(shared.state_dict())
+    shared.eval()
+    per_bit.eval()
+    for bits in (2, 3, 4):
+        shared.bits = per_bit.bits = bits
+        assert per_bit.fixed() == shared.fixed()
