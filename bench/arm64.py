@@ -51,7 +51,7 @@ sys.path.insert(0, str(HERE))
 from deploy_latency import SPACE, _export_float, _full_precision, _ort_int8, _qdq_model  # noqa: E402
 
 from qfa_deploy.atomic import atomic_write_bytes  # noqa: E402
-from qfa_deploy.deploy.sim.estimate import CPUS, host_python_env, simulate  # noqa: E402
+from qfa_deploy.deploy.sim.estimate import CPUS, SIM_VERSION, host_python_env, simulate  # noqa: E402
 
 ARM_DEVICES = {"cortex-a72": "rasp4b", "cortex-a76": "rasp5"}
 PEERS = ("ort-qdq", "ort-int8", "ort-fp32", "tflite-int8", "tflite-builtin")
@@ -164,6 +164,11 @@ def _estimate(runtime: str, path: Path, cpu: str, **kwargs) -> dict:
     return simulate(runtime, path, CPUS[cpu], **kwargs).to_dict()
 
 
+def _cycles(estimate: dict, cpu: str) -> float:
+    """Cycles of a journaled estimate under the current miss exposure (misses are journaled, not cycles)."""
+    return estimate["core_cycles"] + CPUS[cpu].memory_cycles(estimate["misses"])
+
+
 def native_ms(runtime: str, path: Path, shape: list[int], repeat: int = 20) -> float:
     """Median ms of ``repeat`` runs in a fresh process pinned to one core (this host, natively)."""
     from qfa_deploy.deploy.sim.estimate import INFER_MAIN
@@ -236,14 +241,15 @@ def main(argv=None) -> int:
             root, python = image.cpu_root(cpu), [str(image.python)]
             for column in columns:
                 path = column_file(files, column, cpu)
-                key = f"{name}|{cpu}|{column}|{_digest(path)}"
+                key = f"{name}|{cpu}|{column}|{_digest(path)}|{SIM_VERSION}"
                 start = time.perf_counter()
                 est = journal.get(key, _estimate, arm_runtime(column), path, cpu, python=python, env=arm_env,
                                   rootfs=root, shape=shape)
-                row["cycles"].setdefault(cpu, {})[column] = est["cycles"]
+                row["cycles"].setdefault(cpu, {})[column] = _cycles(est, cpu)
+                row.setdefault("estimates", {}).setdefault(cpu, {})[column] = est
                 row["instructions"].setdefault(cpu, {})[column] = est["instructions"]
                 row["coverage"].setdefault(cpu, {})[column] = est["coverage"]
-                print(f"  {name:<22} {cpu:<11} {column:<12} {est['cycles'] / 1e6:10.2f} M cycles "
+                print(f"  {name:<22} {cpu:<11} {column:<12} {_cycles(est, cpu) / 1e6:10.2f} M cycles "
                       f"({time.perf_counter() - start:.0f} s)", flush=True)
             cycles = row["cycles"][cpu]
             best = min((p for p in PEERS if p in cycles), key=cycles.get)
@@ -281,9 +287,10 @@ def _validate_one(name: str, files: dict[str, Path], shape: list[int], journal: 
     for column in (*VALIDATION_COLUMNS, "ort-qdq", "ort-fp32"):
         path = files[column] if column in VALIDATION_COLUMNS else column_file(files, column, "")
         runtime = "tvm" if column in VALIDATION_COLUMNS else "ort"
-        key = f"{name}|znver4|{column}|{_digest(path)}"
-        out["cycles"][column] = journal.get(key, _estimate, runtime, path, "znver4", python=python, env=env,
-                                            shape=shape)["cycles"]
+        key = f"{name}|znver4|{column}|{_digest(path)}|{SIM_VERSION}"
+        est = journal.get(key, _estimate, runtime, path, "znver4", python=python, env=env, shape=shape)
+        out.setdefault("estimates", {})[column] = est
+        out["cycles"][column] = _cycles(est, "znver4")
         out["ms"][column] = native_ms(runtime, path, shape)
         print(f"  {name:<22} znver4      {column:<16} {out['cycles'][column] / 1e6:10.2f} M cycles, "
               f"native {out['ms'][column]:.2f} ms", flush=True)

@@ -57,12 +57,12 @@ def test_loop_counts_are_exact_and_priced(arch, tmp_path):
 
     phases = count_phases([str(binary), "100000"], arch=arch, qemu_cpu=qemu_cpu)
     assert len(phases) == 3
-    extra = phases[1]
+    extra = phases[1].blocks
     # The loop body ran 100000 times in the phase (the first pass may enter through a block of its
     # own, after the loop's rotation by the compiler); little else ran.
     assert max(extra.values()) in (99999, 100000), sorted(extra.values())[-5:]
     assert sum(extra.values()) < 100000 * 1.01
-    assert max(phases[0].values()) >= 999 and max(phases[2].values()) >= 999
+    assert max(phases[0].blocks.values()) >= 999 and max(phases[2].blocks.values()) >= 999
     costs, coverage = block_cycles(extra, model)
     assert coverage > 0.99
     loop = max(extra, key=extra.get)

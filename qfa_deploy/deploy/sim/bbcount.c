@@ -10,6 +10,10 @@
  *     <vaddr hex> <count> <insn bytes as hex, one group per instruction, '.'-separated>
  * where count is the block's executions within that phase (blocks that did not run are left out).
  * Counters are bumped inline (no callback per block). They are not atomic: run one thread.
+ *
+ * With cache=L1BYTES:L1WAYS:L2BYTES:L2WAYS[:L3BYTES:L3WAYS] every data access also goes through a
+ * model of the data caches (64-byte lines, LRU, inclusive, no prefetcher): each phase header then
+ * reads "# phase <k> <accesses> <L1 misses> <L2 misses> <L3 misses>" (0 for an absent level).
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -26,6 +30,10 @@ typedef struct {
     bool system_emulation;
 } qemu_info_t;
 enum qemu_plugin_op { QEMU_PLUGIN_INLINE_ADD_U64 };
+enum qemu_plugin_cb_flags { QEMU_PLUGIN_CB_NO_REGS, QEMU_PLUGIN_CB_R_REGS, QEMU_PLUGIN_CB_RW_REGS };
+enum qemu_plugin_mem_rw { QEMU_PLUGIN_MEM_R = 1, QEMU_PLUGIN_MEM_W, QEMU_PLUGIN_MEM_RW };
+typedef uint32_t qemu_plugin_meminfo_t;
+typedef void (*mem_cb_t)(unsigned int vcpu, qemu_plugin_meminfo_t info, uint64_t vaddr, void *userdata);
 typedef void (*tb_trans_cb_t)(qemu_plugin_id_t id, struct qemu_plugin_tb *tb);
 typedef void (*udata_cb_t)(qemu_plugin_id_t id, void *userdata);
 typedef void (*syscall_cb_t)(qemu_plugin_id_t id, unsigned int vcpu, int64_t num, uint64_t a1, uint64_t a2,
@@ -36,6 +44,9 @@ void qemu_plugin_register_vcpu_tb_exec_inline(struct qemu_plugin_tb *tb, enum qe
                                               void *ptr, uint64_t imm);
 void qemu_plugin_register_atexit_cb(qemu_plugin_id_t id, udata_cb_t cb, void *userdata);
 void qemu_plugin_register_vcpu_syscall_cb(qemu_plugin_id_t id, syscall_cb_t cb);
+void qemu_plugin_register_vcpu_mem_cb(struct qemu_plugin_insn *insn, mem_cb_t cb, enum qemu_plugin_cb_flags flags,
+                                      enum qemu_plugin_mem_rw rw, void *userdata);
+unsigned int qemu_plugin_mem_size_shift(qemu_plugin_meminfo_t info);
 size_t qemu_plugin_tb_n_insns(const struct qemu_plugin_tb *tb);
 uint64_t qemu_plugin_tb_vaddr(const struct qemu_plugin_tb *tb);
 struct qemu_plugin_insn *qemu_plugin_tb_get_insn(const struct qemu_plugin_tb *tb, size_t idx);
@@ -59,9 +70,65 @@ static char out_path[4096];
 static FILE *out;
 static int phase, write_syscall;
 
+/* Set-associative LRU caches of 64-byte lines: per set, the tags in recency order (most recent first). */
+struct cache {
+    uint64_t sets, ways, *tags, misses;
+};
+
+static struct cache levels[3];
+static int n_levels;
+static uint64_t accesses, phase_accesses, phase_misses[3];
+
+static int cache_init(struct cache *c, uint64_t bytes, uint64_t ways)
+{
+    if (!bytes || !ways || bytes % (64 * ways))
+        return -1;
+    c->ways = ways;
+    c->sets = bytes / 64 / ways;
+    c->tags = calloc(c->sets * ways, sizeof *c->tags);  /* tag 0: empty (line numbers start above 0) */
+    return c->tags ? 0 : -1;
+}
+
+static int cache_hit(struct cache *c, uint64_t line)  /* looks up and installs */
+{
+    uint64_t *set = c->tags + (line % c->sets) * c->ways, tag = line + 1;
+    uint64_t w;
+    for (w = 0; w < c->ways - 1 && set[w] != tag; w++)
+        ;
+    int hit = set[w] == tag;
+    memmove(set + 1, set, w * sizeof *set);
+    set[0] = tag;
+    return hit;
+}
+
+static void touch(uint64_t line)
+{
+    for (int i = 0; i < n_levels; i++) {
+        if (cache_hit(&levels[i], line))
+            return;
+        levels[i].misses++;
+    }
+}
+
+static void on_access(unsigned int vcpu, qemu_plugin_meminfo_t info, uint64_t vaddr, void *userdata)
+{
+    uint64_t size = 1ull << qemu_plugin_mem_size_shift(info);
+    accesses++;
+    touch(vaddr >> 6);
+    if ((vaddr >> 6) != ((vaddr + size - 1) >> 6))
+        touch((vaddr + size - 1) >> 6);
+}
+
 static void end_phase(void)
 {
-    fprintf(out, "# phase %d\n", phase++);
+    fprintf(out, "# phase %d %llu", phase++, (unsigned long long)(accesses - phase_accesses));
+    phase_accesses = accesses;
+    for (int i = 0; i < 3; i++) {
+        uint64_t misses = i < n_levels ? levels[i].misses : 0;
+        fprintf(out, " %llu", (unsigned long long)(misses - phase_misses[i]));
+        phase_misses[i] = misses;
+    }
+    fprintf(out, "\n");
     for (size_t i = 0; i < n_blocks; i++) {
         struct block *b = blocks[i];
         if (b->count != b->seen)
@@ -103,6 +170,10 @@ static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
     }
     blocks[n_blocks++] = b;
     qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &b->count, 1);
+    if (n_levels)
+        for (size_t i = 0; i < n; i++)
+            qemu_plugin_register_vcpu_mem_cb(qemu_plugin_tb_get_insn(tb, i), on_access, QEMU_PLUGIN_CB_NO_REGS,
+                                             QEMU_PLUGIN_MEM_RW, NULL);
 }
 
 static void write_counts(qemu_plugin_id_t id, void *userdata)
@@ -118,9 +189,19 @@ static void write_counts(qemu_plugin_id_t id, void *userdata)
 __attribute__((visibility("default")))
 int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info, int argc, char **argv)
 {
-    for (int i = 0; i < argc; i++)
+    for (int i = 0; i < argc; i++) {
         if (strncmp(argv[i], "out=", 4) == 0)
             snprintf(out_path, sizeof out_path, "%s", argv[i] + 4);
+        if (strncmp(argv[i], "cache=", 6) == 0) {
+            unsigned long long v[6] = {0};
+            int n = sscanf(argv[i] + 6, "%llu:%llu:%llu:%llu:%llu:%llu", v, v + 1, v + 2, v + 3, v + 4, v + 5);
+            for (n_levels = 0; n_levels < n / 2; n_levels++)
+                if (cache_init(&levels[n_levels], v[2 * n_levels], v[2 * n_levels + 1])) {
+                    fprintf(stderr, "bbcount: bad cache level %d in %s\n", n_levels + 1, argv[i]);
+                    return -1;
+                }
+        }
+    }
     if (!out_path[0]) {
         fprintf(stderr, "bbcount: the out=PATH argument is required\n");
         return -1;

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from qfa_deploy.atomic import atomic_write_bytes
@@ -51,17 +52,30 @@ def plugin() -> Path:
 MARK_FD = 0x5157  # bbcount.c: write(MARK_FD, "", 0) ends a phase
 
 
+@dataclass(frozen=True)
+class Phase:
+    """What ran between two phase marks: block executions, data accesses and misses per cache level."""
+
+    blocks: collections.Counter  # block hex (or (address, hex)) -> executions
+    accesses: int = 0
+    misses: tuple[int, ...] = ()  # L1, L2, L3 (0 where the level is absent or caches are off)
+
+
 def count_phases(argv: list[str], *, arch: str, qemu_cpu: str, rootfs: Path | None = None,
-                 env: dict | None = None, timeout: float = 3600, by_address: bool = False) -> list[collections.Counter]:
-    """[{block hex: executions}] per phase of ``argv`` run under ``qemu-<arch> -cpu <qemu_cpu>``:
-    phase 0 runs up to the program's first phase mark, the last from its last mark to exit.
-    With ``by_address`` the keys are (guest address, block hex)."""
+                 env: dict | None = None, timeout: float = 3600, by_address: bool = False,
+                 caches: tuple[tuple[int, int], ...] = ()) -> list[Phase]:
+    """Each phase of ``argv`` run under ``qemu-<arch> -cpu <qemu_cpu>``: phase 0 runs up to the
+    program's first phase mark, the last from its last mark to exit. With ``by_address`` the block
+    keys are (guest address, block hex); ``caches`` ((bytes, ways) per level) turns the cache model on."""
     qemu = shutil.which(f"qemu-{arch}")
     if qemu is None:
         raise QfaError(f"qemu-{arch} not found: install Debian's qemu-user")
     with tempfile.TemporaryDirectory(prefix="qfa-bbcount-") as tmp:
         out = Path(tmp) / "blocks.txt"
-        command = [qemu, "-cpu", qemu_cpu, "-plugin", f"{plugin()},out={out}"]
+        options = f"{plugin()},out={out}"
+        if caches:
+            options += ",cache=" + ":".join(f"{size}:{ways}" for size, ways in caches)
+        command = [qemu, "-cpu", qemu_cpu, "-plugin", options]
         if rootfs is not None:
             command += ["-L", str(rootfs)]
         try:
@@ -71,12 +85,13 @@ def count_phases(argv: list[str], *, arch: str, qemu_cpu: str, rootfs: Path | No
         if done.returncode != 0 or not out.is_file():
             tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
             raise QfaError(f"the emulated run failed (exit {done.returncode}): {tail}")
-        phases: list[collections.Counter] = []
+        headers, blocks = [], []
         with open(out) as lines:
             for line in lines:
                 if line.startswith("# phase"):
-                    phases.append(collections.Counter())
+                    headers.append([int(v) for v in line.split()[3:]])
+                    blocks.append(collections.Counter())
                     continue
                 vaddr, count, code = line.split(" ", 2)
-                phases[-1][(int(vaddr, 16), code.strip()) if by_address else code.strip()] += int(count)
-        return phases
+                blocks[-1][(int(vaddr, 16), code.strip()) if by_address else code.strip()] += int(count)
+        return [Phase(b, h[0] if h else 0, tuple(h[1:1 + len(caches)])) for b, h in zip(blocks, headers, strict=True)]

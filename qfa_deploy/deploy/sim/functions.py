@@ -27,7 +27,7 @@ def function_profile(runtime: str, model_path: Path, cpu: SimCpu, *, python: lis
         phases = count_phases(argv, arch=cpu.arch, qemu_cpu=cpu.qemu_cpu, rootfs=rootfs,
                               env=env | {"QFA_SIM_MAPS": str(maps_file)}, by_address=True)
         maps = maps_file.read_text()
-    blocks = phases[1]
+    blocks = phases[1].blocks
     by_code: collections.Counter = collections.Counter()
     for (_addr, code), n in blocks.items():
         by_code[code] += n
