@@ -77,3 +77,38 @@ def test_rep_string_ops_are_priced_per_byte():
     stosb = "f3aa"  # rep stosb
     costs, _ = block_cycles({stosb: 4096}, CostModel("x86_64-linux-gnu", "znver4"))
     assert costs[stosb] < 0.1
+
+
+STREAM = r"""
+#include <stdlib.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    long n = atol(argv[1]), sum = 0;
+    volatile char *buf = calloc(n, 1);
+    for (long i = 0; i < n; i += 64) sum += buf[i];  /* phase 0: first touch */
+    (void)!write(0x5157, "", 0);
+    for (int r = 0; r < 4; r++)                         /* phase 1: four more passes */
+        for (long i = 0; i < n; i += 64) sum += buf[i];
+    (void)!write(0x5157, "", 0);
+    return (int)(sum & 1);
+}
+"""
+
+
+@pytest.mark.parametrize("size,l1_misses,l2_misses", [
+    (16 << 10, 0, 0),  # fits the 32 KB L1: the passes hit
+    (256 << 10, 4 * 4096, 0),  # fits the 1 MB L2 only: every line misses L1 on each pass (LRU)
+    (4 << 20, 4 * 65536, 4 * 65536),  # fits neither
+])
+def test_cache_model_counts_misses_of_a_stream(size, l1_misses, l2_misses, tmp_path):
+    _needs("gcc", "qemu-x86_64")
+    source, binary = tmp_path / "stream.c", tmp_path / "stream"
+    source.write_text(STREAM)
+    subprocess.run(["gcc", "-O1", "-o", str(binary), str(source)], check=True)
+    phases = count_phases([str(binary), str(size)], arch="x86_64", qemu_cpu="max",
+                          caches=((32 << 10, 8), (1 << 20, 16)))
+    measured = phases[1]
+    # a handful of the loop's own stack and code-adjacent accesses may miss too
+    assert abs(measured.misses[0] - l1_misses) <= 8, measured
+    assert abs(measured.misses[1] - l2_misses) <= 8, measured
+    assert measured.accesses >= 4 * size // 64

@@ -120,8 +120,10 @@ def simulation_provenance(cpu_name: str) -> dict:
     from qfa_deploy.deploy.sim.cost import ITERATIONS, llvm_tool
 
     cpu = CPUS[cpu_name]
-    return {"instrument": "qemu-user block counts x llvm-mca steady-state cycles (qfa_deploy.deploy.sim)",
-            "cpu": cpu.name, "llvm_mcpu": cpu.model.mcpu, "llvm_mattr": cpu.model.mattr,
+    return {"instrument": "qemu-user block counts x llvm-mca steady-state cycles + data-cache misses "
+            "(qfa_deploy.deploy.sim)", "sim_version": SIM_VERSION, "miss_exposure": MISS_EXPOSURE,
+            "caches": [list(c) for c in cpu.caches], "miss_cycles": list(cpu.miss_cycles), "cpu": cpu.name,
+            "llvm_mcpu": cpu.model.mcpu, "llvm_mattr": cpu.model.mattr,
             "llvm_mca": Path(llvm_tool("llvm-mca")).name, "mca_iterations": ITERATIONS,
             "qemu_cpu": cpu.qemu_cpu, "nominal_ghz": cpu.ghz, "note": cpu.note}
 
