@@ -12,8 +12,18 @@ For N random subnets of qfa-mbv3-w1.2 at 224x224, batch 1, T threads, on this CP
 - torch-fp32    the same subnet in full precision, PyTorch eager
 - ort-fp32      that float subnet exported to ONNX, onnxruntime (default optimisations)
 - ort-int8      that ONNX quantized by onnxruntime's quantize_static (QDQ, uint8/int8), onnxruntime
+- ov-int8       OpenVINO (CPU plugin) on the artifact's own QDQ ONNX as it is: all its convs run in
+                u8 x i8 but the squeeze-excite ones; those, pooling and the unfused quantizes at inference
+                precision f32
+- ov-int8-bf16  the same with inference precision bf16, OpenVINO's default on CPUs with bf16 (this
+                AVX512 host)
+- ov-fp32       OpenVINO on the float ONNX of ort-fp32, inference precision f32
+- ov-bf16       the same float ONNX at inference precision bf16 (OpenVINO's default here)
+                Every OpenVINO peer: latency performance hint, ``--threads`` inference threads. The
+                bf16 peers are left out where OpenVINO reports no bf16, all four without ``openvino``.
 
-Prints per-subnet medians (ms) and the artifact's ratio to the best peer, then geometric means.
+Prints per-subnet medians (ms) and the artifact's ratio to the best peer (every peer but TVM untuned),
+then geometric means; the JSON also has the geomean ratio to each peer.
 Each runtime is timed in a fresh process of its own (``_isolated``), one after another, in
 ``--rounds`` interleaved rounds (default 3) whose median is reported.
 The supernet is randomly initialised; BN/BatchQuant statistics come from random calibration
@@ -46,6 +56,15 @@ import numpy as np
 import torch
 
 from qfa_deploy.deploy.compile import DEFAULT_SCHEDULE, SCHEDULES
+
+try:
+    # Imported here, when every spawned worker starts (it imports this module), not first inside the
+    # worker's call: imported there, every OpenVINO kernel ran ~2x slower (a QDQ subnet 15 ms instead
+    # of 7 on one thread, measured 2026-12-04 with the same model in the same kind of worker; cause
+    # not found), while a plain script, or this import, gets 7 ms.
+    import openvino  # noqa: F401
+except ImportError:
+    pass
 
 SPACE = "qfa-mbv3-w1.2"
 
@@ -127,6 +146,40 @@ def _ort_ms(path: Path, threads: int, warmup: int, repeat: int, resolution: int)
     return _median_ms(lambda: session.run(None, {"input": x}), warmup, repeat)
 
 
+def _ov_model(path: Path, threads: int, precision: str):
+    """``path`` compiled by OpenVINO for the CPU at batch 1, latency hint, ``threads`` inference
+    threads, float ops at ``precision`` ("f32" or "bf16")."""
+    import openvino as ov
+    import openvino.properties as props
+    import openvino.properties.hint as hints
+
+    config = {hints.performance_mode: hints.PerformanceMode.LATENCY, props.inference_num_threads: threads,
+              hints.inference_precision: getattr(ov.Type, precision)}
+    return ov.Core().compile_model(str(path), "CPU", config)
+
+
+def _ov_ms(path: Path, threads: int, precision: str, warmup: int, repeat: int, resolution: int) -> float:
+    request = _ov_model(path, threads, precision).create_infer_request()
+    x = np.random.default_rng(0).standard_normal((1, 3, resolution, resolution)).astype(np.float32)
+    return _median_ms(lambda: request.infer({0: x}), warmup, repeat)
+
+
+def _ov_precisions() -> tuple[str, ...]:
+    """The inference precisions OpenVINO's CPU plugin offers here: ("f32", "bf16") or ("f32",);
+    () without openvino."""
+    try:
+        import openvino as ov
+        import openvino.properties.device as device
+    except ImportError:
+        return ()
+    return ("f32", "bf16") if "BF16" in ov.Core().get_property("CPU", device.capabilities) else ("f32",)
+
+
+# OpenVINO peer -> (which ONNX model, inference precision)
+OV_PEERS = {"ov-int8": ("qdq", "f32"), "ov-int8-bf16": ("qdq", "bf16"),
+            "ov-fp32": ("fp32", "f32"), "ov-bf16": ("fp32", "bf16")}
+
+
 def _torch_ms(state: Path, cfg: dict, threads: int, warmup: int, repeat: int, resolution: int) -> float:
     from qfa_deploy.arch import ArchConfig
     from qfa_deploy.extract import extract
@@ -153,7 +206,7 @@ def _full_precision(subnet):
     return net
 
 
-def _isolated(fn, *args) -> float:
+def _isolated(fn, *args):
     """``fn(*args)`` in a fresh process. Runtimes measured one after another in one process share
     it with the others' thread pools (TVM's pinned workers, torch's OpenMP team, onnxruntime's
     spinning pool), which at 2 threads on 2 cores slowed whichever ran next by up to 2x."""
@@ -206,8 +259,12 @@ def main(argv=None) -> int:
     supernet = QFASupernet(SPACE).eval()
     rng = random.Random(args.seed)
     artifacts = [f"artifact:{s}" for s in args.schedule]
-    peers = ("tvm-untuned", "torch-fp32", "ort-fp32", "ort-int8")
-    best_of = ("torch-fp32", "ort-fp32", "ort-int8")  # what a user would otherwise deploy
+    precisions = _isolated(_ov_precisions)  # OpenVINO's CPU plugin not started in this process
+    ov_peers = {name: how for name, how in OV_PEERS.items() if how[1] in precisions}
+    if not precisions:
+        print("openvino is not installed: its peers are left out (pip install openvino)")
+    best_of = ("torch-fp32", "ort-fp32", "ort-int8", *ov_peers)  # what a user would otherwise deploy
+    peers = ("tvm-untuned", *best_of)
     columns = (*artifacts, *peers)
     rows = []
     print(f"{SPACE} @{args.resolution}, batch 1, {args.threads} threads, median of {args.repeat} runs, "
@@ -244,7 +301,8 @@ def main(argv=None) -> int:
                 "torch-fp32": (_torch_ms, tmp / "fp32.pt", cfg.to_dict(), t, w, r, res),
                 "ort-fp32": (_ort_ms, tmp / "fp32.onnx", t, w, r, res),
                 "ort-int8": (_ort_ms, tmp / "ort-int8.onnx", t, w, r, res),
-            }
+            } | {name: (_ov_ms, qdq if model == "qdq" else tmp / "fp32.onnx", t, precision, w, r, res)
+                 for name, (model, precision) in ov_peers.items()}
             rounds_ms = _in_rounds(runs, args.rounds)
         ms = {column: statistics.median(values) for column, values in rounds_ms.items()}
         best = min(ms[p] for p in best_of)
@@ -262,11 +320,15 @@ def main(argv=None) -> int:
     for column in artifacts:
         mean_s = statistics.mean(r["compile_s"][column] for r in rows)
         print(f"{column}: compile {mean_s:.1f} s on average")
+    best_peer = min(best_of, key=geo.__getitem__)
+    print(f"best peer: {best_peer}; artifact / each peer (geomeans): "
+          + "; ".join(f"{c}: " + " ".join(f"{p} {geo[c] / geo[p]:.2f}x" for p in best_of) for c in artifacts))
     print(f"QDQ model from: {rows[0]['exporter']}")
     if args.json:
         args.json.write_text(json.dumps({"threads": args.threads, "resolution": args.resolution, "rows": rows,
-                                         "geomean_ms": geo, "geomean_ratio_to_best_peer":
-                                         {c: geo[c] / best for c in artifacts}}, indent=2))
+                                         "geomean_ms": geo, "best_peer": best_peer, "geomean_ratio_to_best_peer":
+                                         {c: geo[c] / best for c in artifacts}, "geomean_ratio_to_peer":
+                                         {c: {p: geo[c] / geo[p] for p in peers} for c in artifacts}}, indent=2))
     return 0
 
 
