@@ -1,4 +1,4 @@
-"""Top-1 accuracy of a subnet after per-subnet calibration."""
+"""Top-1 accuracy of a subnet after per-subnet calibration (or with the checkpoint's stored statistics)."""
 
 from __future__ import annotations
 
@@ -25,11 +25,26 @@ def accuracy(model: nn.Module, source: ImageSource, resolution: int, batch_size:
 
 
 def calibrated_subnet(
-    supernet: QFASupernet, cfg: ArchConfig, calib: ImageSource, calib_batches: int = 20, batch_size: int = 100
+    supernet: QFASupernet,
+    cfg: ArchConfig,
+    calib: ImageSource | None,
+    calib_batches: int = 20,
+    batch_size: int = 100,
 ) -> StaticSubnet:
-    """Extract ``cfg`` and calibrate it on the first batches of ``calib`` (a fixed, ordered pass)."""
+    """Extract ``cfg`` and calibrate it on the first batches of ``calib`` (a fixed, ordered pass).
+
+    With ``calib_batches == 0`` nothing is recomputed: the subnet keeps the supernet's stored BN and
+    BatchQuant statistics (sliced to the subnet as ``extract`` does), ``calib`` is not read (it may be
+    None) and the subnet is returned in eval mode.
+    """
+    if calib_batches < 0:
+        raise ValueError(f"calib_batches must be >= 0, not {calib_batches}")
     supernet.set_active(cfg)
     subnet = extract(supernet, cfg)
+    if calib_batches == 0:
+        return subnet.eval()
+    if calib is None:
+        raise ValueError("calibration needs images (calib is None)")
     images = (x for x, _ in calib.batches(batch_size))
     calibrate(subnet, images, cfg.resolution, calib_batches)
     return subnet
@@ -38,7 +53,7 @@ def calibrated_subnet(
 def evaluate_arch(
     supernet: QFASupernet,
     cfg: ArchConfig,
-    calib: ImageSource,
+    calib: ImageSource | None,
     test: ImageSource,
     calib_batches: int = 20,
 ) -> float:

@@ -167,7 +167,7 @@ MORE_CASES = [
      ["--limit"]),
     (
         "eval-calib",
-        ["eval", "--checkpoint", "{in}/cifar.pt", "--arch", "{in}/good.json", "--calib-batches", "0"],
+        ["eval", "--checkpoint", "{in}/cifar.pt", "--arch", "{in}/good.json", "--calib-batches", "-1"],
         ["--calib-batches"],
     ),
     ("eval-threads", ["eval", "--arch", "{in}/good.json", "--threads", "-1"], ["--threads"]),

@@ -133,7 +133,7 @@ def test_read_only_parent(inputs, work):
 
 
 def test_bad_options(inputs, work):
-    assert_user_error(invoke(*export_args(inputs, work / "art", "--calib-batches", "0"), cwd=work), "--calib-batches")
+    assert_user_error(invoke(*export_args(inputs, work / "art", "--calib-batches", "-1"), cwd=work), "--calib-batches")
     args = export_args(inputs, work / "art")
     args[args.index("onnx")] = "no-such-device"
     assert_user_error(invoke(*args, cwd=work), "no-such-device")

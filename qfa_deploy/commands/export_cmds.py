@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from qfa_deploy.commands.common import emit_json, load_supernet, schedule_option, set_threads
-from qfa_deploy.commands.options import COUNT, PROPORTION, THREADS
+from qfa_deploy.commands.options import COUNT, PROPORTION, THREADS, calib_batches_option
 from qfa_deploy.errors import QfaError
 
 __all__ = ["COMMANDS"]
@@ -41,26 +41,24 @@ def _compiler(target: str, schedule: str):
     help="onnx, or a device to compile for with TVM (x86, arm64, cuda, a device file).",
 )
 @click.option("--checkpoint", default=None, type=click.Path(), help="Supernet checkpoint (default: embedded).")
-@click.option(
-    "--calib-batches",
-    type=COUNT,
-    default=20,
-    show_default=True,
-    help="Calibration batches of 100 validation images.",
-)
+@calib_batches_option()
 @click.option(
     "--data",
     "data_dir",
     default=None,
     type=click.Path(),
-    help="Data directory (default: $QFA_DATA_DIR, else the CIFAR-10 calibration images shipped in the package).",
+    help="Data directory (default: $QFA_DATA_DIR, else the CIFAR-10 calibration images shipped in the package; "
+    "not read with --calib-batches 0).",
 )
 @click.option("--out", required=True, type=click.Path(), help="Artifact folder to create.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @click.option("--threads", type=THREADS, default=None, help="Torch intra-op threads.")
 @schedule_option
 def export(arch_path, target, checkpoint, calib_batches, data_dir, out, force, threads, schedule):
-    """Calibrate, fold and export a subnet: OUT/model.onnx (QDQ) and OUT/meta.json."""
+    """Calibrate, fold and export a subnet: OUT/model.onnx (QDQ) and OUT/meta.json.
+
+    With --calib-batches 0 the subnet keeps the checkpoint's stored statistics and no data is read.
+    """
     from qfa_deploy.arch import load_arch
     from qfa_deploy.data import calibration_images
     from qfa_deploy.export.artifact import (
@@ -72,24 +70,35 @@ def export(arch_path, target, checkpoint, calib_batches, data_dir, out, force, t
     from qfa_deploy.reference import default_checkpoint
 
     set_threads(threads)
-    if calib_batches < 1:
-        raise QfaError("--calib-batches must be at least 1")
+    if calib_batches < 0:  # click's range refuses it first; a direct call of the callback too
+        raise QfaError("--calib-batches must be at least 0")
     load_arch(arch_path)  # missing or malformed config: fail before anything is written
     compile_fn = None if target == "onnx" else _compiler(target, schedule)
     ckpt = Path(checkpoint) if checkpoint else default_checkpoint()
     with staged_directory(out, force) as folder:
         net = load_supernet(str(ckpt))
         cfg = load_arch(arch_path, expect_space=net.space.name)
-        val = calibration_images(net.space, data_dir, calib_batches * CALIB_BATCH_SIZE)
-        subnet = calibrate_for_export(net, cfg, val, calib_batches, CALIB_BATCH_SIZE)
-        calibration = {
-            "split": "val",
-            "batches": calib_batches,
-            "batch_size": CALIB_BATCH_SIZE,
-            "images": min(len(val), calib_batches * CALIB_BATCH_SIZE),
-            "seed": CALIBRATION_SEED,
-            "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
-        }
+        if calib_batches == 0:  # the checkpoint's stored statistics; no data is read
+            subnet = calibrate_for_export(net, cfg, None, 0, CALIB_BATCH_SIZE)
+            calibration = {
+                "split": None,
+                "batches": 0,
+                "batch_size": CALIB_BATCH_SIZE,
+                "images": 0,
+                "statistics": "stored",
+                "data_dir": None,
+            }
+        else:
+            val = calibration_images(net.space, data_dir, calib_batches * CALIB_BATCH_SIZE)
+            subnet = calibrate_for_export(net, cfg, val, calib_batches, CALIB_BATCH_SIZE)
+            calibration = {
+                "split": "val",
+                "batches": calib_batches,
+                "batch_size": CALIB_BATCH_SIZE,
+                "images": min(len(val), calib_batches * CALIB_BATCH_SIZE),
+                "seed": CALIBRATION_SEED,
+                "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
+            }
         meta = build_artifact(
             folder, subnet, target=target, checkpoint=ckpt, calibration=calibration, compile_fn=compile_fn
         )

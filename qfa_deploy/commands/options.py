@@ -11,8 +11,9 @@ import math
 import click
 
 __all__ = [
-    "COUNT", "NON_NEGATIVE_FLOAT", "NON_NEGATIVE_INT", "POSITIVE_FLOAT", "PROPORTION", "SEED", "THREADS", "TIMEOUT",
-    "FiniteFloat",
+    "CALIB_BATCHES", "COUNT", "NON_NEGATIVE_FLOAT",
+    "NON_NEGATIVE_INT", "POSITIVE_FLOAT", "PROPORTION", "SEED", "THREADS", "TIMEOUT",
+    "FiniteFloat", "calib_batches_option",
 ]
 
 # Bounded so a thousands-of-digits integer is refused instead of reaching range() or torch.
@@ -22,6 +23,20 @@ COUNT = click.IntRange(1, _MAX_INT)  # samples, steps, batches, images: at least
 NON_NEGATIVE_INT = click.IntRange(0, _MAX_INT)
 THREADS = click.IntRange(1, 1024)  # torch.set_num_threads raises on <= 0
 SEED = click.IntRange(0, 2**32 - 1)  # numpy refuses negative seeds, torch overflows past int64
+CALIB_BATCHES = NON_NEGATIVE_INT  # 0: no calibration, the checkpoint's stored statistics
+
+
+def calib_batches_option(default: int = 20):
+    """``--calib-batches`` of the verbs that may skip calibration (``export``, ``eval``): 0 keeps the
+    checkpoint's stored BN and BatchQuant statistics unchanged and reads no calibration data."""
+    return click.option(
+        "--calib-batches",
+        type=CALIB_BATCHES,
+        default=default,
+        show_default=True,
+        help="Calibration batches of 100 validation images; 0: no calibration, the checkpoint's stored "
+        "BN and BatchQuant statistics are used unchanged and no calibration data is read.",
+    )
 
 
 class FiniteFloat(click.ParamType):

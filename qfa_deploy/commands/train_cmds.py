@@ -6,7 +6,15 @@ import os
 
 import click
 
-from qfa_deploy.commands.options import COUNT, NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, SEED, THREADS
+from qfa_deploy.commands.options import (
+    COUNT,
+    NON_NEGATIVE_FLOAT,
+    NON_NEGATIVE_INT,
+    POSITIVE_FLOAT,
+    SEED,
+    THREADS,
+    calib_batches_option,
+)
 
 __all__ = ["COMMANDS"]
 
@@ -63,15 +71,14 @@ def train(space, data_dir, data_workers, out, resume, fp_epochs, q_epochs, batch
 @click.option("--checkpoint", default=None, type=click.Path(), help="Supernet checkpoint (default: embedded).")
 @click.option("--arch", "arch_path", required=True, type=click.Path(), help="cfg.json of the subnet.")
 @click.option("--data", "data_dir", default=None, type=click.Path(), help="Data directory.")
-@click.option("--calib-batches", type=COUNT, default=20, show_default=True,
-              help="Calibration batches of 100 validation images.")
+@calib_batches_option()
 @click.option("--limit", type=COUNT, default=None, help="Evaluate on the first N test images only.")
 @click.option("--download", is_flag=True,
               help="First download CIFAR-10 with torchvision into --data (or $QFA_DATA_DIR); needs the internet.")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--threads", type=THREADS, default=None)
 def eval_cmd(checkpoint, arch_path, data_dir, calib_batches, limit, download, as_json, threads):
-    """Top-1 on the test split of a subnet after per-subnet calibration."""
+    """Top-1 on the test split of a subnet after per-subnet calibration (--calib-batches 0: stored statistics)."""
     from qfa_deploy.arch import load_arch
     from qfa_deploy.commands.common import emit_json, load_supernet, set_threads
     from qfa_deploy.commands.export_cmds import CALIB_BATCH_SIZE
@@ -92,7 +99,7 @@ def eval_cmd(checkpoint, arch_path, data_dir, calib_batches, limit, download, as
     except QfaError as exc:
         raise QfaError(f"test-set accuracy needs the test set ({exc}; or --download)") from None
     test = test.subset(limit) if limit else test
-    val = calibration_images(net.space, data_dir, calib_batches * CALIB_BATCH_SIZE)
+    val = calibration_images(net.space, data_dir, calib_batches * CALIB_BATCH_SIZE) if calib_batches else None
     top1 = evaluate_arch(net, cfg, val, test, calib_batches)
     result = {"arch": cfg.short(), "digest": cfg.digest(), "top1": top1, "images": len(test),
               "calib_batches": calib_batches}
