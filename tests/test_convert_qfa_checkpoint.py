@@ -286,3 +286,215 @@ def test_a_shared_range_loads_into_every_bit():
     for bits in (2, 3, 4):
         shared.bits = per_bit.bits = bits
         assert per_bit.fixed() == shared.fixed()
+
+
+# ---- the deployment path: export --calib-batches 0 -> QDQ ONNX -> onnxruntime / TVM x86 -----------
+#
+# ``export --calib-batches 0`` keeps the converted checkpoint's stored statistics (the seed's), folds
+# the subnet and writes the QDQ ONNX graph the runtimes run. The deployed stem is 8-bit (the seed's is
+# float), so the seed's forward is compared with the exported graph from the stem's output on: the
+# graph cut at ``stem/hswish`` is fed the float stem's output (qfa-deploy's ``float_stem`` forward,
+# shown equal to the seed's above) and every later quantizer, conv, BN, SE and the head run in the
+# runtime. The whole graph (8-bit stem) is compared with qfa-deploy's own integer forward.
+
+STEM_OUTPUT = "stem/hswish"  # the float stem activation the first block reads
+
+
+def _fixture_arch(gene, resolution: int):
+    """The gene's subnet at the fixture's input resolution (the seed ran it on 128 px images)."""
+    from qfa_deploy.arch import ArchConfig
+
+    spec = gene_to_arch(gene).to_dict()
+    spec["resolution"] = resolution
+    return ArchConfig.from_dict(spec)
+
+
+@pytest.fixture(scope="module")
+def exported(converted, fixture, tmp_path_factory):
+    """``export --calib-batches 0`` of every fixture subnet: name -> artifact folder. The space has
+    no shipped calibration images and no --data is given: any read of data would fail."""
+    folder = tmp_path_factory.mktemp("exported")
+    out = {}
+    for name, gene in zip(fixture["names"], fixture["genes"], strict=True):
+        cfg = _fixture_arch(gene, fixture["input"].shape[-1])
+        (folder / f"{name}.json").write_text(cfg.to_json())
+        code, _, err = _run(
+            "export", "--checkpoint", converted, "--arch", folder / f"{name}.json",
+            "--calib-batches", "0", "--target", "onnx", "--out", folder / name,
+        )
+        assert code == 0, err
+        out[name] = folder / name
+    return out
+
+
+class _Recorder(_Codes):
+    """``_Codes`` that also keeps every code tensor it returns (the seed's codes once forced)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.recorded: list[torch.Tensor] = []
+
+    def __call__(self, x, conv):
+        q = super().__call__(x, conv)
+        self.recorded.append(q.clone())
+        return q
+
+
+def _seed_run(net, fixture, index: int, monkeypatch):
+    """The seed-equivalent forward (float stem, the seed's codes at its near-ties): the float stem's
+    output and the codes of every later quantizer, in call order."""
+    net.float_stem = True
+    net.set_active(gene_to_arch(fixture["genes"][index]))
+    net.eval()
+    recorder = _Recorder(monkeypatch, fixture["ties"][index], force=True, stem_quantized=False)
+    stem = {}
+    hook = net.stem.register_forward_hook(lambda module, args, y: stem.setdefault("y", y))
+    try:
+        with torch.no_grad():
+            logits = net(fixture["input"].float())
+    finally:
+        hook.remove()
+        monkeypatch.undo()
+    assert float((logits - fixture["logits"][index]).abs().max()) <= TOLERANCE
+    return stem["y"], recorder.recorded
+
+
+def _stem_cut(artifact: Path):
+    """The exported graph from the stem's float output to the logits."""
+    import onnx
+
+    model = onnx.load(str(artifact / "model.onnx"))
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    return onnx.utils.Extractor(inferred).extract_model([STEM_OUTPUT], ["logits"])
+
+
+def _against_seed(logits, ref) -> dict:
+    import numpy as np
+
+    ref = ref.numpy()
+    return {
+        "max_dlogit": float(np.abs(logits - ref).max()),
+        "top1_agree": int((logits.argmax(1) == ref.argmax(1)).sum()),
+    }
+
+
+def _ort_codes_against_seed(ort_codes, seed_codes, ties) -> dict:
+    """Codes of the runtime against the seed's (recorded with its near-ties forced): how many differ,
+    the first quantizer where any does, whether all of those lie on the seed's near-ties, and how
+    many of the seed's near-ties the runtime rounded the other way (cascade included)."""
+    import numpy as np
+
+    assert len(ort_codes) == len(seed_codes) == ties["calls"]
+    differing, first, first_at_ties, near_tie_flips = 0, None, None, 0
+    for call, (theirs, seed) in enumerate(zip(ort_codes, seed_codes, strict=True)):
+        theirs = theirs.astype(np.int64).reshape(-1)
+        seed = seed.numpy().astype(np.int64).reshape(-1)
+        assert theirs.shape == seed.shape, call
+        here = (ties["call"] == call).numpy()
+        tie_index = ties["index"][here].long().numpy()
+        near_tie_flips += int((theirs[tie_index] != ties["code"][here].numpy()).sum())
+        where = np.flatnonzero(theirs != seed)
+        differing += where.size
+        if where.size and first is None:
+            first, first_at_ties = call, bool(np.isin(where, tie_index).all())
+    return {"codes": sum(c.size for c in ort_codes), "differing_codes": differing, "first_differing_quantizer": first,
+            "first_differences_all_near_ties": first_at_ties, "near_tie_flips": near_tie_flips}
+
+
+def test_exported_onnx_computes_the_seeds_forward(converted, exported, fixture, monkeypatch):
+    """onnxruntime (graph optimisations off, and on) runs the exported graph of every fixture subnet
+    on the float stem's output: top-1 equals the seed's on every image; a subnet whose codes all equal
+    the seed's equals its logits to the tolerance; where codes differ, the first differences lie on
+    the seed's own near-ties (float re-association rounding a boundary value the other way)."""
+    from qfa_deploy.export.onnx_export import with_code_outputs
+    from qfa_deploy.export.verify import ort_runner
+
+    net = load_supernet(converted)
+    n = fixture["input"].shape[0]
+    results = []
+    for i, name in enumerate(fixture["names"]):
+        stem_y, seed_codes = _seed_run(net, fixture, i, monkeypatch)
+        cut = _stem_cut(exported[name])
+        outs = ort_runner(with_code_outputs(cut), optimize=False)(stem_y.numpy())
+        r = {"name": name, **_against_seed(outs[0], fixture["logits"][i]),
+             **_ort_codes_against_seed(outs[1:], seed_codes, fixture["ties"][i])}
+        optimized = ort_runner(cut, optimize=True)(stem_y.numpy())[0]
+        r["ort_default"] = _against_seed(optimized, fixture["logits"][i])
+        results.append(r)
+    print("ORT, exported graph from the float stem's output, against the seed:", results)
+    assert any(r["differing_codes"] == 0 for r in results)
+    for r in results:
+        assert r["top1_agree"] == n and r["ort_default"]["top1_agree"] == n, r
+        if r["differing_codes"] == 0:
+            assert r["max_dlogit"] <= TOLERANCE and r["ort_default"]["max_dlogit"] <= TOLERANCE, r
+        else:
+            assert r["first_differences_all_near_ties"], r
+
+
+def test_exported_onnx_is_the_integer_forward(converted, exported, fixture):
+    """The whole exported graph (8-bit stem) against qfa-deploy's PyTorch eval subnet, quantizer by
+    quantizer with teacher forcing (``verify``'s check); its gap to the seed's float stem is reported."""
+    import onnx
+
+    from qfa_deploy.export.verify import ort_runner, quantizer_parity
+    from qfa_deploy.extract import extract
+
+    net = load_supernet(converted)
+    x = fixture["input"].float()
+    results = []
+    for i, (name, gene) in enumerate(zip(fixture["names"], fixture["genes"], strict=True)):
+        cfg = _fixture_arch(gene, x.shape[-1])
+        net.set_active(cfg)
+        subnet = extract(net, cfg).eval()
+        model = onnx.load(str(exported[name] / "model.onnx"))
+        parity = quantizer_parity(subnet, model, x)
+        logits = ort_runner(model, optimize=False)(x.numpy())[0]
+        results.append({"name": name, **parity, "vs_seed_float_stem": _against_seed(logits, fixture["logits"][i])})
+    print("ORT, whole graph (8-bit stem):", results)
+    for r in results:
+        assert r["max_code_diff"] <= 1 and r["differing_codes"] <= r["codes"] * 1e-5, r
+        assert r["max_abs_logit_diff"] <= TOLERANCE, r
+
+
+def _tvm_against_seed(converted, exported, fixture, monkeypatch, names, tmp_path) -> list[dict]:
+    """``compile_artifact`` (x86) of the stem cut, run by ``tvm_library_runner``, against the seed."""
+    import onnx
+
+    from qfa_deploy.deploy.compile import compile_artifact
+    from qfa_deploy.export.verify import ort_runner, tvm_library_runner
+
+    net = load_supernet(converted)
+    n = fixture["input"].shape[0]
+    out = []
+    for name in names:
+        i = fixture["names"].index(name)
+        stem_y, _ = _seed_run(net, fixture, i, monkeypatch)
+        cut = _stem_cut(exported[name])
+        onnx.save(cut, str(tmp_path / f"{name}.onnx"))
+        meta = compile_artifact(tmp_path / f"{name}.onnx", "x86", tmp_path / name, batch_size=n)
+        logits = tvm_library_runner(tmp_path / name / meta["library"], n)(stem_y.numpy())[0]
+        ort = ort_runner(cut, optimize=False)(stem_y.numpy())[0]
+        out.append({"name": name, **_against_seed(logits, fixture["logits"][i]),
+                    "max_dlogit_vs_ort": float(abs(logits - ort).max()),
+                    "compile_seconds": meta["compile_seconds"], "schedule": meta["schedule"]})
+    return out
+
+
+def test_tvm_x86_computes_the_seeds_forward(converted, exported, fixture, monkeypatch, tmp_path):
+    """TVM x86 (the deploy compiler, ~30 s here) on the random subnet's graph from the stem output."""
+    results = _tvm_against_seed(converted, exported, fixture, monkeypatch, ["random"], tmp_path)
+    print("TVM x86 against the seed:", results)
+    for r in results:
+        assert r["top1_agree"] == fixture["input"].shape[0], r
+        assert r["max_dlogit"] <= TOLERANCE and r["max_dlogit_vs_ort"] <= TOLERANCE, r
+
+
+@pytest.mark.slow
+def test_tvm_x86_other_subnets(converted, exported, fixture, monkeypatch, tmp_path):
+    """The largest and smallest subnets through TVM x86 (a minute or more of compiling here)."""
+    results = _tvm_against_seed(converted, exported, fixture, monkeypatch, ["largest", "smallest"], tmp_path)
+    print("TVM x86 against the seed:", results)
+    for r in results:
+        assert r["top1_agree"] == fixture["input"].shape[0], r
+        assert r["max_dlogit_vs_ort"] <= TOLERANCE, r  # the largest inherits ORT's near-tie cascade
+    assert next(r for r in results if r["name"] == "smallest")["max_dlogit"] <= TOLERANCE
