@@ -100,6 +100,7 @@ def profile(artifact_dir, device, tracker, key, seed, timeout, no_check, as_json
     runner = result["runner"]
     where = runner["kind"] + (f" {runner['host']}:{runner['port']}" if "host" in runner else "")
     where += f" key {runner['key']}" if "key" in runner else ""
+    where += f" {runner['cpu']}" if "cpu" in runner else ""
     lat, proto = result["latency_ms"], result["protocol"]
     click.echo(f"device   {result['device']} ({where})")
     click.echo(f"{result['timing']}: median {lat['median']:.3f} ms  p10 {lat['p10']:.3f}  p90 {lat['p90']:.3f}")

@@ -17,7 +17,8 @@ from qfa_deploy.digest import file_sha256
 from qfa_deploy.errors import QfaError
 from qfa_deploy.strict_json import parse_json
 
-__all__ = ["EMULATED_LABEL", "LATENCY_LABEL", "ONNX_NAME", "META_NAME", "load_meta", "profile_artifact"]
+__all__ = ["EMULATED_LABEL", "LATENCY_LABEL", "META_NAME", "ONNX_NAME", "SIMULATED_LABEL", "load_meta",
+           "profile_artifact"]
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ ONNX_NAME = "model.onnx"
 META_NAME = "meta.json"
 LATENCY_LABEL = "latency"
 EMULATED_LABEL = "emulated (not latency)"
+SIMULATED_LABEL = "simulated (estimated cycles at the nominal clock, docs/simulation.md)"
 
 
 def profile_artifact(
@@ -75,13 +77,15 @@ def profile_artifact(
         specs = meta["inputs"]
     else:
         raise QfaError(f"{artifact_dir} has neither {ONNX_NAME} nor input shapes in {META_NAME}")
+    simulated = dev.runner.kind == "simulated"
+    check = check and not simulated  # a simulated device computes no outputs to check
     if check and not onnx_path.is_file():
         raise QfaError(f"{artifact_dir} has no {ONNX_NAME} to check the output against (or pass --no-check)")
     inputs = random_inputs(specs, seed=seed)
 
     with open_session(dev, timeout=timeout) as session:
         vm = session.load(lib_path)
-        outputs = session.run(vm, inputs)
+        outputs = None if simulated else session.run(vm, inputs)
         timing = session.time(vm, inputs)
     parity = compare_outputs(outputs, onnxruntime_outputs(onnx_path, specs, inputs)) if check else None
     return {
@@ -89,7 +93,7 @@ def profile_artifact(
         "device": dev.name,
         "runner": dev.runner.to_dict(),
         "emulated": dev.emulated,
-        "timing": EMULATED_LABEL if dev.emulated else LATENCY_LABEL,
+        "timing": SIMULATED_LABEL if simulated else EMULATED_LABEL if dev.emulated else LATENCY_LABEL,
         "latency_ms": timing.summary_ms(),
         "protocol": {**dev.protocol.to_dict(), "threads": dev.threads, "timer": "time_evaluator",
                      "repeats_measured": len(timing.seconds)},

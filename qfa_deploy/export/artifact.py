@@ -169,6 +169,6 @@ def _check_meta(meta: dict, path: Path) -> None:
         if Path(name).is_absolute() or ".." in Path(name).parts:
             raise QfaError(f"{path}: files[{name!r}] is not a path inside the artifact")
     calib = meta["calibration"]
-    check_number(calib.get("batches"), f"{path}: calibration.batches", low=1, high=10**6, integer=True)
+    check_number(calib.get("batches"), f"{path}: calibration.batches", low=0, high=10**6, integer=True)
     check_number(calib.get("batch_size", 100), f"{path}: calibration.batch_size", low=1, high=10**6, integer=True)
     check_type(calib.get("data_dir"), (str, type(None)), f"{path}: calibration.data_dir")
