@@ -85,7 +85,7 @@ def validate(table_path, device, samples, seed, plot, report_path, min_within, t
     import sys
 
     from qfa_deploy.lut.table import LatencyTable
-    from qfa_deploy.lut.validate import validate_table
+    from qfa_deploy.lut.validate import timing_caveat, validate_table
 
     table = LatencyTable.load(table_path)
     for option, path in (("--plot", plot), ("--report", report_path)):
@@ -99,7 +99,7 @@ def validate(table_path, device, samples, seed, plot, report_path, min_within, t
     if as_json:
         emit_json({k: v for k, v in report.items() if k != "points"} if not report_path else report)
     else:
-        tag = " [emulated: not latency]" if report["emulated"] else ""
+        tag = f" [{timing_caveat(report)}]" if timing_caveat(report) else ""
         within = f"within ±{tolerance:g}% {100 * report['within_tolerance']:.0f}%"
         if tolerance != 10:
             within = f"within ±10% {100 * report['within_10_percent']:.0f}%, {within}"

@@ -22,7 +22,7 @@ from qfa_deploy.lut.measure import measure_onnx
 from qfa_deploy.lut.parts import PartModels
 from qfa_deploy.lut.table import LatencyTable
 
-__all__ = ["check_table_device", "validate_table"]
+__all__ = ["check_table_device", "timing_caveat", "validate_table"]
 
 
 def check_table_device(table: LatencyTable, device: str) -> Device:
@@ -63,6 +63,7 @@ def validate_table(
     report = {
         "device": dev.name,
         "emulated": dev.emulated,
+        "simulated": dev.runner.kind == "simulated",
         "space": table.space,
         "resolution": table.resolution,
         "samples": samples,
@@ -98,7 +99,7 @@ def _scatter(p: np.ndarray, m: np.ndarray, report: dict, path: Path) -> None:
     ax.scatter(m, p, s=14)
     ax.set_xlabel("measured latency (ms)")
     ax.set_ylabel("predicted latency (ms)")
-    label = " (emulated: not latency)" if report["emulated"] else ""
+    label = f" ({timing_caveat(report)})" if timing_caveat(report) else ""
     ax.set_title(
         f"{report['device']}{label}, {report['space']} @{report['resolution']}\n"
         f"MAPE {report['mape_percent']:.1f}%, within ±10%: {100 * report['within_10_percent']:.0f}%, "
@@ -112,3 +113,10 @@ def _scatter(p: np.ndarray, m: np.ndarray, report: dict, path: Path) -> None:
         atomic_write_bytes(Path(path), lambda f: fig.savefig(f, format=fmt, dpi=120))  # never half-written
     finally:
         plt.close(fig)
+
+
+def timing_caveat(report: dict) -> str:
+    """What the device's timings are when they are not a board's latency ("" when they are)."""
+    if report.get("simulated"):
+        return "simulated: estimated cycles, not latency"
+    return "emulated: not latency" if report["emulated"] else ""
