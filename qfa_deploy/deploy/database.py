@@ -6,12 +6,12 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 from qfa_deploy.deploy._text import one_line
 from qfa_deploy.deploy.device import Device
 from qfa_deploy.errors import QfaError
+from qfa_deploy.resources import cache_root
 
 __all__ = ["apply_database", "database_sha256", "default_database_dir"]
 
@@ -19,8 +19,7 @@ _DB_FILES = ("database_workload.json", "database_tuning_record.json")
 
 
 def default_database_dir(device: Device) -> Path:
-    base = os.environ.get("QFA_CACHE") or Path.home() / ".cache" / "qfa-deploy"
-    return Path(base) / "tuning" / device.name
+    return cache_root() / "tuning" / device.name
 
 
 def database_sha256(work_dir: Path) -> str:

@@ -34,6 +34,7 @@ from qfa_deploy.deploy.procs import (
     wait_for_key,
 )
 from qfa_deploy.errors import QfaError
+from qfa_deploy.resources import cache_root
 
 __all__ = [
     "DEFAULT_KEY",
@@ -131,8 +132,7 @@ class PiImage:
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("QFA_CACHE") or Path.home() / ".cache" / "qfa-deploy"
-    return Path(base) / "emulated-pi"
+    return cache_root() / "emulated-pi"
 
 
 def missing_tools() -> list[str]:

@@ -18,13 +18,13 @@ from pathlib import Path
 
 from qfa_deploy.atomic import atomic_write_bytes
 from qfa_deploy.errors import QfaError
+from qfa_deploy.resources import cache_root
 
 PLUGIN_SOURCE = Path(__file__).with_name("bbcount.c")
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("QFA_CACHE") or Path.home() / ".cache" / "qfa-deploy"
-    return Path(base) / "sim"
+    return cache_root() / "sim"
 
 
 def plugin() -> Path:
