@@ -13,7 +13,7 @@ from qfa_deploy.errors import QfaError
 
 __all__ = [
     "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "atomic_write_bytes", "float32_model_state", "load_checkpoint",
-    "load_supernet", "save_checkpoint",
+    "load_supernet", "read_torch_file", "save_checkpoint",
 ]
 
 CHECKPOINT_FORMAT = "qfa-supernet"
@@ -45,15 +45,22 @@ def _load_failure(exc: Exception) -> str:
     return first.split(". ")[0][:120] or exc.__class__.__name__
 
 
-def load_checkpoint(path: str | Path, expect_space: str | None = None) -> dict:
-    """Load and check a checkpoint; every problem is a one-line QfaError."""
+def read_torch_file(path: str | Path):
+    """What ``path`` holds, read with ``weights_only`` (a pickle that holds code is refused); a missing
+    or unreadable file is a one-line QfaError."""
     path = Path(path)
     if not path.is_file():
         raise QfaError(f"{path}: no such checkpoint")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt / foreign files
         raise QfaError(f"{path}: not a readable checkpoint ({_load_failure(exc)})") from None
+
+
+def load_checkpoint(path: str | Path, expect_space: str | None = None) -> dict:
+    """Load and check a checkpoint; every problem is a one-line QfaError."""
+    path = Path(path)
+    payload = read_torch_file(path)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise QfaError(f"{path}: not a qfa-deploy supernet checkpoint")
     if payload.get("version") != CHECKPOINT_VERSION:

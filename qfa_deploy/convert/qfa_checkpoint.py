@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from qfa_deploy.checkpoint import _load_failure, save_checkpoint
+from qfa_deploy.checkpoint import read_torch_file, save_checkpoint
 from qfa_deploy.errors import QfaError
 
 __all__ = ["SEED_BITS", "convert_state", "convert_file", "read_seed_state"]
@@ -62,12 +62,7 @@ def read_seed_state(path: str | Path) -> dict[str, torch.Tensor]:
     """The seed's state dict in ``path`` (``{"state_dict": ...}`` or a bare state dict), read with
     ``weights_only`` (a pickle that holds code is refused); every problem is a one-line QfaError."""
     path = Path(path)
-    if not path.is_file():
-        raise QfaError(f"{path}: no such checkpoint")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt / foreign files
-        raise QfaError(f"{path}: not a readable checkpoint ({_load_failure(exc)})") from None
+    payload = read_torch_file(path)
     if isinstance(payload, dict) and payload.get("format") == "qfa-supernet":
         raise QfaError(f"{path}: already a qfa-deploy checkpoint (of space {payload.get('space')!r})")
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
