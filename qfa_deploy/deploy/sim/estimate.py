@@ -92,14 +92,18 @@ def simulate(runtime: str, model_path: Path, cpu: SimCpu, *, python: list[str], 
     foreign one) that can import the runtime. The runner warms up with one inference, then marks a
     phase around ``runs`` more: only that phase is priced.
     """
-    argv = [*python, str(INFER_MAIN), runtime, str(model_path), str(runs), "--phases"]
-    if shape:
-        argv += ["--shape", ",".join(map(str, shape))]
+    argv = runner_argv(python, runtime, model_path, runs, shape)
     phases = count_phases(argv, arch=cpu.arch, qemu_cpu=cpu.qemu_cpu, rootfs=rootfs, env=env, timeout=timeout,
                           caches=cpu.caches)
     if len(phases) != 3:
         raise QfaError(f"the runner marked {len(phases) - 1} phase boundaries, not 2")
     return price(phases[1], cpu, runs)
+
+
+def runner_argv(python: list[str], runtime: str, model_path: Path, runs: int, shape: list[int] | None) -> list[str]:
+    """The runner warming up once, then ``runs`` inferences between two phase marks."""
+    argv = [*python, str(INFER_MAIN), runtime, str(model_path), str(runs), "--phases"]
+    return argv + ["--shape", ",".join(map(str, shape))] if shape else argv
 
 
 def price(phase: Phase, cpu: SimCpu, inferences: int = 1) -> Estimate:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from qfa_deploy.deploy.sim.blocks import count_phases
 from qfa_deploy.deploy.sim.cost import block_cycles, llvm_tool
-from qfa_deploy.deploy.sim.estimate import INFER_MAIN, SimCpu
+from qfa_deploy.deploy.sim.estimate import SimCpu, runner_argv
 
 
 def function_profile(runtime: str, model_path: Path, cpu: SimCpu, *, python: list[str], env: dict,
@@ -21,9 +21,7 @@ def function_profile(runtime: str, model_path: Path, cpu: SimCpu, *, python: lis
     """The ``top`` functions by simulated cycles per inference: library, symbol, cycles, instructions."""
     with tempfile.TemporaryDirectory(prefix="qfa-simprof-") as tmp:
         maps_file = Path(tmp) / "maps"
-        argv = [*python, str(INFER_MAIN), runtime, str(model_path), str(runs), "--phases"]
-        if shape:
-            argv += ["--shape", ",".join(map(str, shape))]
+        argv = runner_argv(python, runtime, model_path, runs, shape)
         phases = count_phases(argv, arch=cpu.arch, qemu_cpu=cpu.qemu_cpu, rootfs=rootfs,
                               env=env | {"QFA_SIM_MAPS": str(maps_file)}, by_address=True)
         maps = maps_file.read_text()
