@@ -275,6 +275,19 @@ def test_per_bit_ranges_track_only_the_active_bit():
     assert torch.equal(q.single(3).running_max, q.running_max[1]) and q.single(3).running_max.ndim == 0
 
 
+def test_the_float_phase_tracks_every_bit():
+    """Unquantized (bits None, as in training's float epochs), the one range is every bit's range."""
+    q = BatchQuant((2, 3, 4), per_bit_ranges=True).train()
+    q.bits = None
+    x = torch.randn(4, 8, 5, 5, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(q(x), x)
+    shared = BatchQuant((2,)).train()
+    shared(x)
+    assert q.num_batches_tracked.tolist() == [1, 1, 1]
+    for bits in (2, 3, 4):
+        assert torch.equal(q.running_range(bits)[1], shared.running_max)
+
+
 def test_a_shared_range_loads_into_every_bit():
     """A supernet state written with one range per quantizer loads as that range for every bit."""
     shared = BatchQuant((2, 3, 4)).train()

@@ -123,9 +123,11 @@ class BatchQuant(nn.Module):
 
     @torch.no_grad()
     def _track(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
-        slot = self._slot()
+        # unquantized (bits None, the float phase): the range is the same for every bit, so every
+        # per-bit slot tracks it
+        slot = (slice(None),) if self.per_bit_ranges and self.bits is None else self._slot()
         self.num_batches_tracked[slot] += 1
-        count = int(self.num_batches_tracked[slot])
+        count = int(self.num_batches_tracked[slot].max())
         m = 1.0 / count if self.momentum is None else self.momentum
         if self.momentum is not None and count == 1:
             m = 1.0  # first batch sets the range instead of averaging with zeros
