@@ -74,6 +74,23 @@ def qfa_checkpoint(source, output, force):
                "float in the seed)", err=True)
 
 
+@convert.command("ofa-checkpoint")
+@click.argument("source", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
+              help="Write the qfa-deploy supernet checkpoint here.")
+@click.option("--force", is_flag=True, help="Replace -o if it exists.")
+def ofa_checkpoint(source, output, force):
+    """OFA's float supernet SOURCE (ofa_mbv3_d234_e346_k357_w1.2, mit-han-lab/once-for-all) as a
+    qfa-mbv3-w1.2 checkpoint to warm-start `train --init-from` from, its quantizers initialised as the
+    seed's training initialises them (LSQ steps from the weights, BatchQuant alpha 1, offset 0)."""
+    from qfa_deploy.convert.ofa_checkpoint import OFA_SPACE, convert_file
+
+    check_output(output, force)
+    used = convert_file(source, output)
+    click.echo(f"{output}: space {OFA_SPACE} from {used} tensors of {source} (float weights; quantizers "
+               "initialised as the seed's warm start)", err=True)
+
+
 @convert.command("to-qfa-gene")
 @click.argument("arch", type=click.Path(dir_okay=False))
 def to_qfa_gene(arch):

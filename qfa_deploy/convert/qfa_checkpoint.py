@@ -78,15 +78,19 @@ def read_seed_state(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 class _Mapper:
-    def __init__(self, seed: dict[str, torch.Tensor], target: dict[str, torch.Tensor], where: str) -> None:
-        self.seed, self.target, self.where = seed, target, where
+    """Copies tensors of a foreign state dict (``seed``) into qfa-deploy's keys (``target``: names and
+    shapes), each checked; ``what`` names the complete source in the missing-key message."""
+
+    def __init__(self, seed: dict[str, torch.Tensor], target: dict[str, torch.Tensor], where: str,
+                 what: str = "a complete W1.2 bits-{2,3,4} seed supernet") -> None:
+        self.seed, self.target, self.where, self.what = seed, target, where, what
         self.out: dict[str, torch.Tensor] = {}
         self.used: set[str] = set()
 
     def take(self, key: str, shape: tuple[int, ...] | None = None) -> torch.Tensor:
         value = self.seed.get(key)
         if value is None:
-            raise QfaError(f"{self.where}: missing key {key} (not a complete W1.2 bits-{{2,3,4}} seed supernet)")
+            raise QfaError(f"{self.where}: missing key {key} (not {self.what})")
         if shape is not None and tuple(value.shape) != tuple(shape):
             raise QfaError(f"{self.where}: {key} has shape {list(value.shape)}, the W1.2 supernet's is {list(shape)}")
         if value.is_floating_point() and not torch.isfinite(value).all():
@@ -104,10 +108,10 @@ class _Mapper:
     def weight(self, src: str, dst: str) -> None:
         self.put(dst, self.take(src, tuple(self.target[dst].shape)))
 
-    def bn(self, src: str, dst: str) -> None:
+    def bn(self, src: str, dst: str, affine: tuple[str, str] = ("gamma", "beta")) -> None:
         c = tuple(self.target[f"{dst}.bn.weight"].shape)
-        self.put(f"{dst}.bn.weight", self.take(f"{src}.gamma", c))
-        self.put(f"{dst}.bn.bias", self.take(f"{src}.beta", c))
+        self.put(f"{dst}.bn.weight", self.take(f"{src}.{affine[0]}", c))
+        self.put(f"{dst}.bn.bias", self.take(f"{src}.{affine[1]}", c))
         for name in ("running_mean", "running_var"):
             self.put(f"{dst}.bn.{name}", self.take(f"{src}.{name}", c))
         self.put(f"{dst}.bn.num_batches_tracked", self.take(f"{src}.num_batches_tracked", ()))
