@@ -91,6 +91,23 @@ def ofa_checkpoint(source, output, force):
                "initialised as the seed's warm start)", err=True)
 
 
+@convert.command("qfa-samples")
+@click.argument("source", type=click.Path())
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
+              help="Write the records here (acc.jsonl, the format `collect` writes).")
+@click.option("--force", is_flag=True, help="Replace -o if it exists.")
+def qfa_samples(source, output, force):
+    """The seed's measured subnets in SOURCE (a folder of collect_network_info.py's JSON files, or a
+    JSON list such as qsamples_8k.json) as `collect` records, for `predictor fit`."""
+    from qfa_deploy.commands.common import write_text_atomic
+    from qfa_deploy.convert.qfa_samples import convert_samples, records_jsonl
+
+    check_output(output, force)
+    records = convert_samples(source)
+    write_text_atomic(output, records_jsonl(records))
+    click.echo(f"{output}: {len(records)} subnets of qfa-mbv3-w1.2 from {source} (top1 = acc1 / 100)", err=True)
+
+
 @convert.command("to-qfa-gene")
 @click.argument("arch", type=click.Path(dir_okay=False))
 def to_qfa_gene(arch):

@@ -4,4 +4,5 @@
 - ``qfa_checkpoint``: the seed's supernet state dict (``b234_ps.pth``) -> a ``qfa-mbv3-w1.2`` checkpoint.
 - ``ofa_checkpoint``: OFA's float supernet (``ofa_mbv3_d234_e346_k357_w1.2``) -> a ``qfa-mbv3-w1.2`` warm
   start, quantizers initialised as the seed's training does.
+- ``qfa_samples``: the seed's measured (subnet, accuracy) samples -> ``collect`` records (acc.jsonl).
 """
