@@ -45,6 +45,7 @@ def compile_artifact(
     database: Path | None = None,
     batch_size: int = 1,
     schedule: str = DEFAULT_SCHEDULE,
+    cuda_kernels: str | None = None,
 ) -> dict:
     """Import ``onnx_path``, compile it for ``device`` and write ``out_dir/model.so``.
 
@@ -62,13 +63,20 @@ def compile_artifact(
             package (``qfa_deploy.deploy.registry``: "tiled-vnni", "tiled-cpu", "generic" on x86;
             "tiled-dotprod", "tiled-neon", "tiled-cpu", "generic" on aarch64) or "none" (TVM's
             naive loops); all give bit-identical results.
+        cuda_kernels: CUDA devices only: "fatbin" (the kernels compiled with nvcc here and embedded
+            in the library, which then loads with TVM's runtime alone), "source" (CUDA C source,
+            compiled when the library is loaded), "auto" (fatbin when nvcc is on PATH, else source
+            with a one-line warning); None reads ``$QFA_CUDA_KERNELS`` (default "auto").
+            ``model.cu`` (the source) is written beside the library either way.
 
     Returns:
         JSON-ready metadata: device, target, tvm_version, tuning_database (sha256 or None),
-        schedule, library (file name), library_sha256, inputs, compile_seconds.
+        schedule, library (file name), library_sha256, inputs, compile_seconds; for CUDA also
+        cuda_kernels (format "fatbin" or "cuda-source", arch, fatbin size, nvcc seconds, images).
 
     Raises:
-        QfaError: unreadable ONNX, unsupported operator, missing cross compiler, bad database.
+        QfaError: unreadable ONNX, unsupported operator, missing cross compiler, bad database,
+            ``cuda_kernels`` "fatbin" without nvcc or nvcc failing.
     """
     dev = load_device(device)
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
@@ -79,6 +87,10 @@ def compile_artifact(
             f"cross compiler {dev.cc} (device {dev.name}) is not installed "
             "(Debian: apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross)"
         )
+    if dev.target_kind == "cuda":
+        from qfa_deploy.deploy.cuda import check_cuda_request
+
+        cuda_kernels = check_cuda_request(cuda_kernels)  # before any work: bad mode, fatbin without nvcc
 
     import tvm
     from tvm.relax.frontend.onnx import from_onnx
@@ -112,14 +124,22 @@ def compile_artifact(
         executable = tvm.compile(mod, target=target)
     except Exception as exc:
         raise QfaError(f"TVM cannot compile {onnx_path} for {dev.name}: {one_line(exc)}") from None
+    kernels = None
+    if dev.target_kind == "cuda":
+        from qfa_deploy.deploy.cuda import prepare_cuda_kernels
+
+        kernels = prepare_cuda_kernels(executable, str(target.attrs.get("arch", "")), cuda_kernels)
+        for note in kernels.notes:
+            log.warning("%s", note)
     out_dir.mkdir(parents=True, exist_ok=True)
     lib_path = out_dir / LIBRARY_NAME
-    _export_atomic(executable, lib_path, dev.cc)
-    if dev.target_kind == "cuda":
-        _write_cuda_source(executable, out_dir / CUDA_SOURCE_NAME)
+    _export_atomic(executable, lib_path, dev.cc, fpack_imports=kernels.pack_imports() if kernels else None)
+    if kernels is not None:
+        text = kernels.source.encode()
+        atomic_write_bytes(out_dir / CUDA_SOURCE_NAME, lambda f: f.write(text))
     seconds = time.perf_counter() - start
     log.info("compiled %s for %s in %.1f s -> %s", onnx_path, dev.name, seconds, lib_path)
-    return {
+    meta = {
         "device": dev.name,
         "target": _target_json(target),
         "tvm_version": tvm.__version__,
@@ -130,6 +150,9 @@ def compile_artifact(
         "inputs": inputs,
         "compile_seconds": round(seconds, 3),
     }
+    if kernels is not None:
+        meta["cuda_kernels"] = kernels.meta()
+    return meta
 
 
 def resolve_schedule(schedule: str, dev: str | Device) -> str:
@@ -173,11 +196,13 @@ def _load_onnx(path: Path):
         raise QfaError(f"{path} is not a readable ONNX model: {one_line(exc)}") from None
 
 
-def _export_atomic(executable, lib_path: Path, cc: str | None) -> None:
+def _export_atomic(executable, lib_path: Path, cc: str | None, fpack_imports=None) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{lib_path.stem}.", suffix=".so", dir=lib_path.parent)
     os.close(fd)
     try:
         kwargs = {"cc": cc} if cc else {}
+        if fpack_imports is not None:  # CUDA: the module blob with the kernels' fatbin (deploy.cuda)
+            kwargs["fpack_imports"] = fpack_imports
         try:
             executable.export_library(tmp, **kwargs)
         except Exception as exc:
@@ -186,19 +211,6 @@ def _export_atomic(executable, lib_path: Path, cc: str | None) -> None:
         os.replace(tmp, lib_path)
     finally:
         Path(tmp).unlink(missing_ok=True)
-
-
-def _write_cuda_source(executable, path: Path) -> None:
-    sources = [m.inspect_source() for m in _walk_modules(executable.mod) if m.kind == "cuda"]
-    if sources:
-        text = "\n".join(sources).encode()
-        atomic_write_bytes(path, lambda f: f.write(text))
-
-
-def _walk_modules(module):
-    yield module
-    for sub in module.imports:
-        yield from _walk_modules(sub)
 
 
 def _target_json(target) -> dict:
