@@ -87,8 +87,6 @@ def read_ofa_state(path: str | Path) -> dict[str, torch.Tensor]:
 def convert_state(ofa: dict[str, torch.Tensor], where: str = "checkpoint") -> dict[str, torch.Tensor]:
     """The ``qfa-mbv3-w1.2`` supernet state dict of OFA's ``ofa`` (current key layout), quantizers
     initialised as the seed's warm start does (see the module docstring)."""
-    from qfa_deploy.nn.elastic import ElasticQuantConv
-    from qfa_deploy.nn.layers import QuantConv
     from qfa_deploy.nn.supernet import QFASupernet
     from qfa_deploy.quant import BatchQuant
     from qfa_deploy.space import create_space
@@ -147,15 +145,9 @@ def convert_state(ofa: dict[str, torch.Tensor], where: str = "checkpoint") -> di
                 module.scale_param.zero_()
                 module.offset.zero_()
                 module.reset_running_stats()
-            if isinstance(module, ElasticQuantConv) and "per_kernel" in module._modules:
-                for k in module.kernel_choices:  # the seed's get_active_filter(k): the transformed kernel
-                    module.active_kernel = k
-                    weight = module.active_weight(module.in_channels)
-                    module.per_kernel[str(k)].weight_quant.init_steps(weight)
-                module.active_kernel = module.kernel_size
-            elif isinstance(module, QuantConv):
-                module.weight_quant.init_steps(module.weight)  # the whole weight (all channels)
-    net.set_active(net.active)  # the active kernel back where set_active keeps it
+    # LSQ steps on the whole weights; a depthwise conv's per kernel size on the seed's
+    # get_active_filter(k), the transformed kernel: the rule train applies after its float phase
+    net.init_weight_steps()
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 

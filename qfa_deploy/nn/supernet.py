@@ -118,12 +118,21 @@ class QFASupernet(QuantMobileNet):
 
     @torch.no_grad()
     def init_weight_steps(self) -> None:
-        """Re-initialise every LSQ step from the current weights (used when quantized training starts)."""
+        """Re-initialise every LSQ step from the current weights, as the seed does when its quantized
+        training starts (``train`` at the end of the float phase, ``convert ofa-checkpoint``).
+
+        Each conv's steps from its whole (maximal) weight; a depthwise conv with one quantizer per kernel
+        size initialises each size's steps on that size's kernel, the centre of the larger one passed
+        through the kernel transforms (the weight that size's subnets quantize), every channel.
+        """
         for module in self.modules():
-            if isinstance(module, ElasticQuantConv):
-                for weight_quant, _ in module.quantizer_pairs():  # every kernel size's, not only the active one
-                    weight_quant.init_steps(module.weight)
-            elif isinstance(module, QuantConv):
+            if isinstance(module, ElasticQuantConv) and "per_kernel" in module._modules:
+                active = module.active_kernel
+                for k in module.kernel_choices:  # every kernel size's, not only the active one
+                    module.active_kernel = k
+                    module.weight_quant.init_steps(module.active_weight(module.in_channels))
+                module.active_kernel = active
+            elif isinstance(module, QuantConv):  # ElasticQuantConv with one pair included
                 module.weight_quant.init_steps(module.weight)
 
     def param_groups(self, weight_decay: float) -> list[dict]:
