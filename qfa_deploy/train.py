@@ -175,18 +175,23 @@ class TrainResult:
 
 
 def _init_weights(net: QFASupernet, cfg: TrainConfig, steps_per_epoch: int) -> bool:
-    """Load ``cfg.init_from``'s weights; True when that run had reached its quantized phase (LSQ steps trained).
+    """Load ``cfg.init_from``'s weights; True when its LSQ steps are to be kept (that run had reached its
+    quantized phase, or a converted warm start set them as the seed does).
 
     A full-precision warm start has untrained activation quantizers: those are left fresh, so one warm
-    start can seed runs with either activation quantizer (the BatchQuant vs LSQ ablation).
+    start can seed runs with either activation quantizer (the BatchQuant vs LSQ ablation). So does a
+    converted one (``convert ofa-checkpoint`` writes ``warm_start``): its activation quantizers hold
+    start values only, loaded when this run uses the same kind.
     """
     payload = load_checkpoint(cfg.init_from, expect_space=cfg.space)
     saved = payload.get("train_config")
     quantized = not isinstance(saved, dict) or (  # no config: a released checkpoint, the end of a full run
         int(payload.get("step", 0)) > round(float(saved.get("fp_epochs", 0)) * steps_per_epoch))
+    warm_start = not isinstance(saved, dict) and isinstance(payload.get("warm_start"), str)
     state = float32_model_state(payload)
-    if quantized:
-        if payload.get("act_quantizer", "batchquant") != cfg.act_quantizer:
+    same_act = payload.get("act_quantizer", "batchquant") == cfg.act_quantizer
+    if quantized and (same_act or not warm_start):
+        if not same_act:
             raise QfaError(f"{cfg.init_from}: trained with {payload.get('act_quantizer')!r} activation quantizers, "
                            f"this run uses {cfg.act_quantizer!r}")
         net.load_state_dict(state)

@@ -210,17 +210,42 @@ def test_quantizers_start_as_the_seeds_warm_start(converted, fixture):
     assert quant_values == seen, sorted(quant_values ^ seen)[:5]
 
 
-def test_init_from_accepts_the_file(converted):
-    """``train --init-from`` loads it in full (a released checkpoint: the LSQ steps are kept when the run
-    starts quantized, ``--fp-epochs 0``, as the seed's phase 0 does)."""
+def test_init_from_accepts_the_file(converted, tmp_path):
+    """``train --init-from`` takes it as a warm start (the converter's ``warm_start`` field) for either
+    activation quantizer: the LSQ steps are kept when the run starts quantized, ``--fp-epochs 0``, as the
+    seed's phase 0 does; with BatchQuant everything loads, with LSQ activations those start fresh. A
+    finished checkpoint of the same content without the field keeps the activation-quantizer check."""
+    from qfa_deploy.errors import QfaError
     from qfa_deploy.nn.supernet import QFASupernet
+    from qfa_deploy.quant import LSQAct
     from qfa_deploy.train import TrainConfig, _init_weights
 
+    payload = torch.load(converted, weights_only=True)
+    assert isinstance(payload["warm_start"], str) and "train_config" not in payload
+    saved = payload["model"]
+
+    def config(path, act):
+        return TrainConfig(space=SPACE, out="unused", init_from=str(path), fp_epochs=0, act_quantizer=act)
+
     net = QFASupernet(SPACE)
-    assert _init_weights(net, TrainConfig(space=SPACE, out="unused", init_from=str(converted), fp_epochs=0), 10)
-    saved = torch.load(converted, weights_only=True)["model"]
+    assert _init_weights(net, config(converted, "batchquant"), 10)
     state = net.state_dict()
     assert all(torch.equal(state[k], saved[k]) for k in saved)
+
+    lsq = QFASupernet(SPACE, act_quantizer="lsq")
+    fresh = {k: v.clone() for k, v in lsq.state_dict().items() if ".act_quant." in k}
+    assert _init_weights(lsq, config(converted, "lsq"), 10)
+    state = lsq.state_dict()
+    assert all(torch.equal(state[k], saved[k]) for k in saved if ".act_quant." not in k)  # incl. the LSQ steps
+    assert fresh and all(torch.equal(state[k], v) for k, v in fresh.items())
+    acts = [m for m in lsq.modules() if isinstance(m, LSQAct)]
+    assert acts and not any(bool(m.initialised) for m in acts)  # set from the first training batch
+
+    released = {k: v for k, v in payload.items() if k != "warm_start"}
+    torch.save(released, tmp_path / "released.pt")
+    with pytest.raises(QfaError, match="trained with 'batchquant' activation quantizers, this run uses 'lsq'"):
+        _init_weights(QFASupernet(SPACE, act_quantizer="lsq"), config(tmp_path / "released.pt", "lsq"), 10)
+    assert _init_weights(QFASupernet(SPACE), config(tmp_path / "released.pt", "batchquant"), 10)
 
 
 @pytest.mark.slow

@@ -156,5 +156,6 @@ def convert_file(source: str | Path, output: str | Path) -> int:
     ofa = read_ofa_state(source)
     state = convert_state(ofa, str(source))
     save_checkpoint(output, OFA_SPACE, state, act_quantizer="batchquant", converted_from="mit-han-lab/once-for-all",
-                    warm_start="float supernet; quantizers initialised as apple/ml-batchquant's phase 0")
+                    # train --init-from reads it: a warm start for either activation quantizer
+                    warm_start="mit-han-lab/once-for-all's float supernet; quantizers as apple/ml-batchquant's phase 0")
     return len(ofa)
