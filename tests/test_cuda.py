@@ -39,8 +39,8 @@ def test_cuda_source_mode_carries_kernel_source(tmp_path):
     meta = compile_artifact(ort_qdq_model(tmp_path / "model.onnx"), "cuda", tmp_path, cuda_kernels="source")
     assert meta["device"] == "cuda-sm80"
     assert meta["target"]["kind"] == "cuda" and meta["target"]["arch"] == "sm_80"
-    assert meta["cuda_kernels"] == {"format": "cuda-source", "arch": "sm_80"}
     source = (tmp_path / "model.cu").read_text()
+    assert meta["cuda_kernels"] == {"format": "cuda", "arch": "sm_80", "code_bytes": len(source.encode())}
     assert "__global__" in source and "extern \"C\"" in source
     modules = embedded_cuda_modules(tmp_path / "model.so")
     assert modules == [{"format": "cuda", "code_bytes": len(source.encode())}]
@@ -55,7 +55,7 @@ def test_without_nvcc_auto_says_so_in_one_line_and_ships_source(tmp_path, monkey
     warnings = [r.getMessage() for r in caplog.records if r.name.startswith("qfa_deploy")]
     assert len(warnings) == 1 and "\n" not in warnings[0]
     assert "nvcc" in warnings[0] and f"{KERNELS_ENV}=source" in warnings[0]
-    assert meta["cuda_kernels"]["format"] == "cuda-source"
+    assert meta["cuda_kernels"]["format"] == "cuda"
     assert embedded_cuda_modules(tmp_path / "model.so")[0]["format"] == "cuda"
 
 
@@ -168,6 +168,7 @@ def test_cuda_library_embeds_fatbin_and_loads_with_runtime_only(tmp_path, monkey
         images = [{"kind": "ptx", "arch": arch}, {"kind": "sass", "arch": arch}]
         assert meta["cuda_kernels"]["format"] == "fatbin" and meta["cuda_kernels"]["arch"] == arch
         assert meta["cuda_kernels"]["nvcc_seconds"] > 0
+        assert sorted(meta["cuda_kernels"]["images"]) == [f"ptx {arch}", f"sass {arch}"]
         modules = embedded_cuda_modules(out / "model.so")
         assert len(modules) == 1 and modules[0]["format"] == "fatbin", modules
         assert sorted(modules[0]["images"], key=lambda e: e["kind"]) == images
@@ -195,3 +196,39 @@ def test_cuda_library_embeds_fatbin_and_loads_with_runtime_only(tmp_path, monkey
         assert not loaded["unknown_found"]
     failed = report[str(built["src"][0] / "model.so")]
     assert "tvm_callback_cuda_compile" in failed.get("error", ""), failed
+
+
+_GPU_HOST_SCRIPT = r"""
+import json, sys
+import tvm
+from qfa_deploy.deploy.compile import compile_artifact
+assert "tvm_runtime_cuda" in tvm.base._LOADED_LIBS  # the CUDA plugin loaded, as on a GPU machine
+out = {}
+# no GPU to detect: TVM's compile hook takes the arch from the current target scope
+with tvm.target.Target({"kind": "cuda", "arch": "sm_80", "host": {"kind": "llvm"}}):
+    for mode in ("source", "auto"):
+        out[mode] = compile_artifact(sys.argv[1], "cuda", sys.argv[2] + "/" + mode, cuda_kernels=mode)["cuda_kernels"]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+@needs_nvcc
+@pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("nm") is None, reason="needs gcc and nm")
+def test_fatbin_replaces_what_tvm_compiles_on_a_build_machine_with_a_driver(tmp_path, monkeypatch):
+    """Where TVM's CUDA plugin loads at build time (a build machine with a GPU driver), ``tvm.compile``
+    already compiles the kernels through its hook (nvcc here, TVM_CUDA_COMPILE_MODE=nvcc; NVRTC by
+    default) and the module holds a binary, not source: the fatbin (SASS + PTX of the profile's arch)
+    replaces it all the same. The driver is the aborting stand-in (nothing calls it while building)."""
+    monkeypatch.delenv(KERNELS_ENV, raising=False)
+    onnx_path = ort_qdq_model(tmp_path / "model.onnx")
+    driver = _standin_driver(tmp_path / "driver")
+    env = dict(os.environ, TVM_CUDA_COMPILE_MODE="nvcc",
+               LD_LIBRARY_PATH=os.pathsep.join(filter(None, [str(driver), os.environ.get("LD_LIBRARY_PATH")])))
+    proc = subprocess.run([sys.executable, "-c", _GPU_HOST_SCRIPT, str(onnx_path), str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    kernels = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert kernels["source"]["format"] == "cubin"  # TVM's own build of the kernels (its hook's output)
+    assert kernels["auto"]["format"] == "fatbin" and sorted(kernels["auto"]["images"]) == ["ptx sm_80", "sass sm_80"]
+    assert embedded_cuda_modules(tmp_path / "auto" / "model.so")[0]["format"] == "fatbin"

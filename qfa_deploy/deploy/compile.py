@@ -72,7 +72,8 @@ def compile_artifact(
     Returns:
         JSON-ready metadata: device, target, tvm_version, tuning_database (sha256 or None),
         schedule, library (file name), library_sha256, inputs, compile_seconds; for CUDA also
-        cuda_kernels (format "fatbin" or "cuda-source", arch, fatbin size, nvcc seconds, images).
+        cuda_kernels, read back from the library: format ("fatbin"; "cuda" for source), arch,
+        code_bytes, the fatbin's images, nvcc_seconds.
 
     Raises:
         QfaError: unreadable ONNX, unsupported operator, missing cross compiler, bad database,
@@ -129,14 +130,16 @@ def compile_artifact(
         from qfa_deploy.deploy.cuda import prepare_cuda_kernels
 
         kernels = prepare_cuda_kernels(executable, str(target.attrs.get("arch", "")), cuda_kernels)
-        for note in kernels.notes:
-            log.warning("%s", note)
     out_dir.mkdir(parents=True, exist_ok=True)
     lib_path = out_dir / LIBRARY_NAME
     _export_atomic(executable, lib_path, dev.cc, fpack_imports=kernels.pack_imports() if kernels else None)
+    cuda_meta = None
     if kernels is not None:
         text = kernels.source.encode()
         atomic_write_bytes(out_dir / CUDA_SOURCE_NAME, lambda f: f.write(text))
+        cuda_meta, note = kernels.describe(lib_path)  # read back from the library
+        if note:
+            log.warning("%s", note)
     seconds = time.perf_counter() - start
     log.info("compiled %s for %s in %.1f s -> %s", onnx_path, dev.name, seconds, lib_path)
     meta = {
@@ -150,8 +153,8 @@ def compile_artifact(
         "inputs": inputs,
         "compile_seconds": round(seconds, 3),
     }
-    if kernels is not None:
-        meta["cuda_kernels"] = kernels.meta()
+    if cuda_meta is not None:
+        meta["cuda_kernels"] = cuda_meta
     return meta
 
 

@@ -26,7 +26,7 @@ import os
 import shutil
 import struct
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from qfa_deploy.deploy._text import one_line
@@ -44,15 +44,19 @@ _FATBIN_MAGIC = 0xBA55ED50
 _BLOB_SYMBOL = b"__tvm_ffi__library_bin"
 
 
-def no_nvcc_message(required: bool = False) -> str:
-    """The one line said when a CUDA library cannot be given compiled kernels (``required``: the
-    fatbin mode was asked for, so nothing is written)."""
+def no_nvcc_message(required: bool = False, library_format: str = "cuda") -> str:
+    """The one line said when a CUDA library cannot be given nvcc-compiled kernels (``required``:
+    the fatbin mode was asked for, so nothing is written; ``library_format``: what the library got)."""
     if required:
         return (f"{KERNELS_ENV}=fatbin needs nvcc (the CUDA toolkit's compiler) on PATH, and there is none: "
                 f"install the CUDA toolkit, or set {KERNELS_ENV}=source to ship CUDA source compiled at load")
-    return ("nvcc (the CUDA toolkit's compiler) is not on PATH: model.so carries CUDA source, compiled "
-            "when the GPU machine loads it (needs TVM's Python package and NVRTC there); put the CUDA "
-            f"toolkit's nvcc on PATH to embed compiled kernels, or set {KERNELS_ENV}=source to ship source")
+    if library_format == "cuda":
+        carries = ("CUDA source, compiled when the GPU machine loads it (needs TVM's Python package and "
+                   "NVRTC there)")
+    else:  # TVM's CUDA runtime loaded here and compiled the kernels itself (its hook, this GPU's arch)
+        carries = f"the {library_format} TVM's compile hook made while building"
+    return (f"nvcc (the CUDA toolkit's compiler) is not on PATH: model.so carries {carries}; put the CUDA "
+            f"toolkit's nvcc on PATH to embed compiled kernels, or set {KERNELS_ENV}=source to ship this")
 
 
 def kernel_mode(requested: str | None = None) -> str:
@@ -105,7 +109,7 @@ class CudaKernels:
     mode: str  # "fatbin" or "source"
     fatbin: bytes | None = None
     nvcc_seconds: float | None = None
-    notes: list[str] = field(default_factory=list)
+    nvcc_missing: bool = False  # "auto" without nvcc
 
     def pack_imports(self):
         """``export_library``'s ``fpack_imports`` embedding the fatbin, or None to keep TVM's packing."""
@@ -114,12 +118,22 @@ class CudaKernels:
         return lambda mod, is_system_lib, prefix, workspace_dir: _pack_with_fatbin(
             mod, is_system_lib, prefix, workspace_dir, self.source, self.fatbin)
 
-    def meta(self) -> dict:
-        out = {"format": "fatbin" if self.fatbin is not None else "cuda-source", "arch": self.arch}
+    def describe(self, lib_path: Path) -> tuple[dict, str | None]:
+        """What the built library carries, read back from it (format "fatbin", "cuda" = source, or
+        what TVM's own hook made), for meta.json; and the one-line note when nvcc was missing."""
+        modules = embedded_cuda_modules(lib_path)
+        if len(modules) != 1:
+            raise QfaError(f"{lib_path}: expected one CUDA module, found {len(modules)}")
+        info = modules[0]
+        out = {"format": info["format"], "arch": self.arch, "code_bytes": info["code_bytes"]}
+        if "images" in info:
+            out["images"] = [f"{e['kind']} {e['arch']}" for e in info["images"]]
         if self.fatbin is not None:
-            out.update({"fatbin_bytes": len(self.fatbin), "nvcc_seconds": round(self.nvcc_seconds, 3),
-                        "images": [f"{e['kind']} {e['arch']}" for e in fatbin_entries(self.fatbin)]})
-        return out
+            if info["format"] != "fatbin" or info["code_bytes"] != len(self.fatbin):
+                raise QfaError(f"{lib_path}: the fatbin was not embedded (found {info['format']})")
+            out["nvcc_seconds"] = round(self.nvcc_seconds, 3)
+        note = no_nvcc_message(library_format=info["format"]) if self.nvcc_missing else None
+        return out, note
 
 
 def prepare_cuda_kernels(executable, arch: str, mode: str | None = None) -> CudaKernels:
@@ -140,7 +154,7 @@ def prepare_cuda_kernels(executable, arch: str, mode: str | None = None) -> Cuda
     if shutil.which("nvcc") is None:
         if mode == "fatbin":
             raise QfaError(no_nvcc_message(required=True))
-        kernels.notes.append(no_nvcc_message())
+        kernels.nvcc_missing = True
         return kernels
     start = time.perf_counter()
     kernels.fatbin = compile_kernels(source, arch)
@@ -197,42 +211,52 @@ def _blob_entries(blob: bytes) -> tuple[bytes, list[tuple[bytes, bytes | None]]]
     return tree, entries
 
 
-def _cuda_parts(body: bytes) -> tuple[str, bytes, bytes]:
-    """A CUDA module's serialized bytes as (fmt, fmap bytes, code)."""
+# how each format's code starts; TVM's runtime tags whatever its compile hook returns "cubin" unless
+# it is PTX text (so an nvcc fatbin can be tagged "cubin")
+_BINARY_STARTS = (_FATBIN_MAGIC.to_bytes(4, "little"), b"\x7fELF")
+_CODE_STARTS = {"fatbin": _BINARY_STARTS, "cubin": _BINARY_STARTS, "ptx": (b"/",)}
+
+
+def _cuda_parts(body: bytes, code: bytes | None = None) -> tuple[str, bytes, bytes]:
+    """A CUDA module's serialized bytes as (fmt, fmap bytes, code); ``code``: the code expected."""
     fmt, offset = _take(body, 0)
     fmt = fmt.decode()
+    if code is not None:
+        tail = struct.pack("<Q", len(code)) + code
+        if len(body) - len(tail) >= offset and body.endswith(tail):
+            return fmt, body[offset:len(body) - len(tail)], code
+        raise ValueError(f"its {fmt} code is not the expected one")
     # the code is last, <u64 size><code>: the first position whose size field reaches the end
-    # exactly (and, for a fatbin, whose code starts with the fatbin magic)
+    # exactly and whose code starts as its format's does
+    starts = _CODE_STARTS.get(fmt, (b"",))
     for start in range(offset, len(body) - 7):
         size = struct.unpack_from("<Q", body, start)[0]
-        code = body[start + 8:]
-        if start + 8 + size == len(body) and (fmt != "fatbin" or code[:4] == _FATBIN_MAGIC.to_bytes(4, "little")):
-            return fmt, body[offset:start], code
-    raise ValueError("no code field")
+        if start + 8 + size == len(body) and body[start + 8:].startswith(starts):
+            return fmt, body[offset:start], body[start + 8:]
+    raise ValueError(f"no {fmt} code field")
 
 
 def _with_fatbin(blob: bytes, source: str, fatbin: bytes) -> bytes:
+    """``blob`` with its one CUDA module's code replaced by ``fatbin`` (fmt "fatbin"). The module
+    holds ``source`` (fmt "cuda": TVM's fallback module, no CUDA runtime at build time) or, on a
+    build machine with a GPU driver, what TVM's runtime compiled at once (NVRTC cubin by default)."""
     try:
         tree, entries = _blob_entries(blob)
+        out = bytearray(tree)
+        swapped = 0
+        for kind, body in entries:
+            out += struct.pack("<Q", len(kind)) + kind
+            if body is None:
+                continue
+            if kind == b"cuda":
+                fmt = _take(body, 0)[0]
+                _fmt, fmap, _code = _cuda_parts(body, source.encode() if fmt == b"cuda" else None)
+                body = struct.pack("<Q", 6) + b"fatbin" + fmap + struct.pack("<Q", len(fatbin)) + fatbin
+                swapped += 1
+            out += struct.pack("<Q", len(body)) + body
     except (ValueError, struct.error) as exc:
-        raise QfaError(f"cannot read TVM's module blob (TVM {_tvm_version()}): {exc}") from None
-    code = source.encode()
-    out = bytearray(tree)
-    swapped = 0
-    for kind, body in entries:
-        out += struct.pack("<Q", len(kind)) + kind
-        if body is None:
-            continue
-        if kind == b"cuda":
-            fmt_field = struct.pack("<Q", 4) + b"cuda"
-            tail = struct.pack("<Q", len(code)) + code
-            if not (body.startswith(fmt_field) and body.endswith(tail)):
-                raise QfaError(f"TVM {_tvm_version()} serialized its CUDA module in an unexpected layout: "
-                               "cannot embed the fatbin")
-            fmap = body[len(fmt_field):len(body) - len(tail)]
-            body = struct.pack("<Q", 6) + b"fatbin" + fmap + struct.pack("<Q", len(fatbin)) + fatbin
-            swapped += 1
-        out += struct.pack("<Q", len(body)) + body
+        raise QfaError(f"cannot embed the fatbin: TVM {_tvm_version()}'s module blob is not as expected "
+                       f"({exc})") from None
     if swapped != 1:
         raise QfaError(f"expected one CUDA module in TVM's module blob, found {swapped}")
     return struct.pack("<Q", len(out)) + bytes(out)
