@@ -14,15 +14,18 @@ rewritten from ``fmt "cuda" + source`` to ``fmt "fatbin" + fatbin`` before it is
 (``export_library(fpack_imports=...)``, the blob turned into an object file by TVM's
 ``codegen.codegen_blob``). Nothing is registered globally. On load, TVM's CUDA module takes a
 fatbin as it is (``cuModuleLoadData`` on first use); only ``fmt "cuda"`` needs the compile hook.
+Where the plugin does load at build time, the entry holds what TVM's hook compiled (tagged
+``"cubin"``) and the fatbin replaces that the same way.
 
-``QFA_CUDA_KERNELS`` picks the mode: ``auto`` (default: fatbin when nvcc is on PATH, else source
-with a one-line warning), ``fatbin`` (nvcc required: an error without it), ``source`` (the
-previous behaviour: source compiled at load).
+``QFA_CUDA_KERNELS`` picks the mode: ``auto`` (default: fatbin when nvcc is on PATH, else TVM's own
+output with a one-line warning), ``fatbin`` (nvcc required: an error without it), ``source`` (TVM's
+own output: source compiled at load, on a build machine without a GPU driver).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import struct
 import time
@@ -33,9 +36,9 @@ from qfa_deploy.deploy._text import one_line
 from qfa_deploy.errors import QfaError
 
 __all__ = [
-    "KERNELS_ENV", "KERNEL_MODES", "CudaKernels", "check_cuda_request", "compile_cuda_offline", "compile_kernels",
-    "embedded_cuda_modules", "fatbin_entries", "kernel_mode", "library_blob", "no_nvcc_message",
-    "prepare_cuda_kernels",
+    "KERNELS_ENV", "KERNEL_MODES", "CudaKernels", "check_cuda_request", "compile_cuda_offline",
+    "compile_kernels", "embedded_cuda_modules", "fatbin_entries", "kernel_mode", "library_blob",
+    "no_nvcc_message", "prepare_cuda_kernels",
 ]
 
 KERNELS_ENV = "QFA_CUDA_KERNELS"
@@ -77,7 +80,8 @@ def check_cuda_request(mode: str | None = None) -> str:
 
 
 def _check_arch(arch: str) -> str:
-    if not isinstance(arch, str) or not arch.startswith("sm_") or not arch[3:].isdigit():
+    """The part of ``sm_XX`` (``sm_90a``) after ``sm_``; QfaError for anything else."""
+    if not isinstance(arch, str) or not re.fullmatch(r"sm_\d+[af]?", arch):
         raise QfaError(f"arch must look like sm_80, not {arch!r}")
     return arch[3:]
 
