@@ -26,7 +26,8 @@ from qfa_deploy.deploy import compile_artifact
 needs_cross = pytest.mark.skipif(shutil.which("aarch64-linux-gnu-gcc") is None,
                                  reason="aarch64-linux-gnu-gcc missing (apt-get install gcc-aarch64-linux-gnu)")
 
-SCHEDULES = {"tiled-neon": ("rasp4b-emulated", ("smlal", "smlal2")), "tiled-dotprod": ("rasp5-emulated", ("sdot",))}
+SCHEDULES = {"tiled-neon": ("rasp4b-emulated", ("smull", "smlal2", "sadalp")),
+             "tiled-dotprod": ("rasp5-emulated", ("sdot",))}
 # device side: for each (library, inputs .npz, outputs .npz), run main on every input, save every output
 DEVICE_SCRIPT = """
 import sys

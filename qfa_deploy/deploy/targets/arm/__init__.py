@@ -1,5 +1,6 @@
 """aarch64 schedules, best first: ``tiled-dotprod`` (Pi 5: ``sdot`` dot products), ``tiled-neon`` (Pi 4:
-NEON widening multiply-accumulates), ``tiled-cpu`` (float convs in 4-lane NEON registers), ``generic``."""
+NEON 8-bit widening multiplies and pairwise adds), ``tiled-cpu`` (float convs in 4-lane NEON registers),
+``generic``."""
 
 from __future__ import annotations
 
@@ -19,6 +20,6 @@ SCHEDULES = (
                    summary="1x1 convs as sdot int8 dot products (codes shifted by 128), depthwise channel-blocked"),
     TargetSchedule("tiled-neon", "tiled-neon", ARCH, partial(neon.schedule, plan=NEON_INT8),
                    partial(neon.rewrite, plan=NEON_INT8), needs=("neon",),
-                   summary="1x1 convs on codes, widening multiply-accumulates into int32, depthwise channel-blocked"),
+                   summary="1x1 convs as smull + sadalp on codes shifted by 128, depthwise channel-blocked"),
     *float_schedules(ARCH, NEON),
 )

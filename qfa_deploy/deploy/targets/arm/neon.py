@@ -5,11 +5,12 @@ int32 sums, the zero-point compensation and epilogue as on x86 (``targets.cpu.in
 depthwise convs channel-blocked in 4 float32 lanes (one NEON register), and hand the codes from one
 integer conv to the next channel-blocked.
 
-- ``tiled-neon`` (ARMv8.0, no dot product): a tile of 8 (or 4) output channels x up to 14 pixels of a
-  row, summed channel by channel with the lanes over output channels: each step multiplies one code
-  (broadcast) by 8 weights and adds into int32 accumulators. The product of a uint8 code and an int8
-  weight is within +-32640, so it is exact in 16 bits, and LLVM selects the widening multiply-
-  accumulate ``smlal``/``smlal2`` (int16 x int16 -> int32) for it; the sums themselves stay int32.
+- ``tiled-neon`` (ARMv8.0, no dot product): 8-bit-lane widening multiplies, ``smull`` + ``smlal2``
+  + ``sadalp`` per 16 channels of a pixel and an output channel, in tiles of 4 pixels x 4 output
+  channels (``targets.arm.pairwise``: 8 products per cycle of the A72's multiply pipe). A conv with a
+  -128 weight (none of the b-bit grids has one) keeps the widening multiply-accumulate path: a tile
+  of 8 (or 4) output channels x up to 14 pixels of a row, each step one code (broadcast) times 8
+  weights into int32 by ``smlal``/``smlal2`` (4 products per cycle).
 - ``tiled-dotprod`` (ARMv8.2 dot product): ``sdot`` sums 4 int8 x int8 products into each int32 lane,
   16 per instruction. Codes are unsigned, weights signed and ``usdot`` needs the i8mm extension the
   A76 lacks, so the codes are shifted to ``q - 128`` (an int8, exact) and the compensation takes
@@ -19,6 +20,7 @@ integer conv to the next channel-blocked.
 from __future__ import annotations
 
 from qfa_deploy.deploy.registry import VectorUnit
+from qfa_deploy.deploy.targets.arm.pairwise import lower_pairwise, schedule_pairwise_pointwise
 from qfa_deploy.deploy.targets.cpu.gemv import transpose_gemv_weights
 from qfa_deploy.deploy.targets.cpu.integer import IntegerPlan, lower_integer_convs
 
@@ -32,7 +34,8 @@ def _sdot_name(lanes: int) -> str:
     return f"qfa_sdot_{lanes}x4"
 
 
-NEON_INT8 = IntegerPlan(name="tiled-neon", unit=NEON, pointwise_lanes=(8, 4), depthwise_lanes=(4,), group=1)
+NEON_INT8 = IntegerPlan(name="tiled-neon", unit=NEON, pointwise_lanes=(8, 4), depthwise_lanes=(4,), group=1,
+                        pointwise_lowering=lower_pairwise, pointwise_schedule=schedule_pairwise_pointwise)
 DOTPROD = IntegerPlan(
     name="tiled-dotprod", unit=NEON, pointwise_lanes=(16, 8, 4), depthwise_lanes=(4,), group=4, code_offset=128,
     dot=_sdot_name, dot_lanes=_SDOT_LANES,

@@ -11,8 +11,8 @@ where the target's instruction multiplies signed bytes only: ``q - 128`` is an i
 compensation takes the shift back exactly). The result is converted to float and the graph goes on
 unchanged, so the outputs are bit-identical to the float build. How a target computes it is an
 :class:`IntegerPlan`: x86 tensorizes the dot product on ``vpdpbusd`` (``targets.x86``), the
-Pi 5 on ``sdot``, the Pi 4 leaves it to LLVM's NEON widening multiply-accumulates
-(``targets.arm``).
+Pi 5 on ``sdot``, the Pi 4 brings its own lowering (``targets.arm.pairwise``: ``smull`` +
+``sadalp``) and keeps LLVM's NEON widening multiply-accumulates for the convs it leaves.
 
 ``lower_integer_convs(mod, plan)`` rewrites, in the imported Relax module, each
 ``conv2d(dequantize(q, 1, Z), dequantize(W, 1, 0))``:
@@ -64,6 +64,9 @@ class IntegerPlan:
     code_offset: int = 0  # subtracted from the codes: 128 where the instruction takes signed bytes only
     dot: Callable[[int], str] | None = None  # int32 lanes -> a registered tensor intrinsic; None: LLVM vectorizes
     dot_lanes: int = 0  # the most int32 lanes one dot instruction fills (wider tiles are split to it)
+    # a target's own 1x1 lowering, tried first: (builder, codes, weight [O, C], zero points) -> call or None
+    pointwise_lowering: Callable | None = None
+    pointwise_schedule: Callable | None = None  # (schedule, root's blocks) -> bool: schedules what it lowered
 
     def tile_lanes(self, channels: int) -> int:
         """Output channels per 1x1 tile: the first choice dividing ``channels`` (else the first, padded)."""
@@ -96,6 +99,9 @@ def lower_integer_convs(mod, plan: IntegerPlan):
         attrs = call.attrs
         strides, padding = [int(v) for v in attrs.strides], [int(v) for v in attrs.padding]
         if int(attrs.groups) == 1 and weight.shape[2:] == (1, 1) and strides == [1, 1] and not any(padding):
+            own = plan.pointwise_lowering and plan.pointwise_lowering(builder, codes, weight[:, :, 0, 0], zero_point)
+            if own is not None:
+                return "own", own
             packed, comp = pack_weight(weight[:, :, 0, 0], zero_point, plan.tile_lanes(int(weight.shape[0])),
                                        plan.group, plan.code_offset)
             return "pointwise", builder.call_te(
@@ -114,8 +120,9 @@ def lower_integer_convs(mod, plan: IntegerPlan):
         return None
 
     mod, counts = rewrite_convs(mod, rewrite)
-    log.info("integer convs (%s): %d 1x1 convs lowered to uint8 x int8 dot products, %d depthwise convs read codes",
-             plan.name, counts["pointwise"], counts["depthwise"])
+    log.info("integer convs (%s): %d 1x1 convs lowered to uint8 x int8 dot products (%d more by the target's "
+             "own lowering), %d depthwise convs read codes", plan.name, counts["pointwise"], counts["own"],
+             counts["depthwise"])
     return mod
 
 

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 from qfa_deploy.deploy._text import one_line
 from qfa_deploy.deploy.schedule import inline, schedule_each
@@ -18,7 +19,9 @@ from qfa_deploy.deploy.targets.cpu.blocked_codes import keep_codes_blocked
 from qfa_deploy.deploy.targets.cpu.integer import DEPTHWISE_BLOCKS, INT8_BLOCKS, IntegerPlan
 from qfa_deploy.deploy.targets.cpu.tiled import tiled_cpu_schedule
 
-__all__ = ["integer_schedule", "schedule_depthwise_blocked", "schedule_int8_pointwise"]
+__all__ = [
+    "integer_schedule", "iterate_blocked", "schedule_depthwise_blocked", "schedule_int8_pointwise", "vectorize_output",
+]
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +31,17 @@ def integer_schedule(mod, plan: IntegerPlan, float_unit):
     fused) with its integer pointwise functions tiled (and tensorized) and its depthwise convs tiled
     channel-blocked, every other PrimFunc as ``tiled_cpu_schedule`` with ``float_unit``."""
     mod = keep_codes_blocked(mod, plan.name)
-    counts = {"pointwise": 0, "depthwise": 0}
+    counts = {"own": 0, "pointwise": 0, "depthwise": 0}
 
     def lowered_or_leave(sch, name: str) -> bool:
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
-        for kind, schedule_one in (("pointwise", schedule_int8_pointwise), ("depthwise", schedule_depthwise_blocked)):
+        kinds = (("pointwise", partial(schedule_int8_pointwise, plan=plan)),
+                 ("depthwise", partial(schedule_depthwise_blocked, plan=plan)))
+        if plan.pointwise_schedule is not None:  # its functions hold the int8 stages too: tried first
+            kinds = (("own", plan.pointwise_schedule), *kinds)
+        for kind, schedule_one in kinds:
             try:
-                if schedule_one(sch, blocks, plan):
+                if schedule_one(sch, blocks):
                     counts[kind] += 1
                     return True
             except Exception as exc:  # left to the generic schedule: correct, but slow
@@ -43,8 +50,8 @@ def integer_schedule(mod, plan: IntegerPlan, float_unit):
         return False
 
     schedule_each(mod, lowered_or_leave)
-    log.info("%s: %d int8 pointwise functions scheduled, %d depthwise functions channel-blocked",
-             plan.name, counts["pointwise"], counts["depthwise"])
+    log.info("%s: %d int8 pointwise functions scheduled (%d more by the target's own schedule), %d depthwise "
+             "functions channel-blocked", plan.name, counts["pointwise"], counts["own"], counts["depthwise"])
     return tiled_cpu_schedule(mod, float_unit)
 
 
@@ -59,7 +66,7 @@ def schedule_int8_pointwise(sch, blocks, plan: IntegerPlan) -> bool:
         if not any(sch.get(block).same_as(sch.get(b)) for b in (pack, dot)):
             inline(sch, block)
     (out,) = sch.get_consumers(dot)
-    blocked = _iterate_blocked(sch, out)
+    blocked = iterate_blocked(sch, out)
     # blocked codes hold a group's channels side by side, and a group of one is the codes themselves:
     # read in place. Shifted codes (q - 128) stay a stage: a tensor intrinsic matches plain operands.
     in_place = len(sch.get(pack).reads[0].source.shape) == 5 or plan.group == 1
@@ -89,7 +96,7 @@ def schedule_int8_pointwise(sch, blocks, plan: IntegerPlan) -> bool:
             lane = sch.split(lane, [None, plan.dot_lanes])[1]
         sch.tensorize(lane, plan.dot(int(sch.get(lane).extent)))
         sch.unroll(xi)
-    _vectorize_output(sch, out, blocked)
+    vectorize_output(sch, out, blocked)
     if not packed_in_place:
         pack_loops = sch.get_loops(pack)
         sch.parallel(sch.fuse(*pack_loops[:3]))
@@ -107,7 +114,7 @@ def schedule_depthwise_blocked(sch, blocks, plan: IntegerPlan) -> bool:
         if not any(sch.get(block).same_as(sch.get(b)) for b in (pad, conv)):
             inline(sch, block)
     (out,) = sch.get_consumers(conv)
-    blocked = _iterate_blocked(sch, out)
+    blocked = iterate_blocked(sch, out)
 
     n, cb, y, x, lane, ry, rx = sch.get_loops(conv)
     width = int(sch.get(x).extent)
@@ -127,11 +134,11 @@ def schedule_depthwise_blocked(sch, blocks, plan: IntegerPlan) -> bool:
     sch.unroll(xi)
     sch.vectorize(lane)
     sch.decompose_reduction(conv, ry)
-    _vectorize_output(sch, out, blocked)
+    vectorize_output(sch, out, blocked)
     return True
 
 
-def _iterate_blocked(sch, out) -> bool:
+def iterate_blocked(sch, out) -> bool:
     """If ``out`` (the stage writing the function's output) writes blocked codes [N, C/lanes, H, W, lanes]
     (``keep_codes_blocked``), make it iterate in that order too; True if so."""
     shape = sch.get(out).writes[0].source.shape
@@ -142,7 +149,7 @@ def _iterate_blocked(sch, out) -> bool:
     return True
 
 
-def _vectorize_output(sch, out, blocked: bool) -> None:
+def vectorize_output(sch, out, blocked: bool) -> None:
     """The output stage at a tile: blocked, a vector of channels per pixel (as the tile holds them);
     NCHW, a vector of pixels per channel (a transpose of the tile)."""
     loops = sch.get_loops(out)
