@@ -28,7 +28,11 @@ def _compiler(target: str, schedule: str):
     except ImportError:
         pass
     else:
-        load_device(target)  # unknown device -> QfaError now, not after calibration
+        device = load_device(target)  # unknown device -> QfaError now, not after calibration
+        if device.target_kind == "cuda":  # likewise a bad $QFA_CUDA_KERNELS, or fatbin without nvcc
+            from qfa_deploy.deploy.cuda import check_cuda_request
+
+            check_cuda_request()
     return lambda onnx_path, device, out_dir: compile_artifact(onnx_path, device, out_dir, schedule=schedule)
 
 
