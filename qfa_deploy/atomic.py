@@ -60,29 +60,58 @@ def clean_stale_staging(path: str | Path) -> list[Path]:
     return removed
 
 
-def check_output(path: str | Path, force: bool = False, *, folder: bool = False, option: str = "-o") -> Path:
+def check_output(
+    path: str | Path, force: bool = False, *, folder: bool = False, option: str = "-o", append: bool = False
+) -> Path:
     """Refuse ``path`` as an output before any work: it exists (without ``force``), is the wrong kind
-    (a folder for a file or the reverse) or its parent folder is missing. Cleans stale staging.
+    (a folder for a file or the reverse, or a device, FIFO or socket even with ``force``), its parent
+    folder is missing or cannot be written (tried by creating and removing a staging file there).
+    With ``append`` (resumable outputs: a journal, a run folder, a database) an existing target of the
+    right kind is kept and written into, so the folder itself must be writable. Cleans stale staging.
 
     Returns ``path`` made absolute.
     """
+    if not str(path):
+        raise QfaError(f"{option}: an empty path")
     path = Path(path).absolute()
-    if path.is_symlink() or path.exists():
-        if path.is_dir() != folder:
+    try:
+        exists = path.is_symlink() or path.exists()
+        if exists and path.exists() and not (path.is_dir() or path.is_file()):
+            raise QfaError(f"{path} is not a regular file or folder ({option}); it is never replaced")
+        if exists and path.is_dir() != folder:
             raise QfaError(f"{path} exists and is {'not ' if folder else ''}a directory ({option})")
-        if not force:
+        if exists and not (force or append):
             raise QfaError(f"{path} already exists (use --force to replace it)")
-    if not path.parent.is_dir():
-        raise QfaError(f"{path.parent}: no such folder ({option}); create it first")
-    if not os.access(path.parent, os.W_OK | os.X_OK):  # also False on a read-only file system
-        raise QfaError(f"cannot write into {path.parent} ({option}): read-only or no permission")
+        if not path.parent.is_dir():
+            raise QfaError(f"{path.parent}: no such folder ({option}); create it first")
+        _try_writing_in(path if append and folder and exists else path.parent, path, option)
+    except OSError as exc:  # a symlink loop, a name too long, a component that is a file
+        raise QfaError(f"{path}: {_oserror(exc)} ({option})") from None
     clean_stale_staging(path)
     return path
+
+
+def _try_writing_in(folder: Path, target: Path, option: str) -> None:
+    """Create and remove a staging file in ``folder`` (access() says yes to root on a read-only mount or
+    /sys), then put back the folder's times: a refused command leaves no trace, not even an mtime."""
+    times = os.stat(folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=_prefix(target), suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise QfaError(f"cannot write into {folder} ({option}): {_oserror(exc)}") from None
+    os.close(fd)
+    os.unlink(tmp)
+    try:
+        os.utime(folder, ns=(times.st_atime_ns, times.st_mtime_ns))
+    except OSError:  # another user's folder: its mtime moves, as for any write there
+        pass
 
 
 def atomic_write_bytes(path: Path, write) -> None:
     """Call ``write(fileobj)`` on a staging file beside ``path``, fsync, then rename over it."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # os.replace would put a regular file in place of /dev/null
+        raise QfaError(f"{path} is not a regular file; it is never replaced")
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_staging(path)
     fd, tmp = tempfile.mkstemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent)
@@ -111,7 +140,7 @@ def staged_directory(out: str | Path, force: bool = False) -> Iterator[Path]:
     """
     out = Path(out).absolute()
     if out.exists() or out.is_symlink():
-        if not out.is_dir():
+        if not out.is_dir():  # a file, a device, a FIFO: never replaced by a folder
             raise QfaError(f"{out} exists and is not a directory")
         if not force:
             raise QfaError(f"{out} already exists (use --force to replace it)")

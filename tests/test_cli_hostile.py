@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import shutil
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -123,16 +125,36 @@ def layout(tmp_path_factory) -> Path:
     (d / "taken_dir").mkdir()
     (d / "taken_dir" / "keep.txt").write_text("existing folder output\n")
     (d / "model.onnx").write_bytes(b"not really onnx, never read: the cases fail before")
+    (d / "tiny.onnx").write_bytes(_tiny_onnx())  # a valid model: only the output or device can be refused
+
+    # files of the wrong shape where a file or folder is expected
+    (d / "trunc.json").write_text((d / "good.json").read_text()[:40])
+    (d / "list.json").write_text("[1, 2]")
+    (d / "empty.json").write_text("")
+    (d / "wrongtype.json").write_text(json.dumps({**good, "resolution": "32"}))
+    (d / "w12.json").write_text(json.dumps(sample_arch("qfa-mbv3-w1.2", random.Random(1)).to_dict()))
+    (d / "acc_w12.jsonl").write_text(json.dumps({"index": 0, "top1": 0.5, "arch": sample_arch(
+        "qfa-mbv3-w1.2", random.Random(2)).to_dict()}) + "\n")
+    (d / "acc_trunc.jsonl").write_text((d / "acc.jsonl").read_text()[:300])
+    os.symlink("loop_b", d / "loop_a")
+    os.symlink("loop_a", d / "loop_b")
+    os.mkfifo(d / "fifo")  # never opened by any case: reading one would wait for a writer
+    rpc = json.loads((Path(__file__).parents[1] / "qfa_deploy" / "assets" / "devices" / "rasp4b.json").read_text())
+    (d / "dev_dead.json").write_text(json.dumps({**rpc, "name": "deadpi", "runner": {**rpc["runner"], "port": 1}}))
+    for name, text in (("art_trunc", '{"format": "qfa-artif'), ("art_list", "[]")):
+        (d / name).mkdir()
+        (d / name / "meta.json").write_text(text)
     return d
 
 
 def snapshot(root: Path) -> dict[str, tuple]:
-    """Every file and folder under ``root`` (hidden ones too): kind, size, mtime and bytes."""
+    """Every file and folder under ``root`` (hidden ones too): kind, size, mtime and a regular file's bytes
+    (a FIFO or a symlink loop is not opened)."""
     out = {}
     for p in sorted(root.rglob("*")):
         st = p.lstat()
-        out[p.relative_to(root).as_posix()] = (p.is_dir(), st.st_size, st.st_mtime_ns,
-                                               None if p.is_dir() else p.read_bytes())
+        out[p.relative_to(root).as_posix()] = (stat.S_IFMT(st.st_mode), st.st_size, st.st_mtime_ns,
+                                               p.read_bytes() if stat.S_ISREG(st.st_mode) else None)
     return out
 
 
@@ -141,6 +163,8 @@ LV = ["lut", "validate", "--table", str(SHIPPED_TABLE), "--device", "x86-1t"]
 TRAIN = ["train", "--space", CIFAR, "--out", "run"]
 EXPORT = ["export", "--arch", "good.json", "--out", "exp"]
 COLLECT = ["collect", "--samples", "2", "-o", "acc_new.jsonl"]
+SAMPLE = ["sample", "--space", CIFAR, "--seed", "1"]
+UNWRITABLE = "/proc"  # exists, and nobody (root neither) may create a file in it: read-only outputs
 FIT = ["predictor", "fit", "acc.jsonl"]
 BUILD = ["lut", "build", "--device", "x86-1t", "--space", CIFAR, "--resolution", "32"]
 
@@ -280,6 +304,154 @@ CASES = [
     ("tune-missing", ["tune", "none.onnx"], "no such ONNX file"),
     ("pi-port-0", ["emulated-pi", "serve", "--port", "0"], "--port"),
     ("pi-port-big", ["emulated-pi", "serve", "--port", "70000"], "--port"),
+    # outputs that cannot be written: refused before the work, nothing else written (search's front neither)
+    ("unwritable-sample", [*SAMPLE, "-o", f"{UNWRITABLE}/x.json"], "cannot write into"),
+    ("unwritable-build", [*BUILD, "-o", f"{UNWRITABLE}/t.json"], "cannot write into"),
+    ("unwritable-compile", ["compile", "tiny.onnx", "--device", "x86", "-o", f"{UNWRITABLE}/c"], "cannot write into"),
+    ("unwritable-train", [*TRAIN[:-1], f"{UNWRITABLE}/run"], "cannot write into"),
+    ("unwritable-export", [*EXPORT[:-1], f"{UNWRITABLE}/e"], "cannot write into"),
+    ("unwritable-collect", [*COLLECT[:-1], f"{UNWRITABLE}/a.jsonl"], "cannot write into"),
+    ("unwritable-fit", [*FIT, "-o", f"{UNWRITABLE}/p.pt"], "cannot write into"),
+    ("unwritable-tune-db", ["tune", "tiny.onnx", "--database", f"{UNWRITABLE}/db"], "cannot write into"),
+    ("unwritable-search-best", [*S, "-o", "p.json", "--best-out", f"{UNWRITABLE}/b.json"], "cannot write into"),
+    ("unwritable-validate-report", [*LV, "--report", f"{UNWRITABLE}/r.json"], "cannot write into"),
+    # missing parent folders are never created
+    ("export-no-parent", [*EXPORT[:-1], "nodir/e"], "no such folder"),
+    ("train-no-parent", [*TRAIN[:-1], "nodir/run"], "no such folder"),
+    ("tune-db-no-parent", ["tune", "tiny.onnx", "--database", "nodir/db"], "no such folder"),
+    ("sample-unicode-no-parent", [*SAMPLE, "-o", "ünï/☃.json"], "no such folder"),
+    # empty strings: never stdout, the current folder or "no table"
+    ("sample-o-empty", [*SAMPLE, "-o", ""], "an empty path"),
+    ("train-out-empty", [*TRAIN[:-1], ""], "an empty path"),
+    ("search-table-empty", [*S, "-o", "p.json", "--table", ""], "an empty path"),
+    ("search-o-empty", [*S, "-o", ""], "an empty path"),
+    ("export-out-empty", [*EXPORT[:-1], ""], "an empty path"),
+    ("compile-out-empty", ["compile", "tiny.onnx", "--device", "x86", "-o", ""], "an empty path"),
+    ("build-o-empty", [*BUILD, "-o", ""], "an empty path"),
+    ("collect-o-empty", [*COLLECT[:-1], ""], "an empty path"),
+    ("info-empty", ["info", ""], "an empty path"),
+    ("verify-empty", ["verify", ""], "an empty path"),
+    ("compile-onnx-empty", ["compile", "", "--device", "x86", "-o", "c"], "an empty path"),
+    ("sample-space-empty", ["sample", "--space", ""], "unknown space"),
+    ("export-target-empty", [*EXPORT, "--target", ""], "unknown device"),
+    ("build-device-empty", ["lut", "build", "--device", "", "--space", CIFAR, "--resolution", "32", "-o", "t.json"],
+     "unknown device"),
+    # devices, FIFOs and symlink loops: never replaced, never a traceback
+    ("sample-devnull", [*SAMPLE, "-o", "/dev/null"], "not a regular file"),
+    ("sample-fifo-force", [*SAMPLE, "-o", "fifo", "--force"], "not a regular file"),
+    ("fit-fifo-force", [*FIT, "-o", "fifo", "--force"], "not a regular file"),
+    ("collect-devnull", [*COLLECT[:-1], "/dev/null"], "not a regular file"),
+    ("compile-out-fifo", ["compile", "tiny.onnx", "--device", "x86", "-o", "fifo", "--force"], "not a regular file"),
+    ("sample-o-loop", [*SAMPLE, "-o", "loop_a"], "--force"),
+    ("info-loop", ["info", "loop_a"], "symbolic links"),
+    ("predict-arch-loop", ["lut", "predict", "--table", str(SHIPPED_TABLE), "--arch", "loop_a"], "symbolic links"),
+    ("info-name-too-long", ["info", "a" * 5000], "name too long"),
+    ("sample-name-too-long", [*SAMPLE, "-o", "b" * 300], "name too long"),
+    ("info-devnull", ["info", "/dev/null"], "not valid JSON"),
+    ("eval-ckpt-devnull", ["eval", "--arch", "good.json", "--checkpoint", "/dev/null"], "checkpoint"),
+    # folders where files are expected and the reverse
+    ("info-dir", ["info", "taken_dir"], "is a directory"),
+    ("eval-arch-dir", ["eval", "--arch", "taken_dir"], "cannot read arch config"),
+    ("eval-ckpt-dir", ["eval", "--arch", "good.json", "--checkpoint", "taken_dir"], "checkpoint"),
+    ("export-out-file", [*EXPORT[:-1], "taken.json"], "not a directory"),
+    ("verify-file", ["verify", "taken.json"], "no such artifact folder"),
+    ("verify-missing", ["verify", "nowhere"], "no such artifact folder"),
+    ("fit-data-dir", ["predictor", "fit", "taken_dir", "-o", "p.pt"], "is a directory"),
+    ("fit-o-dir", [*FIT, "-o", "taken_dir"], "is a directory"),
+    ("search-predictor-dir", [*S[:1], "--predictor", "taken_dir", "-o", "p.json"], "is a directory"),
+    ("search-table-dir", [*S, "-o", "p.json", "--table", "taken_dir"], "is a directory"),
+    ("search-artifacts-file", [*S, "-o", "p.json", "--evaluate", "--device", "x86", "--artifacts", "taken.json"],
+     "is a file"),
+    ("predict-table-dir", ["lut", "predict", "--table", "taken_dir", "--arch", "good.json"], "is a directory"),
+    ("validate-plot-dir", [*LV, "--plot", "taken_dir"], "is a directory"),
+    ("compile-onnx-dir", ["compile", "taken_dir", "--device", "x86", "-o", "c"], "is a directory"),
+    ("compile-db-file", ["compile", "tiny.onnx", "--device", "x86", "-o", "c", "--database", "taken.json"],
+     "is a file"),
+    ("compile-db-missing", ["compile", "tiny.onnx", "--device", "x86", "-o", "c", "--database", "nodb"],
+     "not a MetaSchedule database"),
+    ("profile-file", ["profile", "taken.json", "--device", "x86"], "is a file"),
+    ("profile-missing", ["profile", "nowhere", "--device", "x86"], "does not exist"),
+    ("tune-db-file", ["tune", "tiny.onnx", "--database", "taken.json"], "is a file"),
+    ("tune-onnx-dir", ["tune", "taken_dir"], "is a directory"),
+    ("pi-cache-file", ["emulated-pi", "serve", "--cache", "taken.json"], "is a file"),
+    ("pi-build-cache-file", ["emulated-pi", "build", "--cache", "taken.json"], "is a file"),
+    ("train-out-file", [*TRAIN[:-1], "taken.json"], "is a file"),
+    ("train-init-dir", [*TRAIN, "--init-from", "taken_dir"], "is a directory"),
+    ("train-data-file", [*TRAIN, "--data", "taken.json"], "data directory not found"),
+    ("export-data-file", [*EXPORT, "--data", "taken.json"], "data directory not found"),
+    ("collect-data-missing", [*COLLECT, "--data", "nowhere"], "data directory not found"),
+    # truncated files and wrong JSON types
+    ("info-trunc", ["info", "trunc.json"], "not valid JSON"),
+    ("info-list", ["info", "list.json"], "must be a JSON object"),
+    ("info-wrong-type", ["info", "wrongtype.json"], "resolution = '32'"),
+    ("export-arch-trunc", ["export", "--arch", "trunc.json", "--out", "exp"], "not valid JSON"),
+    ("verify-meta-trunc", ["verify", "art_trunc"], "not valid JSON"),
+    ("verify-meta-list", ["verify", "art_list"], "not a qfa-deploy export artifact"),
+    ("fit-empty-file", ["predictor", "fit", "empty.json", "-o", "p.pt"], "no measured subnets"),
+    ("fit-truncated", ["predictor", "fit", "acc_trunc.jsonl", "-o", "p.pt"], "no measured subnets"),
+    ("fit-missing", ["predictor", "fit", "none.jsonl", "-o", "p.pt"], "no such accuracy file"),
+    ("search-table-cfg", [*S, "-o", "p.json", "--table", "good.json"], "not a qfa-deploy latency table"),
+    ("predict-table-cfg", ["lut", "predict", "--table", "good.json", "--arch", "good.json"], "latency table"),
+    ("search-predictor-json", [*S[:1], "--predictor", "good.json", "-o", "p.json"], "not a readable predictor"),
+    ("eval-ckpt-json", ["eval", "--arch", "good.json", "--checkpoint", "good.json"], "not a readable checkpoint"),
+    ("collect-ckpt-json", [*COLLECT, "--checkpoint", "good.json"], "not a readable checkpoint"),
+    ("train-init-json", [*TRAIN, "--init-from", "good.json"], "not a readable checkpoint"),
+    ("search-ckpt-json", [*S, "-o", "p.json", "--evaluate", "--checkpoint", "good.json"], "not a readable checkpoint"),
+    ("export-ckpt-missing", [*EXPORT, "--checkpoint", "none.pt"], "no such checkpoint"),
+    # another space than the model's or the table's
+    ("eval-arch-other-space", ["eval", "--arch", "w12.json"], "space 'qfa-mbv3-w1.2'"),
+    ("export-arch-other-space", ["export", "--arch", "w12.json", "--out", "exp"], "space 'qfa-mbv3-w1.2'"),
+    ("predict-arch-other-space", ["lut", "predict", "--table", str(SHIPPED_TABLE), "--arch", "w12.json"],
+     "space 'qfa-mbv3-w1.2'"),
+    ("collect-journal-other-space", ["collect", "--samples", "1", "-o", "acc_w12.jsonl"], "use another output file"),
+    ("fit-too-few", ["predictor", "fit", "acc_w12.jsonl", "-o", "p.pt"], "at least 4 measured subnets"),
+    # devices and trackers
+    ("build-device-unknown", [*BUILD[:2], "--device", "nosuch", *BUILD[4:], "-o", "t.json"], "unknown device"),
+    ("build-space-unknown", [*BUILD[:4], "--space", "nosuch", *BUILD[6:], "-o", "t.json"], "unknown space"),
+    ("build-dead-tracker", ["lut", "build", "--device", "dev_dead.json", "--space", CIFAR, "--resolution", "32",
+                            "-o", "t.json"], "cannot reach the RPC tracker"),
+    ("validate-device-unknown", ["lut", "validate", "--table", str(SHIPPED_TABLE), "--device", "nosuch"],
+     "unknown device"),
+    ("validate-device-other", ["lut", "validate", "--table", str(SHIPPED_TABLE), "--device", "rasp4b"],
+     "holds min latencies"),
+    ("profile-tracker-malformed", ["profile", "art_gone", "--device", "rasp4b", "--tracker", "nohost"], "HOST:PORT"),
+    ("profile-tracker-port", ["profile", "art_gone", "--device", "rasp4b", "--tracker", "127.0.0.1:99999"],
+     "TCP port"),
+    ("profile-device-unknown", ["profile", "art_gone", "--device", "nosuch"], "unknown device"),
+    ("compile-device-empty", ["compile", "tiny.onnx", "--device", "", "-o", "c"], "unknown device"),
+    ("tune-device-unknown", ["tune", "tiny.onnx", "--device", "nosuch"], "unknown device"),
+    ("tune-device-arm", ["tune", "tiny.onnx", "--device", "rasp4b", "--database", "db"], "not a local llvm device"),
+    ("tune-space-unknown", ["tune", "--space", "nosuch", "--database", "db"], "unknown space"),
+    ("tune-both", ["tune", "tiny.onnx", "--space", CIFAR], "one of them"),
+    ("tune-neither", ["tune"], "one of them"),
+    # numbers, choices and duplicated options (click keeps the last one)
+    ("sample-seed-twice", [*SAMPLE, "--seed", "-1"], "--seed"),
+    ("train-threads-twice", [*TRAIN, "--threads", "2", "--threads", "0"], "--threads"),
+    ("train-q-epochs-1e999", [*TRAIN, "--q-epochs", "1e999"], "--q-epochs"),
+    ("train-quantizer", [*TRAIN, "--act-quantizer", "nosuch"], "--act-quantizer"),
+    ("sample-min-max", ["sample", "--space", CIFAR, "--min", "--max"], "at most one"),
+    ("sample-bits-0", ["sample", "--space", CIFAR, "--max", "--bits", "0"], "--bits = 0"),
+    ("sample-bits-alone", ["sample", "--space", CIFAR, "--bits", "4"], "--bits goes with"),
+    ("info-both", ["info", "good.json", "--space", CIFAR], "one of them"),
+    ("eval-limit-0", ["eval", "--arch", "good.json", "--limit", "0"], "--limit"),
+    ("verify-limit-neg", ["verify", "art_gone", "--limit", "-1"], "--limit"),
+    ("verify-agreement-neg", ["verify", "art_gone", "--min-agreement", "-1"], "--min-agreement"),
+    ("collect-samples-huge", [*COLLECT[:2], "9" * 40, *COLLECT[3:]], "--samples"),
+    ("fit-holdout-1", [*FIT, "-o", "p.pt", "--holdout", "1"], "--holdout"),
+    ("fit-hidden-0", [*FIT, "-o", "p.pt", "--hidden", "0"], "--hidden"),
+    ("search-flops-0", [*S, "-o", "p.json", "--max-flops", "0"], "--max-flops"),
+    ("search-flops-infeasible", [*S, "-o", "p.json", "--max-flops", "0.0001"], "infeasible"),
+    ("search-latency-no-table", [*S, "-o", "p.json", "--objective", "latency"], "needs a latency table"),
+    ("search-pop-huge", [*S, "-o", "p.json", "--pop", "9" * 30], "--pop"),
+    ("search-test-limit-neg", [*S, "-o", "p.json", "--evaluate", "--test-limit", "-1"], "--test-limit"),
+    ("search-plot-same", [*S, "-o", "p.json", "--plot", "p.json"], "same file"),
+    ("build-resolution-huge", [*BUILD[:-1], "5000", "-o", "t.json"], "--resolution"),
+    ("validate-tolerance-neg", [*LV, "--tolerance", "-1"], "--tolerance"),
+    ("validate-samples-0", [*LV, "--samples", "0"], "--samples"),
+    ("validate-same-file", [*LV, "--report", "r.json", "--plot", "r.json"], "same file"),
+    ("compile-onnx-is-json", ["compile", "good.json", "--device", "x86", "-o", "c"], "not a readable ONNX model"),
+    ("devices-extra", ["devices", "extra"], "unexpected extra argument"),
+    ("tune-bad-onnx-new-db", ["tune", "model.onnx", "--database", "db"], "not a readable ONNX model"),  # no empty db
 ]
 
 

@@ -152,6 +152,46 @@ def test_check_output_refuses_before_any_work(tmp_path):
     if os.geteuid() != 0:  # root may write anywhere
         ro = tmp_path / "ro"
         ro.mkdir(mode=0o555)
-        with pytest.raises(QfaError, match="read-only or no permission"):
+        with pytest.raises(QfaError, match="cannot write into"):
             check_output(ro / "f.json")
+    with pytest.raises(QfaError, match=r"cannot write into /proc \(-o\)"):  # root too: access() would say yes
+        check_output("/proc/f.json")
+    with pytest.raises(QfaError, match="an empty path"):
+        check_output("")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "ro") == ["f.json"]
+
+
+def test_check_output_leaves_no_trace(tmp_path):
+    """The writability probe (a staging file created and removed) leaves the folder's mtime as it was."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    os.utime(folder, ns=(1_000_000_000, 2_000_000_000))
+    check_output(folder / "f.json")
+    check_output(folder, folder=True, append=True)  # an existing run folder: probed inside
+    assert list(folder.iterdir()) == [] and folder.stat().st_mtime_ns == 2_000_000_000
+
+
+def test_devices_and_fifos_are_never_replaced(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for kwargs in ({"force": True}, {"append": True}):
+        with pytest.raises(QfaError, match="not a regular file"):
+            check_output(fifo, **kwargs)
+        with pytest.raises(QfaError, match="not a regular file"):
+            check_output("/dev/null", **kwargs)
+    with pytest.raises(QfaError, match="not a regular file"):  # the library writer refuses too
+        atomic_write_bytes(fifo, lambda f: f.write(b"x"))
+    assert fifo.is_fifo() and sorted(p.name for p in tmp_path.iterdir()) == ["fifo"]
+
+
+def test_resumable_outputs_are_kept_but_must_be_of_their_kind(tmp_path):
+    """append: a journal, run folder or database is written into without --force; the wrong kind is refused."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "journal.jsonl").write_text("{}\n")
+    assert check_output(tmp_path / "run", folder=True, append=True) == tmp_path / "run"
+    assert check_output(tmp_path / "journal.jsonl", append=True) == tmp_path / "journal.jsonl"
+    with pytest.raises(QfaError, match="is not a directory"):
+        check_output(tmp_path / "journal.jsonl", folder=True, append=True)
+    with pytest.raises(QfaError, match="no such folder"):
+        check_output(tmp_path / "missing" / "db", folder=True, append=True)
+    assert (tmp_path / "journal.jsonl").read_text() == "{}\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from qfa_deploy.commands.options import refuse_empty_paths
 from qfa_deploy.commands.user_errors import user_errors
 
 __all__ = ["register_all"]
@@ -19,7 +20,9 @@ def register_all(group: click.Group) -> None:
 
 
 def _wrap(command: click.Command) -> None:
-    """User errors become one line on stderr, in subcommands of groups too: the one place that wraps."""
+    """User errors become one line on stderr, in subcommands of groups too: the one place that wraps
+    (and that makes every path refuse an empty string)."""
+    refuse_empty_paths(command)
     if command.callback is not None:
         command.callback = user_errors(command.callback)
     for sub in getattr(command, "commands", {}).values():

@@ -131,6 +131,7 @@ def tune(onnx_file, space, resolution, subnets, device, trials, database, seed, 
     """Tune the TIR workloads of a model (or of --space subnets) with MetaSchedule for DEVICE."""
     import tempfile
 
+    from qfa_deploy.atomic import check_output
     from qfa_deploy.deploy.device import load_device
     from qfa_deploy.deploy.tune import default_database_dir, tune_model
     from qfa_deploy.export.tuning_models import space_models
@@ -140,6 +141,8 @@ def tune(onnx_file, space, resolution, subnets, device, trials, database, seed, 
     if onnx_file is not None and not Path(onnx_file).is_file():
         raise QfaError(f"{onnx_file}: no such ONNX file")
     dev = load_device(device)
+    if database:  # a database adds up across runs; its parent must exist (the default one is created)
+        check_output(database, folder=True, append=True, option="--database")
     db = Path(database) if database else default_database_dir(dev)
     created = not db.exists()  # the database accumulates across runs; only a folder this run made is litter
     try:

@@ -64,6 +64,7 @@ def export(arch_path, target, checkpoint, calib_batches, data_dir, out, force, t
     With --calib-batches 0 the subnet keeps the checkpoint's stored statistics and no data is read.
     """
     from qfa_deploy.arch import load_arch
+    from qfa_deploy.atomic import check_output
     from qfa_deploy.data import calibration_images
     from qfa_deploy.export.artifact import (
         CALIBRATION_SEED,
@@ -79,6 +80,7 @@ def export(arch_path, target, checkpoint, calib_batches, data_dir, out, force, t
     load_arch(arch_path)  # missing or malformed config: fail before anything is written
     compile_fn = None if target == "onnx" else _compiler(target, schedule)
     ckpt = Path(checkpoint) if checkpoint else default_checkpoint()
+    check_output(out, force, folder=True, option="--out")  # its parent exists and is writable: before the work
     with staged_directory(out, force) as folder:
         net = load_supernet(str(ckpt))
         cfg = load_arch(arch_path, expect_space=net.space.name)

@@ -13,7 +13,7 @@ import click
 __all__ = [
     "CALIB_BATCHES", "COUNT", "NON_NEGATIVE_FLOAT",
     "NON_NEGATIVE_INT", "POSITIVE_FLOAT", "PROPORTION", "SEED", "THREADS", "TIMEOUT",
-    "FiniteFloat", "calib_batches_option",
+    "FiniteFloat", "NonEmptyPath", "calib_batches_option", "refuse_empty_paths",
 ]
 
 # Bounded so a thousands-of-digits integer is refused instead of reaching range() or torch.
@@ -71,3 +71,29 @@ POSITIVE_FLOAT = FiniteFloat(0.0, open_low=True)  # budgets, learning rates
 NON_NEGATIVE_FLOAT = FiniteFloat(0.0)  # epochs
 PROPORTION = FiniteFloat(0.0, 1.0)  # shares such as --min-within
 TIMEOUT = FiniteFloat(0.0, 24 * 3600.0, open_low=True)  # seconds: NaN/inf would wait forever or never
+
+
+class NonEmptyPath(click.ParamType):
+    """A ``click.Path`` that refuses ``""``: an empty -o, --out or --table would otherwise mean
+    stdout, the current folder or no table at all, silently."""
+
+    def __init__(self, inner: click.Path) -> None:
+        self.inner, self.name = inner, inner.name
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value:
+            self.fail("an empty path", param, ctx)
+        return self.inner.convert(value, param, ctx)
+
+    def get_metavar(self, *args, **kwargs):
+        return self.inner.get_metavar(*args, **kwargs)
+
+    def shell_complete(self, ctx, param, incomplete):
+        return self.inner.shell_complete(ctx, param, incomplete)
+
+
+def refuse_empty_paths(command: click.Command) -> None:
+    """Every path argument and option of ``command`` refuses an empty string (applied to every verb)."""
+    for param in command.params:
+        if isinstance(param.type, click.Path):
+            param.type = NonEmptyPath(param.type)

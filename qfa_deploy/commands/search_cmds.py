@@ -49,6 +49,7 @@ def collect(checkpoint, data_dir, samples, output, seed, calib_batches, val_imag
     from qfa_deploy.search.collect import CollectSettings, check_journal, file_digest, val_scorer
     from qfa_deploy.search.collect import collect as run
 
+    check_output(output, append=True)  # a file of ours, in a writable folder: appended to
     check_journal(output)  # before the supernet loads: -o must be this command's journal, or new
     set_threads(threads)
     path = _checkpoint_path(checkpoint)

@@ -46,6 +46,7 @@ __all__ = ["COMMANDS"]
 def train(space, data_dir, data_workers, out, resume, fp_epochs, q_epochs, batch_size, lr, q_lr, num_random,
           checkpoint_every, act_quantizer, seed, max_steps, threads, init_from):
     """Train a supernet (sandwich rule + in-place distillation); torchrun for several processes."""
+    from qfa_deploy.atomic import check_output
     from qfa_deploy.commands.common import set_threads
     from qfa_deploy.errors import QfaError
     from qfa_deploy.space import create_space
@@ -55,6 +56,7 @@ def train(space, data_dir, data_workers, out, resume, fp_epochs, q_epochs, batch
     create_space(space)
     if fp_epochs + q_epochs == 0:
         raise QfaError("--fp-epochs and --q-epochs are both 0: nothing to train")
+    check_output(out, folder=True, append=True, option="--out")  # a run folder continues with --resume
     set_threads(threads)
     cfg = TrainConfig(
         space=space, out=out, data_dir=data_dir, fp_epochs=fp_epochs, q_epochs=q_epochs,

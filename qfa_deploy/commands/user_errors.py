@@ -18,7 +18,8 @@ def fail(message: str) -> None:
 
 
 def user_errors(fn):
-    """Turn QfaError (and interrupted runs) into one line on stderr and a non-zero exit."""
+    """Turn QfaError, an OSError about a named path (and interrupted runs) into one line on stderr
+    and a non-zero exit."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -26,6 +27,10 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except QfaError as exc:
             fail(str(exc))
+        except OSError as exc:  # a path the system refuses (symlink loop, name too long, read-only, ...)
+            if exc.filename is None:
+                raise
+            fail(f"{exc.filename}: {exc.strerror or exc.__class__.__name__}")
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
