@@ -141,6 +141,10 @@ def layout(tmp_path_factory) -> Path:
     os.mkfifo(d / "fifo")  # never opened by any case: reading one would wait for a writer
     rpc = json.loads((Path(__file__).parents[1] / "qfa_deploy" / "assets" / "devices" / "rasp4b.json").read_text())
     (d / "dev_dead.json").write_text(json.dumps({**rpc, "name": "deadpi", "runner": {**rpc["runner"], "port": 1}}))
+    from qfa_deploy.checkpoint import save_checkpoint
+
+    save_checkpoint(d / "w12.pt", "qfa-mbv3-w1.2", {"w": torch.zeros(2)})  # a checkpoint of another space
+    torch.save({"a": 1}, d / "plain.pt")  # a PyTorch file, not a checkpoint
     for name, text in (("art_trunc", '{"format": "qfa-artif'), ("art_list", "[]")):
         (d / name).mkdir()
         (d / name / "meta.json").write_text(text)
@@ -404,10 +408,19 @@ CASES = [
     ("predict-arch-other-space", ["lut", "predict", "--table", str(SHIPPED_TABLE), "--arch", "w12.json"],
      "space 'qfa-mbv3-w1.2'"),
     ("collect-journal-other-space", ["collect", "--samples", "1", "-o", "acc_w12.jsonl"], "use another output file"),
+    ("eval-ckpt-other-space", ["eval", "--arch", "good.json", "--checkpoint", "w12.pt"], "weights do not match"),
+    ("export-ckpt-other-space", [*EXPORT, "--checkpoint", "w12.pt"], "weights do not match"),
+    ("collect-ckpt-other-space", [*COLLECT, "--checkpoint", "w12.pt"], "weights do not match"),
+    ("search-ckpt-other-space", [*S, "-o", "p.json", "--evaluate", "--checkpoint", "w12.pt"], "is of space"),
+    ("train-init-other-space", [*TRAIN, "--init-from", "w12.pt"], "is of space"),
+    ("eval-ckpt-not-ours", ["eval", "--arch", "good.json", "--checkpoint", "plain.pt"],
+     "not a qfa-deploy supernet checkpoint"),
     ("fit-too-few", ["predictor", "fit", "acc_w12.jsonl", "-o", "p.pt"], "at least 4 measured subnets"),
     # devices and trackers
     ("build-device-unknown", [*BUILD[:2], "--device", "nosuch", *BUILD[4:], "-o", "t.json"], "unknown device"),
     ("build-space-unknown", [*BUILD[:4], "--space", "nosuch", *BUILD[6:], "-o", "t.json"], "unknown space"),
+    ("search-dead-tracker", [*S, "-o", "p.json", "--evaluate", "--device", "dev_dead.json"],
+     "cannot reach the RPC tracker"),  # before the search: no front written
     ("build-dead-tracker", ["lut", "build", "--device", "dev_dead.json", "--space", CIFAR, "--resolution", "32",
                             "-o", "t.json"], "cannot reach the RPC tracker"),
     ("validate-device-unknown", ["lut", "validate", "--table", str(SHIPPED_TABLE), "--device", "nosuch"],

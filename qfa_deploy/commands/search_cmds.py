@@ -321,14 +321,16 @@ def _check_outputs(force: bool, outputs: dict[str, str | None]) -> None:
 
 
 def _check_device(device: str, lut) -> None:
-    if lut is None:
-        from qfa_deploy.deploy.device import load_device
+    from qfa_deploy.deploy.device import load_device
+    from qfa_deploy.deploy.runner import open_session
 
-        load_device(device)
-    else:  # the same refusal as `lut validate`: other target or statistic = unlike numbers
+    if lut is not None:  # the same refusal as `lut validate`: other target or statistic = unlike numbers
         from qfa_deploy.lut.validate import check_table_device
 
         check_table_device(lut, device)
+    dev = load_device(device)
+    if dev.runner.kind != "local" and dev.runner.kind != "simulated":  # a dead tracker: seconds, not after the search
+        open_session(dev, timeout=10.0).close()
 
 
 def _fmt(metric: str, value: float) -> str:
