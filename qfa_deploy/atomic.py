@@ -82,6 +82,8 @@ def check_output(
             raise QfaError(f"{path} exists and is {'not ' if folder else ''}a directory ({option})")
         if exists and not (force or append):
             raise QfaError(f"{path} already exists (use --force to replace it)")
+        if path.parent.exists() and not path.parent.is_dir():
+            raise QfaError(f"cannot write into {path.parent} ({option}): a file, not a folder")
         if not path.parent.is_dir():
             raise QfaError(f"{path.parent}: no such folder ({option}); create it first")
         _try_writing_in(path if append and folder and exists else path.parent, path, option)

@@ -323,6 +323,8 @@ CASES = [
     ("export-no-parent", [*EXPORT[:-1], "nodir/e"], "no such folder"),
     ("train-no-parent", [*TRAIN[:-1], "nodir/run"], "no such folder"),
     ("tune-db-no-parent", ["tune", "tiny.onnx", "--database", "nodir/db"], "no such folder"),
+    ("sample-parent-is-file", [*SAMPLE, "-o", "taken.json/x.json"], "a file, not a folder"),
+    ("tune-db-parent-is-file", ["tune", "tiny.onnx", "--database", "taken.json/db"], "a file, not a folder"),
     ("sample-unicode-no-parent", [*SAMPLE, "-o", "ünï/☃.json"], "no such folder"),
     # empty strings: never stdout, the current folder or "no table"
     ("sample-o-empty", [*SAMPLE, "-o", ""], "an empty path"),
