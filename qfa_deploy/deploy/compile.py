@@ -17,6 +17,7 @@ from pathlib import Path
 
 from qfa_deploy.checkpoint import atomic_write_bytes
 from qfa_deploy.deploy._text import one_line
+from qfa_deploy.deploy.cuda import CUDA_SOURCE_NAME
 from qfa_deploy.deploy.device import Device, load_device
 from qfa_deploy.deploy.registry import AUTO, NONE, resolve, schedule_names
 from qfa_deploy.digest import file_sha256
@@ -30,7 +31,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LIBRARY_NAME = "model.so"
-CUDA_SOURCE_NAME = "model.cu"  # beside the library for CUDA targets: the kernels, for offline nvcc
 SCHEDULES = schedule_names()  # auto, the target packages' schedules, none (qfa_deploy.deploy.registry)
 # "auto" resolves per target (resolve_schedule); latency tables record the resolved name and are
 # validated and searched with it, so changing what "auto" picks means rebuilding them

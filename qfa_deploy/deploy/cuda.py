@@ -35,8 +35,10 @@ from pathlib import Path
 from qfa_deploy.deploy._text import one_line
 from qfa_deploy.errors import QfaError
 
+CUDA_SOURCE_NAME = "model.cu"  # beside a CUDA library: the kernels' source, for inspection and offline nvcc
+
 __all__ = [
-    "KERNELS_ENV", "KERNEL_MODES", "CudaKernels", "check_cuda_request", "compile_cuda_offline",
+    "CUDA_SOURCE_NAME", "KERNELS_ENV", "KERNEL_MODES", "CudaKernels", "check_cuda_request", "compile_cuda_offline",
     "compile_kernels", "embedded_cuda_modules", "fatbin_entries", "kernel_mode", "library_blob",
     "no_nvcc_message", "prepare_cuda_kernels",
 ]
@@ -370,8 +372,6 @@ def compile_cuda_offline(artifact_dir: Path, arch: str = "sm_80", target_format:
     """
     import tvm
     from tvm.support import nvcc
-
-    from qfa_deploy.deploy.compile import CUDA_SOURCE_NAME
 
     source = Path(artifact_dir) / CUDA_SOURCE_NAME
     if not source.is_file():
