@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from qfa_deploy.deploy.targets.cpu.integer import INT8_BLOCKS, pack_codes, pack_weight
+
 __all__ = [
     "CODE_OFFSET", "GROUP", "SUM_LANES", "TILE_OUT", "lower_pairwise", "pack_weight_pairwise",
     "register_pairwise_intrinsic", "schedule_pairwise_pointwise",
@@ -46,20 +48,12 @@ def _channel_of(lane, term):
 
 def pack_weight_pairwise(w: np.ndarray, zero_point: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Weights [O, C] int8 -> [O/4, C/16, 4, 16] (zero padded), and comp[O] = sum_c (Z[c] - 128) w[o, c]."""
-    out_ch, in_ch = w.shape
-    o_pad, c_pad = -(-out_ch // TILE_OUT) * TILE_OUT, -(-in_ch // GROUP) * GROUP
-    padded = np.zeros((o_pad, c_pad), np.int8)
-    padded[:out_ch, :in_ch] = w
-    packed = padded.reshape(o_pad // TILE_OUT, TILE_OUT, c_pad // GROUP, GROUP).transpose(0, 2, 1, 3)
-    comp = (w.astype(np.int64) @ (zero_point - CODE_OFFSET)).astype(np.int32)
-    return np.ascontiguousarray(packed), comp
+    return pack_weight(w, zero_point, TILE_OUT, GROUP, CODE_OFFSET)
 
 
 def lower_pairwise(builder, codes, weight: np.ndarray, zero_point: np.ndarray):
     """A ``call_te`` of the pairwise 1x1 conv, or None where its int16 pairs could overflow (a -128 weight)."""
     from tvm import relax
-
-    from qfa_deploy.deploy.targets.cpu.integer import INT8_BLOCKS
 
     if weight.min() < -127:
         return None
@@ -70,21 +64,11 @@ def lower_pairwise(builder, codes, weight: np.ndarray, zero_point: np.ndarray):
 
 def _pointwise_pairwise(codes, packed, comp, out_channels: int, names):
     """TE: codes [N, C, H, W] uint8, packed weights, comp [O] int32 -> float32 [N, O, H, W]."""
-    from tvm import te, tirx
+    from tvm import te
 
-    n, channels, height, width = codes.shape
+    n, _, height, width = codes.shape
     o_blocks, groups, tile, _ = (int(d) for d in packed.shape)
-
-    def shifted(i, c, y, x):
-        return (codes[i, c, y, x].astype("int16") - CODE_OFFSET).astype("int8")  # exact: q - 128 is an int8
-
-    def pack(i, g, y, x, k):
-        c = g * GROUP + k
-        if int(channels) == groups * GROUP:
-            return shifted(i, c, y, x)
-        return tirx.if_then_else(c < channels, shifted(i, c, y, x), tirx.const(0, "int8"))  # meets a zero weight
-
-    codes_g = te.compute((n, groups, height, width, GROUP), pack, name=names[0])
+    codes_g = pack_codes(codes, groups, GROUP, CODE_OFFSET, names[0])
     g, term = te.reduce_axis((0, groups), "g"), te.reduce_axis((0, 4), "term")
     acc = te.compute(
         (n, o_blocks, height, width, tile, SUM_LANES),
@@ -160,7 +144,6 @@ def schedule_pairwise_pointwise(sch, blocks) -> bool:
     """Tile and tensorize the pairwise 1x1 conv of ``sch`` (a fused PrimFunc made from
     ``_pointwise_pairwise``); False if it has none. ``blocks`` are the root's child blocks."""
     from qfa_deploy.deploy.schedule import inline
-    from qfa_deploy.deploy.targets.cpu.integer import INT8_BLOCKS
     from qfa_deploy.deploy.targets.cpu.integer_schedule import iterate_blocked, vectorize_output
 
     named = {sch.get(b).name_hint: b for b in blocks}

@@ -43,7 +43,8 @@ import numpy as np
 from qfa_deploy.deploy.registry import VectorUnit
 
 __all__ = [
-    "DEPTHWISE_BLOCKS", "INT8_BLOCKS", "IntegerPlan", "lower_integer_convs", "pack_depthwise_weight", "pack_weight",
+    "DEPTHWISE_BLOCKS", "INT8_BLOCKS", "IntegerPlan", "lower_integer_convs", "pack_codes", "pack_depthwise_weight",
+    "pack_weight",
 ]
 
 log = logging.getLogger(__name__)
@@ -175,12 +176,12 @@ def pack_weight(w: np.ndarray, zero_point: np.ndarray, lanes: int, group: int = 
     return np.ascontiguousarray(packed), comp
 
 
-def _pointwise_int8(codes, packed, comp, out_channels: int, code_offset: int):
-    """TE: codes [N, C, H, W] uint8, packed weights, comp [O] int32 -> float32 [N, O, H, W]."""
+def pack_codes(codes, groups: int, group: int, code_offset: int, name: str):
+    """TE: codes [N, C, H, W] uint8 -> [N, groups, H, W, group], ``group`` channels of a pixel side by
+    side, shifted to ``q - code_offset`` (an int8) when ``code_offset`` is set; zero beyond C."""
     from tvm import te, tirx
 
     n, channels, height, width = codes.shape
-    o_blocks, c_groups, lanes, group = (int(d) for d in packed.shape)
 
     def code(i, c, y, x):
         if not code_offset:
@@ -194,7 +195,16 @@ def _pointwise_int8(codes, packed, comp, out_channels: int, code_offset: int):
         zero = tirx.const(0, "int8" if code_offset else "uint8")  # meets a zero weight: adds nothing
         return tirx.if_then_else(c < channels, code(i, c, y, x), zero)
 
-    codes_g = te.compute((n, c_groups, height, width, group), pack, name=INT8_BLOCKS[0])
+    return te.compute((n, groups, height, width, group), pack, name=name)
+
+
+def _pointwise_int8(codes, packed, comp, out_channels: int, code_offset: int):
+    """TE: codes [N, C, H, W] uint8, packed weights, comp [O] int32 -> float32 [N, O, H, W]."""
+    from tvm import te
+
+    n, _, height, width = codes.shape
+    o_blocks, c_groups, lanes, group = (int(d) for d in packed.shape)
+    codes_g = pack_codes(codes, c_groups, group, code_offset, INT8_BLOCKS[0])
     g = te.reduce_axis((0, c_groups), "g")
     k = te.reduce_axis((0, group), "k")
     acc = te.compute(
