@@ -44,8 +44,8 @@ from pathlib import Path
 
 import torch
 
-from qfa_deploy.checkpoint import read_torch_file, save_checkpoint
-from qfa_deploy.convert.qfa_checkpoint import _Mapper
+from qfa_deploy.checkpoint import save_checkpoint
+from qfa_deploy.convert.qfa_checkpoint import _Mapper, read_state_dict
 from qfa_deploy.errors import QfaError
 
 __all__ = ["OFA_SPACE", "convert_file", "convert_state", "read_ofa_state"]
@@ -59,16 +59,7 @@ def read_ofa_state(path: str | Path) -> dict[str, torch.Tensor]:
     """OFA's state dict in ``path`` (``{"state_dict": ...}`` or bare), read with ``weights_only``, keys in
     OFA's current layout; every problem is a one-line QfaError."""
     path = Path(path)
-    payload = read_torch_file(path)
-    if isinstance(payload, dict) and payload.get("format") == "qfa-supernet":
-        raise QfaError(f"{path}: already a qfa-deploy checkpoint (of space {payload.get('space')!r}), not OFA's")
-    state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
-    if not isinstance(state, dict) or not state or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-    ):
-        raise QfaError(f"{path}: not an OFA supernet checkpoint (no state_dict of tensors)")
-    if all(k.startswith("module.") for k in state):  # saved from a DataParallel wrapper
-        state = {k[len("module."):]: v for k, v in state.items()}
+    state = read_state_dict(path, "an OFA supernet checkpoint", not_ours=", not OFA's")
     if any("_quantizer" in k for k in state):
         raise QfaError(f"{path}: a quantized seed supernet (apple/ml-batchquant's QFAMobileNetV3), not OFA's "
                        "float one: convert it with `qfa-deploy convert qfa-checkpoint`")

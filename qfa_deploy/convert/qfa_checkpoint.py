@@ -58,20 +58,28 @@ _UNUSED = (
 )
 
 
-def read_seed_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """The seed's state dict in ``path`` (``{"state_dict": ...}`` or a bare state dict), read with
-    ``weights_only`` (a pickle that holds code is refused); every problem is a one-line QfaError."""
-    path = Path(path)
+def read_state_dict(path: Path, expected: str, not_ours: str = "") -> dict[str, torch.Tensor]:
+    """The tensors of a foreign state-dict file (``{"state_dict": ...}`` or bare, ``module.`` prefixes
+    dropped), read with ``weights_only``. A qfa-deploy checkpoint (``not_ours`` appended to that
+    message) or anything but a dict of tensors is a one-line QfaError naming ``expected``."""
     payload = read_torch_file(path)
     if isinstance(payload, dict) and payload.get("format") == "qfa-supernet":
-        raise QfaError(f"{path}: already a qfa-deploy checkpoint (of space {payload.get('space')!r})")
+        raise QfaError(f"{path}: already a qfa-deploy checkpoint (of space {payload.get('space')!r}){not_ours}")
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict) or not state or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
-        raise QfaError(f"{path}: not a seed supernet checkpoint (no state_dict of tensors)")
+        raise QfaError(f"{path}: not {expected} (no state_dict of tensors)")
     if all(k.startswith("module.") for k in state):  # saved from a DataParallel wrapper
         state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def read_seed_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The seed's state dict in ``path`` (``{"state_dict": ...}`` or a bare state dict), read with
+    ``weights_only`` (a pickle that holds code is refused); every problem is a one-line QfaError."""
+    path = Path(path)
+    state = read_state_dict(path, "a seed supernet checkpoint")
     if not any(k.startswith("blocks.") and ".mobile_inverted_conv." in k for k in state):
         raise QfaError(f"{path}: not a seed QFAMobileNetV3 state dict (no blocks.N.mobile_inverted_conv.* keys)")
     return state
