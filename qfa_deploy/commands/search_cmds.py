@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import click
 
-from qfa_deploy.atomic import check_output, staged_directory
-from qfa_deploy.commands.common import emit_json, load_supernet, set_threads
+from qfa_deploy.commands.common import emit_json, set_threads
 from qfa_deploy.commands.options import COUNT, POSITIVE_FLOAT, SEED, THREADS, FiniteFloat
-from qfa_deploy.errors import QfaError
 
 __all__ = ["COMMANDS"]
-
-
-def _checkpoint_path(checkpoint: str | None):
-    from pathlib import Path
-
-    from qfa_deploy.reference import default_checkpoint
-
-    return Path(checkpoint) if checkpoint else default_checkpoint()
 
 
 @click.command()
@@ -43,24 +31,16 @@ def _checkpoint_path(checkpoint: str | None):
     help="Score on the last M images of the validation split.",
 )
 @click.option("--threads", type=THREADS, default=None, help="Torch intra-op threads.")
-def collect(checkpoint, data_dir, samples, output, seed, calib_batches, val_images, threads):
+def collect(threads, **options):
     """Measure the validation top-1 of sampled subnets (resumable: reruns add only missing samples)."""
-    from qfa_deploy.data import load_splits
-    from qfa_deploy.search.collect import CollectSettings, check_journal, file_digest, val_scorer
-    from qfa_deploy.search.collect import collect as run
+    from qfa_deploy.search.collect import CollectConfig, run_collect
 
-    check_output(output, append=True)  # a file of ours, in a writable folder: appended to
-    check_journal(output)  # before the supernet loads: -o must be this command's journal, or new
     set_threads(threads)
-    path = _checkpoint_path(checkpoint)
-    net = load_supernet(str(path))
-    splits = load_splits(net.space, data_dir)
-    measure = val_scorer(net, splits.val, calib_batches, val_images)
-    settings = CollectSettings(net.space.name, seed, calib_batches, val_images, file_digest(path))
-    records = run(output, samples, settings, measure)
+    config = CollectConfig(**options)  # every option but --threads, by name
+    records = run_collect(config)
     top1 = [r["top1"] for r in records]
     click.echo(
-        f"{len(records)} subnets in {output}: val top-1 {100 * min(top1):.2f}..{100 * max(top1):.2f}% "
+        f"{len(records)} subnets in {config.output}: val top-1 {100 * min(top1):.2f}..{100 * max(top1):.2f}% "
         f"(mean {100 * sum(top1) / len(top1):.2f}%)"
     )
 
@@ -100,32 +80,14 @@ def predictor():
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--threads", type=THREADS, default=None)
 @click.option("--force", is_flag=True, help="Replace -o if it exists.")
-def fit(data, output, holdout, ensemble, cost_features, hidden, layers, max_epochs, seed, as_json, threads, force):
+def fit(as_json, threads, **options):
     """Fit an accuracy predictor on DATA (acc.jsonl from `collect`); report held-out Spearman/RMSE."""
-    from qfa_deploy.search.collect import load_records, records_to_arrays
-    from qfa_deploy.search.fitting import fit_and_report
+    from qfa_deploy.search.fitting import PredictorFitConfig, run_predictor_fit
 
-    check_output(output, force)
     set_threads(threads)
-    records = []
-    for path in data:
-        records += load_records(path)
-    space, cfgs, top1 = records_to_arrays(records, ", ".join(data))
-    pred, report = fit_and_report(
-        space,
-        cfgs,
-        top1,
-        holdout=holdout,
-        seed=seed,
-        ensemble=ensemble,
-        cost_features=cost_features,
-        hidden=hidden,
-        layers=layers,
-        max_epochs=max_epochs,
-        sources=list(data),
-    )
-    pred.save(output)
-    report["output"] = output
+    config = PredictorFitConfig(**options)  # every option but --json and --threads, by name
+    report = run_predictor_fit(config)
+    output, space = config.output, report["space"]
     if as_json:
         emit_json(report)
         return
@@ -142,7 +104,7 @@ def fit(data, output, holdout, ensemble, cost_features, hidden, layers, max_epoc
 @click.option("--checkpoint", default=None, type=click.Path(), help="Supernet (for --evaluate; default: embedded).")
 @click.option(
     "--predictor",
-    "predictor_path",
+    "predictor",
     default=None,
     type=click.Path(dir_okay=False),
     help="Accuracy predictor from `qfa-deploy predictor fit` (default: the embedded one, for the embedded checkpoint).",
@@ -179,119 +141,34 @@ def fit(data, output, holdout, ensemble, cost_features, hidden, layers, max_epoc
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--threads", type=THREADS, default=None)
 @click.option("--force", is_flag=True, help="Replace -o, --best-out, --plot and --artifacts if they exist.")
-def search(
-    checkpoint,
-    predictor_path,
-    table,
-    objective,
-    max_latency_ms,
-    max_flops,
-    max_bitops,
-    pop_size,
-    generations,
-    seed,
-    output,
-    best_out,
-    plot,
-    evaluate,
-    device,
-    artifacts,
-    data_dir,
-    calib_batches,
-    test_limit,
-    as_json,
-    threads,
-    force,
-):
+def search(as_json, threads, **options):
     """NSGA-II: maximise predicted accuracy, minimise latency / MACs / BitOPs under budgets."""
-    from qfa_deploy.lut import LatencyTable
-    from qfa_deploy.search.genome import GenomeSpace
-    from qfa_deploy.search.latency import LatencyModel
-    from qfa_deploy.search.nsga import run_nsga
-    from qfa_deploy.search.objectives import Constraints, CostEvaluator, Objective
-    from qfa_deploy.search.predictor import AccuracyPredictor
-    from qfa_deploy.search.report import plot_front, write_best, write_pareto
+    from qfa_deploy.search.run import SearchConfig, run_search
 
     set_threads(threads)
-    if predictor_path is None:
-        from qfa_deploy.reference import default_predictor
-
-        predictor_path = default_predictor()
-    if device and not evaluate:
-        raise QfaError("--device goes with --evaluate")
-    if table is None and (objective == "latency" or max_latency_ms is not None):
-        raise QfaError("latency (--objective latency / --max-latency-ms) needs a latency table (--table)")
-    pred = AccuracyPredictor.load(predictor_path)
-    genome = GenomeSpace(pred.space)
-    lut = LatencyTable.load(table) if table else None
-    latency = LatencyModel(lut, genome) if lut else None
-    if lut and (warning := lut.stale_schedule()):  # once the table fits the search: no warning beside an error
-        click.echo(warning, err=True)
-    _check_outputs(force, {"-o": output, "--best-out": best_out, "--plot": plot})
-    if device:  # before minutes of search: a device that cannot be measured, or not against this table
-        _check_device(device, lut)
-        check_output(artifacts, force, folder=True, option="--artifacts")
-    if evaluate:
-        from qfa_deploy.data import load_splits
-
-        net = load_supernet(checkpoint, space=pred.space)
-        splits = load_splits(net.space, data_dir)  # missing test data: refused before the search, not after
-    elif checkpoint:  # only --evaluate uses it; still, a supernet of another space is a mistake
-        from qfa_deploy.checkpoint import load_checkpoint
-
-        load_checkpoint(checkpoint, expect_space=pred.space)
-    objective = Objective(objective or ("latency" if table else "flops"))
-    constraints = Constraints(max_latency_ms, max_flops, max_bitops)
-    result = run_nsga(genome, pred, CostEvaluator(genome, latency), objective, constraints, pop_size, generations, seed)
-    write_pareto(result, output)
-    best = result.configs()[result.best_index()]
-    best_rec = result.records()[result.best_index()]
-    if best_out:
-        write_best(result, best_out)
-    if plot:
-        plot_front(result, plot)
-    summary = {
-        "space": pred.space,
-        "objective": objective.value,
-        "constraints": dict(constraints.items()),
-        "pareto_size": len(result.genomes),
-        "seconds": round(result.seconds, 2),
-        "evaluations": result.evaluations,
-        "best": {k: v for k, v in best_rec.items() if k != "arch"},
-        "files": {"pareto": output, "best": best_out, "plot": plot},
-    }
-    if evaluate:
-        from qfa_deploy.search.end_to_end import evaluate_choice
-
-        predicted = {k: v for k, v in best_rec.items() if k not in ("arch", "digest")}
-        with staged_directory(artifacts, force) if device else nullcontext() as staging:
-            summary["evaluation"] = evaluate_choice(
-                net,
-                best,
-                splits,
-                predicted,
-                calib_batches=calib_batches,
-                test_limit=test_limit,
-                device=device,
-                artifact_dir=staging,
-                schedule=lut.schedule if lut else "auto",
-            )
-        if device:
-            summary["evaluation"]["artifact"] = artifacts
+    config = SearchConfig(**options)  # every option but --json and --threads, by name
+    outcome = run_search(config, warn=lambda message: click.echo(message, err=True))
     if as_json:
-        emit_json(summary)
+        emit_json(outcome.summary)
         return
+    _echo_search(config, outcome)
+
+
+def _echo_search(config, outcome) -> None:
+    """The search's summary in words: the front, the chosen subnet, and what --evaluate measured."""
+    result, best_rec = outcome.result, outcome.best_record
     costs = "  ".join(_fmt(m, best_rec[m]) for m in ("latency_ms", "mflops", "gbitops") if m in best_rec)
     click.echo(
-        f"NSGA-II {pop_size}x{generations} ({objective.value}; budgets: {constraints.describe()}) "
-        f"in {result.seconds:.1f} s: {len(result.genomes)} Pareto subnets -> {output}"
+        f"NSGA-II {config.pop_size}x{config.generations} ({result.objective.value}; budgets: "
+        f"{result.constraints.describe()}) in {result.seconds:.1f} s: {len(result.genomes)} Pareto subnets "
+        f"-> {config.output}"
     )
     click.echo(f"chosen: predicted top-1 {100 * best_rec['predicted_top1']:.2f}%  {costs}")
-    click.echo(f"  {best.short()}")
-    if best_out:
-        click.echo(f"  cfg.json: {best_out}")
-    if evaluate:
-        ev = summary["evaluation"]
+    click.echo(f"  {outcome.best.short()}")
+    if config.best_out:
+        click.echo(f"  cfg.json: {config.best_out}")
+    if config.evaluate:
+        ev = outcome.summary["evaluation"]
         m = ev["measured"]
         click.echo(
             f"measured: test top-1 {100 * m['top1']:.2f}% on {m['test_images']} images "
@@ -306,31 +183,6 @@ def search(
             stat = m["statistic"]
             click.echo(f"measured: {m.get('timing', 'latency')} {stat} {m['latency_ms'][stat]:.3f} ms{pred_lat}")
         click.echo(f"  {ev['deploy']}")
-
-
-def _check_outputs(force: bool, outputs: dict[str, str | None]) -> None:
-    """Every file the search will write, checked before it runs (and no two the same)."""
-    seen = {}
-    for option, path in outputs.items():
-        if path is None:
-            continue
-        where = check_output(path, force, option=option)
-        if where in seen:
-            raise QfaError(f"{option} and {seen[where]} are the same file ({path})")
-        seen[where] = option
-
-
-def _check_device(device: str, lut) -> None:
-    from qfa_deploy.deploy.device import load_device
-    from qfa_deploy.deploy.runner import open_session
-
-    if lut is not None:  # the same refusal as `lut validate`: other target or statistic = unlike numbers
-        from qfa_deploy.lut.validate import check_table_device
-
-        check_table_device(lut, device)
-    dev = load_device(device)
-    if dev.runner.kind != "local" and dev.runner.kind != "simulated":  # a dead tracker: seconds, not after the search
-        open_session(dev, timeout=10.0).close()
 
 
 def _fmt(metric: str, value: float) -> str:

@@ -27,7 +27,9 @@ from qfa_deploy.data import ImageSource
 from qfa_deploy.errors import QfaError
 from qfa_deploy.strict_json import check_number
 
-__all__ = ["CollectSettings", "collect", "load_records", "records_to_arrays", "sample_for"]
+__all__ = [
+    "CollectConfig", "CollectSettings", "collect", "load_records", "records_to_arrays", "run_collect", "sample_for",
+]
 
 log = logging.getLogger(__name__)
 CALIB_BATCH = 100
@@ -163,24 +165,11 @@ def collect(
     from qfa_deploy.search.genome import GenomeSpace
 
     out = Path(out)
-    records, good = check_journal(out)
-    done: dict[int, dict] = {}
-    for line, rec in enumerate(records, 1):
-        settings.check(rec, out, line)
-        done[rec["index"]] = rec
+    done, good = _resume(out, settings)
     todo = [i for i in range(samples) if i not in done]
     genome = GenomeSpace(settings.space)
     cost = CostModel(genome)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        f = open(out, "r+b" if out.exists() else "wb")
-    except OSError as exc:
-        raise QfaError(f"cannot write {out}: {exc.strerror or exc}") from None
-    with f:
-        if good < f.seek(0, os.SEEK_END):
-            log.warning("%s: dropping a partial last line (an interrupted run)", out)
-            f.truncate(good)
-        f.seek(good)
+    with _open_journal(out, good) as f:
         bar = tqdm(
             total=samples,
             initial=samples - len(todo),
@@ -190,32 +179,65 @@ def collect(
         )
         with bar:
             for i in todo:
-                cfg = sample_for(settings.space, settings.seed, i)
-                start = time.perf_counter()
-                top1 = float(measure(cfg))
-                g = genome.encode([cfg])
-                macs, bitops = int(cost.macs(g)[0]), float(cost.bitops(g)[0])
-                rec = {
-                    "index": i,
-                    "space": settings.space,
-                    "seed": settings.seed,
-                    "calib_batches": settings.calib_batches,
-                    "val_images": settings.val_images,
-                    "checkpoint": settings.checkpoint,
-                    "top1": top1,
-                    "macs": macs,
-                    "bitops": bitops,
-                    "mflops": macs / 1e6,
-                    "gbitops": bitops / 1e9,
-                    "seconds": round(time.perf_counter() - start, 3),
-                    "digest": cfg.digest(),
-                    "arch": cfg.to_dict(),
-                }
+                rec = _measure_sample(i, settings, measure, genome, cost)
                 f.write((json.dumps(rec, separators=(",", ":")) + "\n").encode())
                 f.flush()
                 done[i] = rec
                 bar.update(1)
     return [done[i] for i in sorted(done)]
+
+
+def _resume(out: Path, settings: CollectSettings) -> tuple[dict[int, dict], int]:
+    """The records already in ``out`` by index (each checked against ``settings``) and their byte length."""
+    records, good = check_journal(out)
+    done: dict[int, dict] = {}
+    for line, rec in enumerate(records, 1):
+        settings.check(rec, out, line)
+        done[rec["index"]] = rec
+    return done, good
+
+
+def _open_journal(out: Path, good: int):
+    """``out`` opened for appending after its first ``good`` bytes (a torn last line is cut off)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        f = open(out, "r+b" if out.exists() else "wb")
+    except OSError as exc:
+        raise QfaError(f"cannot write {out}: {exc.strerror or exc}") from None
+    try:
+        if good < f.seek(0, os.SEEK_END):
+            log.warning("%s: dropping a partial last line (an interrupted run)", out)
+            f.truncate(good)
+        f.seek(good)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def _measure_sample(i: int, settings: CollectSettings, measure, genome, cost) -> dict:
+    """The journal record of sample ``i``: its measured top-1, costs, time taken and config."""
+    cfg = sample_for(settings.space, settings.seed, i)
+    start = time.perf_counter()
+    top1 = float(measure(cfg))
+    g = genome.encode([cfg])
+    macs, bitops = int(cost.macs(g)[0]), float(cost.bitops(g)[0])
+    return {
+        "index": i,
+        "space": settings.space,
+        "seed": settings.seed,
+        "calib_batches": settings.calib_batches,
+        "val_images": settings.val_images,
+        "checkpoint": settings.checkpoint,
+        "top1": top1,
+        "macs": macs,
+        "bitops": bitops,
+        "mflops": macs / 1e6,
+        "gbitops": bitops / 1e9,
+        "seconds": round(time.perf_counter() - start, 3),
+        "digest": cfg.digest(),
+        "arch": cfg.to_dict(),
+    }
 
 
 def val_scorer(net, val: ImageSource, calib_batches: int, val_images: int) -> Callable[[ArchConfig], float]:
@@ -232,3 +254,44 @@ def val_scorer(net, val: ImageSource, calib_batches: int, val_images: int) -> Ca
         )
     scored = val.select(torch.arange(len(val) - val_images, len(val)))
     return lambda cfg: evaluate_arch(net, cfg, val, scored, calib_batches)
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    """One ``collect`` run: measure samples ``0..samples-1`` of the supernet into the journal ``output``."""
+
+    output: str  # JSON lines, appended (a rerun adds only missing samples)
+    samples: int
+    checkpoint: str | None = None  # default: the embedded reference checkpoint
+    data_dir: str | None = None
+    seed: int = 0  # sample i is drawn from (seed, i)
+    calib_batches: int = 10  # batches of 100 images, the first of the validation split
+    val_images: int = 2000  # scored on the last M images of the validation split
+
+    def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise QfaError("--samples must be at least 1")
+        if self.calib_batches < 1:
+            raise QfaError("--calib-batches must be at least 1")
+        if self.val_images < 1:
+            raise QfaError("--val-images must be at least 1")
+
+
+def run_collect(config: CollectConfig, progress: bool | None = None) -> list[dict]:
+    """``qfa-deploy collect`` from Python: check the journal, load the supernet and data, measure.
+
+    Returns every record of ``config.output`` afterwards (in index order).
+    """
+    from qfa_deploy.atomic import check_output
+    from qfa_deploy.checkpoint import load_supernet
+    from qfa_deploy.data import load_splits
+    from qfa_deploy.reference import default_checkpoint
+
+    check_output(config.output, append=True)  # a file of ours, in a writable folder: appended to
+    check_journal(config.output)  # before the supernet loads: -o must be this command's journal, or new
+    path = Path(config.checkpoint) if config.checkpoint else default_checkpoint()
+    net = load_supernet(path)
+    splits = load_splits(net.space, config.data_dir)
+    measure = val_scorer(net, splits.val, config.calib_batches, config.val_images)
+    settings = CollectSettings(net.space.name, config.seed, config.calib_batches, config.val_images, file_digest(path))
+    return collect(config.output, config.samples, settings, measure, progress)

@@ -87,12 +87,17 @@ def evaluate_choice(
     }
     if device is None:
         return out
+    _measure_on_device(subnet, cfg, device, Path(artifact_dir or "search-artifact"), schedule, out)
+    return out
+
+
+def _measure_on_device(subnet, cfg: ArchConfig, device: str, folder: Path, schedule: str, out: dict) -> None:
+    """Fold, export, compile and profile ``subnet`` on ``device`` in ``folder``; its latency goes into ``out``."""
     api = _deploy_api()
     if api is None:
         out["deploy"] = "the deploy package (qfa_deploy.deploy) is not installed: accuracy only, no latency"
-        return out
+        return
     fold, export_onnx, save_onnx, compile_artifact, profile_artifact = api
-    folder = Path(artifact_dir or "search-artifact")
     folder.mkdir(parents=True, exist_ok=True)
     onnx_path = save_onnx(export_onnx(fold(subnet.eval())), folder / "model.onnx")
     compiled = compile_artifact(onnx_path, device, folder, schedule=schedule)
@@ -104,4 +109,3 @@ def evaluate_choice(
     out["measured"]["statistic"] = profile["protocol"]["statistic"]
     out["deploy"] = f"compiled for {compiled.get('device', device)} and profiled ({profile.get('timing')})"
     out["artifact"] = str(folder)
-    return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -12,7 +13,7 @@ from qfa_deploy.search.cost import CostModel
 from qfa_deploy.search.genome import GenomeSpace
 from qfa_deploy.search.predictor import AccuracyPredictor, fit_predictor, regression_metrics
 
-__all__ = ["fit_and_report", "holdout_split"]
+__all__ = ["PredictorFitConfig", "fit_and_report", "holdout_split", "run_predictor_fit"]
 
 
 def holdout_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -59,3 +60,60 @@ def fit_and_report(
     }
     pred.info.update({"holdout": metrics, "baseline_mflops_spearman": baseline, "sources": sources or []})
     return pred, report
+
+
+@dataclass(frozen=True)
+class PredictorFitConfig:
+    """One ``predictor fit``: the collect files to fit on, the predictor file to write, the model's shape."""
+
+    data: tuple[str, ...]  # acc.jsonl files from ``collect``
+    output: str  # the predictor file (pred.pt)
+    holdout: float = 0.2  # fraction of subnets held out for the reported Spearman / RMSE
+    ensemble: int = 1
+    cost_features: bool = True
+    hidden: int = 400
+    layers: int = 3
+    max_epochs: int = 400
+    seed: int = 0
+    force: bool = False  # replace ``output`` if it exists
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data", tuple(self.data))  # click gives a tuple; a list from Python is fine too
+        if not self.data:
+            raise QfaError("no accuracy files given (DATA)")
+        if not 0.05 <= self.holdout <= 0.5:  # also false for NaN
+            raise QfaError(f"--holdout must be between 0.05 and 0.5, not {self.holdout!r}")
+        for name in ("ensemble", "hidden", "layers", "max_epochs"):
+            if getattr(self, name) < 1:
+                raise QfaError(f"--{name.replace('_', '-')} must be at least 1")
+
+
+def run_predictor_fit(config: PredictorFitConfig) -> dict:
+    """``qfa-deploy predictor fit`` from Python: fit on ``config.data``, write ``config.output``.
+
+    Returns ``fit_and_report``'s report (with ``"output"``); the predictor is the file written.
+    """
+    from qfa_deploy.atomic import check_output
+    from qfa_deploy.search.collect import load_records, records_to_arrays
+
+    check_output(config.output, config.force)
+    records = []
+    for path in config.data:
+        records += load_records(path)
+    space, cfgs, top1 = records_to_arrays(records, ", ".join(config.data))
+    pred, report = fit_and_report(
+        space,
+        cfgs,
+        top1,
+        holdout=config.holdout,
+        seed=config.seed,
+        ensemble=config.ensemble,
+        cost_features=config.cost_features,
+        hidden=config.hidden,
+        layers=config.layers,
+        max_epochs=config.max_epochs,
+        sources=list(config.data),
+    )
+    pred.save(config.output)
+    report["output"] = config.output
+    return report

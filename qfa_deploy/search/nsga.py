@@ -175,61 +175,28 @@ def run_nsga(
     """
     objective = Objective(objective)
     constraints = constraints or Constraints()
-    if predictor.space != genome.space.name:
-        raise QfaError(f"predictor is for space {predictor.space!r}, the search is over {genome.space.name!r}")
-    if objective is Objective.LATENCY and costs.latency is None:
-        raise QfaError("--objective latency needs a latency table (--table)")
-    if pop_size < 2 or generations < 1:
-        raise QfaError("--pop must be at least 2 and --gen at least 1")
-    costs.check_feasible(constraints)
-    xl = np.zeros(genome.length, dtype=np.int64)
-    xu = genome.sizes - 1
-    if costs.latency is not None:
-        xl[0] = xu[0] = costs.latency.resolution_index
-    rng = np.random.default_rng(seed)
-    init = rng.integers(xl, xu + 1, size=(pop_size, genome.length))
-    anchors = genome.encode([ArchConfig.smallest(genome.space.name), ArchConfig.largest(genome.space.name)])
-    anchors[:, 0] = np.clip(anchors[:, 0], xl[0], xu[0])
-    init[: min(2, pop_size)] = anchors[: min(2, pop_size)]
-    init = genome.canonical(init)
+    _check_problem(genome, predictor, costs, objective, constraints, pop_size, generations)
+    xl, xu = _bounds(genome, costs)
+    init = _initial_population(genome, xl, xu, pop_size, seed)
     problem = _SubnetProblem(genome, predictor, costs, objective, constraints, xl, xu)
-    algorithm = (NSGA2 if pymoo_stock else NSGA2Arrays)(
-        pop_size=pop_size,
-        sampling=init.astype(np.float64),
-        # Wide distributions (eta 3, pymoo's recipe for integer variables): with 3 choices a gene,
-        # narrow ones mostly round back to the parent's value (measured: lower hypervolume).
-        # No vtype: the repair keeps X float (integral values), which saves pymoo a per-individual
-        # astype after every operator.
-        crossover=SBX(prob=0.9, eta=3),
-        mutation=PM(prob=1.0, eta=3),
-        repair=_CanonicalRepair(genome),
-        eliminate_duplicates=_RowDuplicates(),
-    )
+    algorithm = _algorithm(genome, init, pymoo_stock)
     start = time.perf_counter()
     res = minimize(problem, algorithm, ("n_gen", generations), seed=seed, verbose=False)
     seconds = time.perf_counter() - start
-    pop = res.pop
-    X = np.asarray(pop.get("X"), dtype=np.int64)
-    F = np.asarray(pop.get("F"))
-    feasible = np.asarray(pop.get("CV")).reshape(-1) <= 0
+    X = np.asarray(res.pop.get("X"), dtype=np.int64)
+    F = np.asarray(res.pop.get("F"))
+    cv = np.asarray(res.pop.get("CV")).reshape(-1)
+    feasible = cv <= 0
     if not feasible.any():
-        worst = min(zip(np.asarray(pop.get("CV")).reshape(-1), range(len(X)), strict=True))[1]
-        got = costs.evaluate(X[worst : worst + 1], only={m for m, _ in constraints.items()})
-        near = ", ".join(f"{m} {v[0]:.4g}" for m, v in got.items())
-        raise QfaError(f"no subnet found within the budget ({constraints.describe()}); closest: {near}")
-    fx, ff = X[feasible], F[feasible]
-    front = NonDominatedSorting().do(ff, only_non_dominated_front=True)
-    fx, ff = fx[front], ff[front]
-    _, unique = np.unique(fx, axis=0, return_index=True)
-    order = unique[np.lexsort((ff[unique, 0], ff[unique, 1]))]
-    fx = fx[order]
+        _raise_infeasible(X, cv, costs, constraints)
+    front, predicted = _feasible_front(X[feasible], F[feasible])
     return SearchResult(
         genome=genome,
         objective=objective,
         constraints=constraints,
-        genomes=fx,
-        predicted=-ff[order, 0],
-        costs=costs.evaluate(fx),
+        genomes=front,
+        predicted=predicted,
+        costs=costs.evaluate(front),
         population=X,
         population_predicted=-F[:, 0],
         population_cost=F[:, 1],
@@ -244,3 +211,66 @@ def run_nsga(
             "constraints": {m: b for m, b in constraints.items()},
         },
     )
+
+
+def _check_problem(genome, predictor, costs, objective, constraints, pop_size, generations) -> None:
+    """Refuse a search that cannot run: another space's predictor, latency without a table, no budget met."""
+    if predictor.space != genome.space.name:
+        raise QfaError(f"predictor is for space {predictor.space!r}, the search is over {genome.space.name!r}")
+    if objective is Objective.LATENCY and costs.latency is None:
+        raise QfaError("--objective latency needs a latency table (--table)")
+    if pop_size < 2 or generations < 1:
+        raise QfaError("--pop must be at least 2 and --gen at least 1")
+    costs.check_feasible(constraints)
+
+
+def _bounds(genome: GenomeSpace, costs: CostEvaluator) -> tuple[np.ndarray, np.ndarray]:
+    """Inclusive gene bounds; with a latency table the resolution gene is pinned to the table's."""
+    xl = np.zeros(genome.length, dtype=np.int64)
+    xu = genome.sizes - 1
+    if costs.latency is not None:
+        xl[0] = xu[0] = costs.latency.resolution_index
+    return xl, xu
+
+
+def _initial_population(genome: GenomeSpace, xl: np.ndarray, xu: np.ndarray, pop_size: int, seed: int) -> np.ndarray:
+    """Seeded random genomes, the first two replaced by the smallest and largest subnets; canonical."""
+    rng = np.random.default_rng(seed)
+    init = rng.integers(xl, xu + 1, size=(pop_size, genome.length))
+    anchors = genome.encode([ArchConfig.smallest(genome.space.name), ArchConfig.largest(genome.space.name)])
+    anchors[:, 0] = np.clip(anchors[:, 0], xl[0], xu[0])
+    init[: min(2, pop_size)] = anchors[: min(2, pop_size)]
+    return genome.canonical(init)
+
+
+def _algorithm(genome: GenomeSpace, init: np.ndarray, pymoo_stock: bool):
+    """NSGA-II with integer-friendly operators, the canonical repair and row-hash duplicate removal."""
+    return (NSGA2 if pymoo_stock else NSGA2Arrays)(
+        pop_size=len(init),
+        sampling=init.astype(np.float64),
+        # Wide distributions (eta 3, pymoo's recipe for integer variables): with 3 choices a gene,
+        # narrow ones mostly round back to the parent's value (measured: lower hypervolume).
+        # No vtype: the repair keeps X float (integral values), which saves pymoo a per-individual
+        # astype after every operator.
+        crossover=SBX(prob=0.9, eta=3),
+        mutation=PM(prob=1.0, eta=3),
+        repair=_CanonicalRepair(genome),
+        eliminate_duplicates=_RowDuplicates(),
+    )
+
+
+def _raise_infeasible(X: np.ndarray, cv: np.ndarray, costs: CostEvaluator, constraints: Constraints) -> None:
+    """No final individual meets the budgets: name the costs of the least violating one."""
+    worst = min(zip(cv, range(len(X)), strict=True))[1]
+    got = costs.evaluate(X[worst : worst + 1], only={m for m, _ in constraints.items()})
+    near = ", ".join(f"{m} {v[0]:.4g}" for m, v in got.items())
+    raise QfaError(f"no subnet found within the budget ({constraints.describe()}); closest: {near}")
+
+
+def _feasible_front(fx: np.ndarray, ff: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(genomes, predicted top-1) of the non-dominated feasible members, deduplicated, by increasing cost."""
+    front = NonDominatedSorting().do(ff, only_non_dominated_front=True)
+    fx, ff = fx[front], ff[front]
+    _, unique = np.unique(fx, axis=0, return_index=True)
+    order = unique[np.lexsort((ff[unique, 0], ff[unique, 1]))]
+    return fx[order], -ff[order, 0]

@@ -282,23 +282,8 @@ def fit_predictor(
 ) -> AccuracyPredictor:
     """Train a predictor on genomes ``G`` (n, length) and top-1 fractions ``y`` (n,)."""
     genome = GenomeSpace(space)
-    G = np.asarray(G, dtype=np.int64)
-    genome.check(G)
-    G = genome.canonical(G)
-    y = np.asarray(y, dtype=np.float64)
-    if len(y) != len(G):
-        raise QfaError(f"{len(G)} genomes but {len(y)} targets")
-    if len(y) < 2:
-        raise QfaError(f"need at least 2 measured subnets to fit a predictor, got {len(y)}")
-    if ensemble < 1:
-        raise QfaError("ensemble must be at least 1")
-    encoder, cost = OneHotEncoder(genome), CostModel(genome)
-    if cost_features:
-        cols = _cost_columns(cost, G)
-        mean, std = cols.mean(0), cols.std(0) + 1e-6
-    else:
-        mean = std = np.zeros(0, dtype=np.float32)
-    X = _features(encoder, cost, G, cost_features, mean, std)
+    G, y = _checked_training_data(genome, G, y, ensemble)
+    X, mean, std = _standardised_features(genome, G, cost_features)
     t_mean, t_std = float(y.mean()), float(y.std()) or 1.0
     yn = (y - t_mean) / t_std
     members, epochs = [], []
@@ -319,8 +304,7 @@ def fit_predictor(
         log.info("predictor member %d: best epoch %d", k, epoch)
         members.append(model)
         epochs.append(epoch)
-    meta = {"n_train": int(len(y)), "ensemble": ensemble, "best_epochs": epochs, "seed": seed}
-    meta.update(info or {})
+    meta = {"n_train": int(len(y)), "ensemble": ensemble, "best_epochs": epochs, "seed": seed, **(info or {})}
     return AccuracyPredictor(
         space,
         members,
@@ -333,3 +317,29 @@ def fit_predictor(
         target_std=t_std,
         info=meta,
     )
+
+
+def _checked_training_data(genome: GenomeSpace, G, y, ensemble: int) -> tuple[np.ndarray, np.ndarray]:
+    """(canonical int64 genomes, float64 targets), refused when they cannot train ``ensemble`` members."""
+    G = np.asarray(G, dtype=np.int64)
+    genome.check(G)
+    G = genome.canonical(G)
+    y = np.asarray(y, dtype=np.float64)
+    if len(y) != len(G):
+        raise QfaError(f"{len(G)} genomes but {len(y)} targets")
+    if len(y) < 2:
+        raise QfaError(f"need at least 2 measured subnets to fit a predictor, got {len(y)}")
+    if ensemble < 1:
+        raise QfaError("ensemble must be at least 1")
+    return G, y
+
+
+def _standardised_features(genome: GenomeSpace, G: np.ndarray, cost_features: bool):
+    """(features, cost-column mean, cost-column std): the mean and std are fitted here and stored."""
+    encoder, cost = OneHotEncoder(genome), CostModel(genome)
+    if cost_features:
+        cols = _cost_columns(cost, G)
+        mean, std = cols.mean(0), cols.std(0) + 1e-6
+    else:
+        mean = std = np.zeros(0, dtype=np.float32)
+    return _features(encoder, cost, G, cost_features, mean, std), mean, std
