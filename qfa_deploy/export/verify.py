@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ import torch
 
 from qfa_deploy.arch import ArchConfig
 from qfa_deploy.data import ImageSource, resize
+from qfa_deploy.errors import QfaError
 from qfa_deploy.fold import block_names, fold, folded_forward, quantize_codes
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "pytorch_codes",
     "quantizer_parity",
     "tvm_x86_runner",
+    "VerifyConfig",
     "verify_artifact",
 ]
 
@@ -242,11 +245,34 @@ def compare_runtimes(
         ``seconds`` (inference time), and for the ONNX-based runtimes the same two figures against
         ``ort_noopt`` (``agreement_vs_ort_noopt``, ``max_abs_logit_diff_vs_ort_noopt``).
     """
+    names = _runtime_order(runtimes)
+    subnet.eval()
+    runners, build_seconds = _build_runners(names, subnet, model, batch_size, threads, library)
+    run = _run_runtimes(runners, images, labels)
+    report = {"images": int(run.logits["pytorch"].shape[0]), "runtimes": {}}
+    for name in names:
+        report["runtimes"][name] = _runtime_entry(name, run, build_seconds[name])
+    report["logit_range"] = float(np.abs(run.logits["pytorch"]).max())
+    return report
+
+
+def _runtime_order(runtimes: Sequence[str]) -> list[str]:
+    """``runtimes`` in ``RUNTIMES`` order, ``pytorch`` (the reference) first; an unknown name is a ValueError."""
     unknown = sorted(set(runtimes) - set(RUNTIMES))
     if unknown:
         raise ValueError(f"unknown runtime {unknown[0]!r} (known: {', '.join(RUNTIMES)})")
-    names = ["pytorch", *[r for r in RUNTIMES if r in runtimes and r != "pytorch"]]
-    subnet.eval()
+    return ["pytorch", *[r for r in RUNTIMES if r in runtimes and r != "pytorch"]]
+
+
+def _build_runners(
+    names: Sequence[str],
+    subnet,
+    model: onnx.ModelProto | bytes | str | Path,
+    batch_size: int,
+    threads: int,
+    library: tuple[Path, int] | None,
+) -> tuple[dict[str, Callable[[torch.Tensor], np.ndarray]], dict[str, float]]:
+    """A logits function (torch batch -> numpy logits) per runtime, and the seconds each took to build."""
     folded = fold(subnet) if "folded" in names else None
     runners: dict[str, Callable[[torch.Tensor], np.ndarray]] = {}
     build_seconds: dict[str, float] = {}
@@ -256,55 +282,83 @@ def compare_runtimes(
             runners[name] = lambda x: _torch_logits(subnet, x)
         elif name == "folded":
             runners[name] = lambda x: folded_forward(folded, x).numpy()
-        elif name in ("ort_noopt", "ort_default"):
-            ort_run = ort_runner(model, optimize=name == "ort_default", threads=threads)
-            runners[name] = lambda x, r=ort_run: r(x.numpy())[0]
-        elif name == "tvm_x86":
-            tvm_run = tvm_x86_runner(model, batch_size)
-            runners[name] = lambda x, r=tvm_run: r(x.numpy())[0]
-        elif name == "tvm_artifact":
-            if library is None:
-                raise ValueError("the tvm_artifact runtime needs a compiled library")
-            lib_run = tvm_library_runner(*library)
-            runners[name] = lambda x, r=lib_run: r(x.numpy())[0]
+        else:
+            graph_runner = _graph_runner(name, model, batch_size, threads, library)
+            runners[name] = lambda x, r=graph_runner: r(x.numpy())[0]
         build_seconds[name] = time.perf_counter() - start
-    logits: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    seconds = dict.fromkeys(names, 0.0)
+    return runners, build_seconds
+
+
+def _graph_runner(
+    name: str,
+    model: onnx.ModelProto | bytes | str | Path,
+    batch_size: int,
+    threads: int,
+    library: tuple[Path, int] | None,
+) -> Runner:
+    """The ``Runner`` of an ONNX- or library-based runtime (every one but ``pytorch`` and ``folded``)."""
+    if name in ("ort_noopt", "ort_default"):
+        return ort_runner(model, optimize=name == "ort_default", threads=threads)
+    if name == "tvm_x86":
+        return tvm_x86_runner(model, batch_size)
+    if library is None:  # tvm_artifact
+        raise ValueError("the tvm_artifact runtime needs a compiled library")
+    return tvm_library_runner(*library)
+
+
+@dataclass
+class _RuntimeLogits:
+    """What every runtime gave on the same images: logits, inference seconds, PyTorch's top-1 margin."""
+    logits: dict[str, np.ndarray]  # runtime -> (images, classes)
+    seconds: dict[str, float]
+    labels: np.ndarray | None
+    margin: np.ndarray = field(init=False)  # PyTorch's top-1 minus top-2 logit, per image
+
+    def __post_init__(self) -> None:
+        top2 = np.sort(self.logits["pytorch"], axis=1)[:, -2:]
+        self.margin = top2[:, 1] - top2[:, 0]
+
+
+def _run_runtimes(
+    runners: dict[str, Callable[[torch.Tensor], np.ndarray]],
+    images: Iterable[torch.Tensor],
+    labels: Iterable[torch.Tensor] | None,
+) -> _RuntimeLogits:
+    """Every runner on every batch of ``images`` (timed), logits concatenated over the batches."""
+    logits: dict[str, list[np.ndarray]] = {n: [] for n in runners}
+    seconds = dict.fromkeys(runners, 0.0)
     label_batches = iter(labels) if labels is not None else None
     all_labels = []
     for x in images:
         if label_batches is not None:
             all_labels.append(next(label_batches).numpy())
-        for name in names:
+        for name, runner in runners.items():
             start = time.perf_counter()
-            logits[name].append(np.asarray(runners[name](x), dtype=np.float32))
+            logits[name].append(np.asarray(runner(x), dtype=np.float32))
             seconds[name] += time.perf_counter() - start
     stacked = {n: np.concatenate(v) for n, v in logits.items()}
-    ref = stacked["pytorch"]
-    top2 = np.sort(ref, axis=1)[:, -2:]
-    margin = top2[:, 1] - top2[:, 0]  # PyTorch's top-1 minus top-2 logit
-    y = np.concatenate(all_labels) if all_labels else None
-    report = {"images": int(ref.shape[0]), "runtimes": {}}
-    for name in names:
-        out = stacked[name]
-        disagree = out.argmax(1) != ref.argmax(1)
-        entry = {
-            "agreement": float(1.0 - disagree.mean()),
-            "disagreements": int(disagree.sum()),
-            "max_margin_of_disagreements": float(margin[disagree].max(initial=0.0)),
-            "max_abs_logit_diff": float(np.abs(out - ref).max()),
-            "seconds": round(seconds[name], 3),
-            "build_seconds": round(build_seconds[name], 3),
-        }
-        if "ort_noopt" in stacked and name not in ("pytorch", "ort_noopt"):
-            base = stacked["ort_noopt"]  # the exact QDQ reference for the ONNX-based runtimes
-            entry["agreement_vs_ort_noopt"] = float((out.argmax(1) == base.argmax(1)).mean())
-            entry["max_abs_logit_diff_vs_ort_noopt"] = float(np.abs(out - base).max())
-        if y is not None:
-            entry["top1"] = float((out.argmax(1) == y).mean())
-        report["runtimes"][name] = entry
-    report["logit_range"] = float(np.abs(ref).max())
-    return report
+    return _RuntimeLogits(stacked, seconds, np.concatenate(all_labels) if all_labels else None)
+
+
+def _runtime_entry(name: str, run: _RuntimeLogits, build_seconds: float) -> dict:
+    """One runtime's line of the ``compare_runtimes`` report (see there)."""
+    ref, out = run.logits["pytorch"], run.logits[name]
+    disagree = out.argmax(1) != ref.argmax(1)
+    entry = {
+        "agreement": float(1.0 - disagree.mean()),
+        "disagreements": int(disagree.sum()),
+        "max_margin_of_disagreements": float(run.margin[disagree].max(initial=0.0)),
+        "max_abs_logit_diff": float(np.abs(out - ref).max()),
+        "seconds": round(run.seconds[name], 3),
+        "build_seconds": round(build_seconds, 3),
+    }
+    if "ort_noopt" in run.logits and name not in ("pytorch", "ort_noopt"):
+        base = run.logits["ort_noopt"]  # the exact QDQ reference for the ONNX-based runtimes
+        entry["agreement_vs_ort_noopt"] = float((out.argmax(1) == base.argmax(1)).mean())
+        entry["max_abs_logit_diff_vs_ort_noopt"] = float(np.abs(out - base).max())
+    if run.labels is not None:
+        entry["top1"] = float((out.argmax(1) == run.labels).mean())
+    return entry
 
 
 @torch.no_grad()
@@ -418,59 +472,61 @@ def compare_constants(model: onnx.ModelProto, rebuilt: onnx.ModelProto) -> dict:
     }
 
 
-def verify_artifact(
-    folder: str | Path,
-    limit: int | None = None,
-    data_dir: str | Path | None = None,
-    runtimes: Sequence[str] | None = None,
-    batch_size: int = 100,
-    threads: int = 1,
-) -> dict:
+@dataclass(frozen=True)
+class VerifyConfig:
+    """What ``verify_artifact`` checks (``qfa-deploy verify``'s options), validated when made.
+
+    Attributes:
+        folder: the export artifact.
+        limit: compare on the first ``limit`` test images only (None: the whole test split).
+        data_dir: data directory (None: the one recorded at export, else the default).
+        runtimes: names from ``RUNTIMES`` (None: ``default_runtimes`` of the artifact).
+        batch_size: images per batch.
+        threads: onnxruntime intra-op threads.
+    """
+
+    folder: str | Path
+    limit: int | None = None
+    data_dir: str | Path | None = None
+    runtimes: tuple[str, ...] | None = None
+    batch_size: int = 100
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise QfaError("--limit must be at least 1")
+        unknown = [r for r in self.runtimes or () if r not in RUNTIMES]
+        if unknown:
+            raise QfaError(f"unknown runtime {unknown[0]!r} (known: {', '.join(RUNTIMES)})")
+
+
+def verify_artifact(config: VerifyConfig) -> dict:
     """The parity report of an export artifact on the test split.
 
     The subnet is rebuilt from the checkpoint recorded in ``meta.json`` (its sha256 must match)
     and calibrated as recorded; ``rebuild`` says whether that reproduces the exported constants,
     ``quantizers`` is ``quantizer_parity`` on the first batch, the rest ``compare_runtimes``.
     """
-    from qfa_deploy.checkpoint import load_supernet
     from qfa_deploy.data import load_splits
-    from qfa_deploy.digest import file_sha256
-    from qfa_deploy.errors import QfaError
-    from qfa_deploy.export.artifact import ONNX_NAME, calibrate_for_export, read_artifact
+    from qfa_deploy.export.artifact import calibrate_for_export, read_artifact
     from qfa_deploy.export.onnx_export import export_onnx
 
-    folder = Path(folder)
+    folder = Path(config.folder)
     meta = read_artifact(folder)
-    try:  # before the checkpoint loads and calibrates: a corrupt model is refused at once
-        model = onnx.load(str(folder / ONNX_NAME))
-    except Exception as exc:  # protobuf raises its own DecodeError (and others) on a corrupt file
-        raise QfaError(f"{folder}: {ONNX_NAME} is not a readable ONNX model ({exc.__class__.__name__})") from None
-    ckpt = Path(meta["checkpoint"]["path"])
-    if not ckpt.is_file():
-        raise QfaError(f"{folder}: its checkpoint {ckpt} no longer exists")
-    if file_sha256(ckpt) != meta["checkpoint"]["sha256"]:
-        raise QfaError(f"{folder}: checkpoint {ckpt} changed since the export (sha256 differs)")
-    net = load_supernet(str(ckpt))
-    try:
-        cfg = ArchConfig.from_dict(meta["arch"], expect_space=net.space.name)
-    except QfaError as exc:
-        raise QfaError(f"{folder}: {exc}") from None
+    model = _read_exported_model(folder)  # before the checkpoint loads and calibrates
+    net = _recorded_supernet(folder, meta)
+    cfg = _recorded_arch(folder, meta, net.space.name)
     calib = meta["calibration"]
-    splits = load_splits(net.space, data_dir if data_dir is not None else calib.get("data_dir"))
+    splits = load_splits(net.space, config.data_dir if config.data_dir is not None else calib.get("data_dir"))
     subnet = calibrate_for_export(net, cfg, splits.val, calib["batches"], calib.get("batch_size", 100))
     rebuild = compare_constants(model, export_onnx(fold(subnet), opset=model.opset_import[0].version))
-    test = splits.test.subset(limit) if limit else splits.test
-    xs, ys = source_batches(test, cfg.resolution, batch_size)
+    test = splits.test.subset(config.limit) if config.limit else splits.test
+    xs, ys = source_batches(test, cfg.resolution, config.batch_size)
     quantizers = quantizer_parity(subnet, model, xs[0])
-    names = tuple(runtimes) if runtimes else default_runtimes(meta)
-    library = None
-    if "tvm_artifact" in names:
-        lib = _x86_library(meta)
-        if lib is None:
-            raise QfaError(f"{folder}: no x86 library to run (export it with --target x86)")
-        inputs = meta["compile"].get("inputs") or [{"shape": [1]}]
-        library = (folder / lib, int(inputs[0]["shape"][0]))
-    report = compare_runtimes(subnet, model, xs, names, batch_size, labels=ys, threads=threads, library=library)
+    names = tuple(config.runtimes) if config.runtimes else default_runtimes(meta)
+    library = _artifact_library(folder, meta) if "tvm_artifact" in names else None
+    report = compare_runtimes(subnet, model, xs, names, config.batch_size, labels=ys, threads=config.threads,
+                              library=library)
     return {
         "artifact": str(folder),
         "arch": cfg.short(),
@@ -479,3 +535,43 @@ def verify_artifact(
         "quantizers": quantizers,
         **report,
     }
+
+
+def _read_exported_model(folder: Path) -> onnx.ModelProto:
+    """The artifact's ONNX model; a corrupt file is a one-line QfaError."""
+    from qfa_deploy.export.artifact import ONNX_NAME
+
+    try:
+        return onnx.load(str(folder / ONNX_NAME))
+    except Exception as exc:  # protobuf raises its own DecodeError (and others) on a corrupt file
+        raise QfaError(f"{folder}: {ONNX_NAME} is not a readable ONNX model ({exc.__class__.__name__})") from None
+
+
+def _recorded_supernet(folder: Path, meta: dict):
+    """The supernet of the checkpoint ``meta`` records, refused if that file is gone or changed."""
+    from qfa_deploy.checkpoint import load_supernet
+    from qfa_deploy.digest import file_sha256
+
+    ckpt = Path(meta["checkpoint"]["path"])
+    if not ckpt.is_file():
+        raise QfaError(f"{folder}: its checkpoint {ckpt} no longer exists")
+    if file_sha256(ckpt) != meta["checkpoint"]["sha256"]:
+        raise QfaError(f"{folder}: checkpoint {ckpt} changed since the export (sha256 differs)")
+    return load_supernet(str(ckpt))
+
+
+def _recorded_arch(folder: Path, meta: dict, space: str) -> ArchConfig:
+    """The arch config ``meta`` records, of ``space``; a bad one is a QfaError naming the artifact."""
+    try:
+        return ArchConfig.from_dict(meta["arch"], expect_space=space)
+    except QfaError as exc:
+        raise QfaError(f"{folder}: {exc}") from None
+
+
+def _artifact_library(folder: Path, meta: dict) -> tuple[Path, int]:
+    """``(path, batch size)`` of the artifact's x86 library, for the ``tvm_artifact`` runtime."""
+    lib = _x86_library(meta)
+    if lib is None:
+        raise QfaError(f"{folder}: no x86 library to run (export it with --target x86)")
+    inputs = meta["compile"].get("inputs") or [{"shape": [1]}]
+    return folder / lib, int(inputs[0]["shape"][0])
