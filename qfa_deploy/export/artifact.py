@@ -81,15 +81,30 @@ def build_artifact(
     Returns:
         The meta dict written to ``meta.json``.
     """
-    from qfa_deploy.export.onnx_export import DEFAULT_OPSET, export_onnx, package_versions, save_onnx
+    from qfa_deploy.export.onnx_export import DEFAULT_OPSET, export_onnx, save_onnx
     from qfa_deploy.fold import fold
 
     folder = Path(folder)
-    cfg: ArchConfig = subnet.arch
     folded = fold(subnet)
     model = export_onnx(folded, opset=opset or DEFAULT_OPSET)
     onnx_path = save_onnx(model, folder / ONNX_NAME)
-    meta = {
+    meta = artifact_meta(folded, model, target=target, checkpoint=checkpoint, calibration=calibration)
+    if target != "onnx":
+        if compile_fn is None:
+            raise QfaError(f"target {target!r} needs a compile function")
+        meta["compile"] = compile_fn(onnx_path, target, folder)
+    meta["files"] = _file_digests(folder)
+    (folder / META_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def artifact_meta(folded, model, *, target: str, checkpoint: Path, calibration: dict) -> dict:
+    """``meta.json`` of an artifact of ``folded`` (a ``FoldedSubnet``) exported as ``model``, before
+    its compile record and file digests: format, arch, checkpoint, calibration, ONNX interface, bits."""
+    from qfa_deploy.export.onnx_export import package_versions
+
+    cfg: ArchConfig = folded.arch
+    return {
         "format": ARTIFACT_FORMAT,
         "version": ARTIFACT_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -117,17 +132,15 @@ def build_artifact(
         "bits": {k: v for k, v in folded.bits_summary().items() if k != "per_conv"},
         "versions": package_versions(),
     }
-    if target != "onnx":
-        if compile_fn is None:
-            raise QfaError(f"target {target!r} needs a compile function")
-        meta["compile"] = compile_fn(onnx_path, target, folder)
-    meta["files"] = {
+
+
+def _file_digests(folder: Path) -> dict[str, str]:
+    """The sha256 of every file under ``folder`` but ``meta.json``, by path relative to it."""
+    return {
         p.relative_to(folder).as_posix(): file_sha256(p)
         for p in sorted(folder.rglob("*"))
         if p.is_file() and p.name != META_NAME
     }
-    (folder / META_NAME).write_text(json.dumps(meta, indent=2) + "\n")
-    return meta
 
 
 def read_artifact(folder: str | Path, check_files: bool = True) -> dict:

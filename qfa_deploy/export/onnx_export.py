@@ -219,7 +219,14 @@ def export_onnx(
         x = emit_block(g, x, block, codes)
     x = emit_head(g, x, folded, codes)
     g.node("Flatten", [x], "classifier/flatten", output=OUTPUT_NAME, axis=1)
+    model = _model_of(g, folded, opset, batch)
+    onnx.checker.check_model(model, full_check=True)
+    return with_code_outputs(model) if expose_codes else model
 
+
+def _model_of(g: GraphBuilder, folded: FoldedSubnet, opset: int, batch: int | None) -> onnx.ModelProto:
+    """The model of ``g``'s nodes and initializers: input, logits output, producer and the ``qfa.*``
+    metadata (``model_metadata``) describing ``folded``."""
     arch = folded.arch
     n = "batch" if batch is None else batch
     r = arch.resolution
@@ -256,8 +263,7 @@ def export_onnx(
             "qfa.output": OUTPUT_NAME,
         },
     )
-    onnx.checker.check_model(model, full_check=True)
-    return with_code_outputs(model) if expose_codes else model
+    return model
 
 
 def with_code_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
