@@ -1,27 +1,34 @@
-"""Rewrite the conv2d calls of an imported Relax module (before legalization) into TE computes.
+"""Rewrite calls of an imported Relax module (before legalization) into TE computes.
 
-Shared by the integer lowering (``targets.cpu.integer``) and the transposed squeeze-excite convs
-(``targets.cpu.gemv``). Each supplies ``rewrite(builder, call, lookup_binding)`` returning
-``(kind, call_te result)`` for a conv it takes, None for one it leaves. The new PrimFuncs are marked
-fusable like a conv2d, so the conv's epilogue (bias, activation, quantize) still fuses onto them,
-and operands nothing reads any more (the codes' float copies) are dropped.
+Shared by the integer lowering (``targets.cpu.integer``), the transposed squeeze-excite convs
+(``targets.cpu.gemv``) and the exact division (``targets.cpu.exact_division``). Each supplies
+``rewrite(builder, call, lookup_binding)`` returning ``(kind, call_te result)`` for a call it takes,
+None for one it leaves. The new PrimFuncs are marked with the op pattern of what they replace (convs:
+fusable like a conv2d, so the conv's epilogue still fuses onto them), and operands nothing reads any
+more (the codes' float copies) are dropped.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 
-__all__ = ["rewrite_convs"]
+__all__ = ["rewrite_calls", "rewrite_convs"]
 
 _OUT_EWISE_FUSABLE = 4  # Relax op pattern: elementwise consumers may fuse onto the output
 
 
 def rewrite_convs(mod, rewrite):
     """(``mod`` with ``rewrite`` applied to every conv2d call, how many it rewrote of each kind)."""
+    return rewrite_calls(mod, rewrite, ("relax.nn.conv2d",), _OUT_EWISE_FUSABLE)
+
+
+def rewrite_calls(mod, rewrite, op_names: tuple[str, ...], op_pattern: int):
+    """(``mod`` with ``rewrite`` applied to every call of ``op_names``, how many it rewrote of each
+    kind); the new PrimFuncs get ``op_pattern`` (Relax's fusion pattern kind)."""
     from tvm import ir, relax
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
-    conv2d = ir.Op.get("relax.nn.conv2d")
+    ops = [ir.Op.get(name) for name in op_names]
 
     @mutator
     class Rewriter(PyExprMutator):
@@ -31,7 +38,7 @@ def rewrite_convs(mod, rewrite):
 
         def visit_call_(self, call):
             call = super().visit_call_(call)
-            if call.op != conv2d:
+            if not any(call.op == op for op in ops):
                 return call
             made = rewrite(self.builder_, call, self.lookup_binding)
             if made is None:
@@ -47,7 +54,7 @@ def rewrite_convs(mod, rewrite):
                     self.builder_.update_func(gvar, self.visit_expr(func))
             module = self.builder_.get()
             for gvar in self.made:
-                module[gvar] = module[gvar].with_attr("op_pattern", _OUT_EWISE_FUSABLE)
+                module[gvar] = module[gvar].with_attr("op_pattern", op_pattern)
             return module
 
     rewriter = Rewriter(mod)
