@@ -85,7 +85,7 @@ def test_the_relax_rewrite_keeps_quantize_and_divide_outputs():
     mod = _relax_module(scale, zero_point)
     rewritten = divide_by_reciprocal(mod)
     assert "relax.divide" not in rewritten.script() and "relax.quantize" not in rewritten.script()
-    for got, expected in zip(_run(rewritten, x), _run(mod, x)):
+    for got, expected in zip(_run(rewritten, x), _run(mod, x), strict=True):
         np.testing.assert_array_equal(got, expected)
 
 
