@@ -23,63 +23,103 @@ def keep_codes_blocked(mod, name: str = "integer"):
     buffers transformed; ``schedule_int8_pointwise`` and ``schedule_depthwise_blocked`` then schedule
     them like the others.
     """
-    from tvm import ir, relax, tirx
-    from tvm.relax.expr_functor import PyExprMutator, mutator
-    from tvm.s_tir import Schedule
+    from tvm import relax
 
-    call_tir = ir.Op.get("relax.call_tir")
     main = mod["main"]
     var2val = relax.analysis.get_var2val(main)
+    edges = _blocked_edges(mod, var2val, _use_counts(main, var2val))
+    relayout = _relayout_mutator(mod, edges)
+    relayout.builder_.update_func(mod.get_global_var("main"), relayout.visit_expr(main))
+    log.info("%s: %d integer conv -> integer conv edges hand their codes over channel-blocked", name, len(edges))
+    return relax.transform.DeadCodeElimination()(relayout.builder_.get())
+
+
+def _use_counts(main, var2val) -> dict:
+    """How many bindings (and the function's result) read each variable of ``main``."""
+    from tvm import relax
+
     uses: dict = {}
     for value in (*var2val.values(), main.body.body):
         for var in relax.analysis.free_vars(value):
             uses[var] = uses.get(var, 0) + 1
+    return uses
 
-    readers = {DEPTHWISE_BLOCKS[0], INT8_BLOCKS[0]}  # the stages that read the codes
-    writers = {DEPTHWISE_BLOCKS[1], INT8_BLOCKS[1]}  # the convs whose tiles hold channels of a pixel side by side
-    callee_stages: dict = {}  # GlobalVar -> its stages, each with the channels side by side in its codes
 
-    def stages(call) -> dict[str, int]:
-        """The callee's stages by name: a writer's output or a reader's input codes buffer's last axis, else 0."""
-        if not (isinstance(call, ir.expr.Call) and call.op == call_tir):
+class _CalleeStages:
+    """The stages of the PrimFuncs ``call_tir`` calls, by name: for a writer, its output buffer's last
+    axis (the channels it keeps side by side); for a reader, its input codes buffer's; else 0."""
+
+    readers = frozenset({DEPTHWISE_BLOCKS[0], INT8_BLOCKS[0]})  # the stages that read the codes
+    writers = frozenset({DEPTHWISE_BLOCKS[1], INT8_BLOCKS[1]})  # the convs whose tiles hold a pixel's channels
+
+    def __init__(self, mod):
+        from tvm import ir
+
+        self.mod = mod
+        self.call_tir = ir.Op.get("relax.call_tir")
+        self.cache: dict = {}  # GlobalVar -> its stages
+
+    def __call__(self, call) -> dict[str, int]:
+        from tvm import ir, tirx
+        from tvm.s_tir import Schedule
+
+        if not (isinstance(call, ir.expr.Call) and call.op == self.call_tir):
             return {}
         gvar = call.args[0]
-        if gvar not in callee_stages:
-            callee_stages[gvar] = {}
-            if isinstance(mod[gvar], tirx.PrimFunc):
-                sch = Schedule(mod[gvar])
+        if gvar not in self.cache:
+            self.cache[gvar] = {}
+            if isinstance(self.mod[gvar], tirx.PrimFunc):
+                sch = Schedule(self.mod[gvar])
                 for block in (sch.get(b) for b in sch.get_child_blocks(sch.get_sblock("root"))):
                     name = block.name_hint
-                    region = block.writes[0] if name in writers else block.reads[0] if name in readers else None
-                    callee_stages[gvar][name] = int(region.source.shape[-1]) if region is not None else 0
-        return callee_stages[gvar]
+                    region = (block.writes[0] if name in self.writers
+                              else block.reads[0] if name in self.readers else None)
+                    self.cache[gvar][name] = int(region.source.shape[-1]) if region is not None else 0
+        return self.cache[gvar]
 
-    edges = []  # (producer call, consumer call, consumer stage, lanes)
+
+def _blocked_edges(mod, var2val, uses: dict) -> list[tuple]:
+    """(producer call, consumer call, consumer stage, lanes) for each integer conv whose codes only one
+    integer conv reads, in a tile width both take."""
+    stages = _CalleeStages(mod)
+    edges = []
     for value in var2val.values():
-        reader = readers.intersection(stages(value))
+        reader = stages.readers.intersection(stages(value))
         if not reader:
             continue
-        reader = reader.pop()
+        reader = next(iter(reader))
         codes = value.args[1].fields[0]
         producer = var2val.get(codes)
-        writer = writers.intersection(stages(producer))  # {} when the codes are not a call's output
+        writer = stages.writers.intersection(stages(producer))  # {} when the codes are not a call's output
         if not writer or uses.get(codes) != 1:
             continue
-        lanes = stages(producer)[writer.pop()]
+        lanes = stages(producer)[next(iter(writer))]
         # a depthwise conv takes blocks of its own width; a 1x1 conv any multiple of its 4-byte words
         wanted = stages(value)[DEPTHWISE_BLOCKS[1]] if reader == DEPTHWISE_BLOCKS[0] else lanes
         if int(codes.ty.shape[1]) % lanes == 0 and lanes == wanted:
             edges.append((producer, value, reader, lanes))
+    return edges
 
-    def relaid(func, reader: str | None, lanes: int):
-        index_map = lambda n, c, h, w: (n, c // lanes, h, w, c % lanes)  # noqa: E731
-        sch = Schedule(func)
-        blocks = sch.get_child_blocks(sch.get_sblock("root"))
-        if reader is None:  # the producer: its last stage writes the function's output
-            sch.transform_layout(blocks[-1], ("write", 0), index_map)
-        else:  # the consumer: the stage reading the codes (its first operand)
-            sch.transform_layout(sch.get_sblock(reader), ("read", 0), index_map)
-        return sch.mod["main"]
+
+def _relaid(func, reader: str | None, lanes: int):
+    """``func`` with its output (``reader`` None: the producer) or the codes its stage ``reader`` reads
+    (the consumer) in the layout [N, C/lanes, H, W, lanes]."""
+    from tvm.s_tir import Schedule
+
+    index_map = lambda n, c, h, w: (n, c // lanes, h, w, c % lanes)  # noqa: E731
+    sch = Schedule(func)
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    if reader is None:  # the producer: its last stage writes the function's output
+        sch.transform_layout(blocks[-1], ("write", 0), index_map)
+    else:  # the consumer: the stage reading the codes (its first operand)
+        sch.transform_layout(sch.get_sblock(reader), ("read", 0), index_map)
+    return sch.mod["main"]
+
+
+def _relayout_mutator(mod, edges: list[tuple]):
+    """A Relax mutator of ``mod`` calling, for each side of ``edges``, a re-laid-out copy of the callee."""
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
 
     @mutator
     class Relayout(PyExprMutator):
@@ -96,7 +136,7 @@ def keep_codes_blocked(mod, name: str = "integer"):
             # a conv can both receive and hand over blocked codes: transform its copy for each side
             gvar, func = call.args[0], mod[call.args[0]]
             for reader, lanes in sides:
-                func = relaid(func, reader, lanes)
+                func = _relaid(func, reader, lanes)
             key = (gvar.name_hint, tuple(sides))
             if key not in self.copies:
                 self.copies[key] = self.builder_.add_func(func, gvar.name_hint + "_blocked")
@@ -107,7 +147,4 @@ def keep_codes_blocked(mod, name: str = "integer"):
                     out_ty = relax.TensorType([n, c // lanes, h, w, lanes], "uint8")
             return relax.call_tir(self.copies[key], new.args[1], out_ty)
 
-    relayout = Relayout(mod)
-    relayout.builder_.update_func(mod.get_global_var("main"), relayout.visit_expr(main))
-    log.info("%s: %d integer conv -> integer conv edges hand their codes over channel-blocked", name, len(edges))
-    return relax.transform.DeadCodeElimination()(relayout.builder_.get())
+    return Relayout(mod)

@@ -76,53 +76,26 @@ def _tile_conv_or_leave(sch, name: str, unit) -> bool:
 def _tile_conv(sch, lanes: int, budget: int) -> bool:
     """Register-tile the one conv2d block of ``sch`` (``lanes`` floats a vector, ``budget`` accumulator
     vectors a tile); False (``sch`` untouched) if there is none."""
-    root = sch.get_sblock("root")
-    blocks = sch.get_child_blocks(root)
-    convs = [b for b in blocks if sch.get(b).name_hint in _CONV_BLOCKS]
-    if len(convs) != 1:
+    found = _the_conv(sch)
+    if found is None:
         return False
-    conv = convs[0]
-    iters = sch.get(conv).iter_vars
-    loops = sch.get_loops(conv)
-    if iter_kinds(sch, conv) != "SSSSRRR" or len(loops) != 7:
-        return False
-    _n, co, oh, ow, ci, kh, kw = (int(iv.dom.extent) for iv in iters)
+    conv, blocks, loops = found
+    _n, co, oh, ow, ci, kh, kw = (int(iv.dom.extent) for iv in sch.get(conv).iter_vars)
     pointwise = kh == 1 and kw == 1
     depthwise = sch.get(conv).name_hint == "group_conv2d_nchw" and not pointwise
     gemv = pointwise and oh * ow == 1 and co % lanes == 0
     if oh * ow == 1 and not gemv:
         return False
     producers = sch.get_producers(conv)
-    # the epilogue: fold every injective stage after the conv into the one stage that writes the output
-    for block in blocks:
-        if not any(sch.get(block).same_as(sch.get(b)) for b in (conv, *producers)):
-            inline(sch, block)
-    consumers = sch.get_consumers(conv)
-    if len(consumers) > 1:
-        raise ValueError("conv output read by several stages")
-
-    n, f, y, x, rc, ry, rx = loops
+    consumers = _fold_epilogue(sch, blocks, conv, producers)
     if gemv:
-        # 1x1 pixel (squeeze-excite, classifier): the vector runs over output channels instead
-        unroll = next(u for u in (4, 2, 1) if co % (u * lanes) == 0)
-        fo, fu, fv = sch.split(f, [None, unroll, lanes])
-        sch.reorder(n, fo, y, x, rc, ry, rx, fu, fv)
-        outer, tile, vec, unrolled = sch.fuse(n, fo), x, fv, fu
+        outer, tile, vec, unrolled = _cut_over_channels(sch, loops, co, lanes)
     else:
         cols, co_i = _pick_tile(co, ow, 4 if depthwise else 12, lanes, budget)
-        fo, fi = sch.split(f, [None, co_i])
-        xo, xi = sch.split(x, [None, cols])
-        if pointwise:  # stream the larger operand through the cache once: its loop goes outermost
-            channels_outer = co * ci > ci * oh * ow
-        else:  # depthwise: a channel tile's padded planes are made once; stem: the input is small
-            channels_outer = depthwise
-        if channels_outer:
-            sch.reorder(n, fo, y, xo, rc, ry, rx, fi, xi)
-            outer, tile = sch.fuse(n, fo), xo
-        else:
-            sch.reorder(n, y, xo, fo, rc, ry, rx, fi, xi)
-            outer, tile = sch.fuse(n, y, xo), fo
-        vec, unrolled = xi, fi
+        # pointwise: stream the larger operand through the cache once, its loop outermost;
+        # depthwise: a channel tile's padded planes are made once; stem: the input is small
+        channels_outer = co * ci > ci * oh * ow if pointwise else depthwise
+        outer, tile, vec, unrolled = _cut_rows(sch, loops, cols, co_i, channels_outer)
     acc = sch.cache_write(conv, 0, "local")
     # the epilogue runs on the tile, reading the accumulators; one that reads the conv output with
     # another shape (a squeeze-excite scale broadcast over a feature map) stays a stage of its own
@@ -140,9 +113,61 @@ def _tile_conv(sch, lanes: int, budget: int) -> bool:
     sch.parallel(outer)  # a refusal here is a bug (it once left every conv serial): fail loudly into the log
     sch.unroll(unrolled)
     sch.vectorize(vec)
-    sch.decompose_reduction(conv, rc)  # the init stage inherits the tile loops' unroll/vectorize
+    sch.decompose_reduction(conv, loops[4])  # at rc; the init stage inherits the tile loops' unroll/vectorize
     _vectorize_tile(sch, acc, gemv, lanes)
     return True
+
+
+def _the_conv(sch):
+    """(the conv block, the root's child blocks, the conv's 7 loops) of ``sch``, or None unless it has
+    exactly one NCHW conv block with n, c, h, w spatial and ci, kh, kw reduction loops."""
+    root = sch.get_sblock("root")
+    blocks = sch.get_child_blocks(root)
+    convs = [b for b in blocks if sch.get(b).name_hint in _CONV_BLOCKS]
+    if len(convs) != 1:
+        return None
+    conv = convs[0]
+    loops = sch.get_loops(conv)
+    if iter_kinds(sch, conv) != "SSSSRRR" or len(loops) != 7:
+        return None
+    return conv, blocks, loops
+
+
+def _fold_epilogue(sch, blocks, conv, producers) -> list:
+    """Inline every injective stage after the conv into the one stage that writes the output; that
+    stage (the conv's consumers: none or one)."""
+    for block in blocks:
+        if not any(sch.get(block).same_as(sch.get(b)) for b in (conv, *producers)):
+            inline(sch, block)
+    consumers = sch.get_consumers(conv)
+    if len(consumers) > 1:
+        raise ValueError("conv output read by several stages")
+    return consumers
+
+
+def _cut_over_channels(sch, loops, co: int, lanes: int) -> tuple:
+    """A 1x1 pixel (squeeze-excite, classifier): the vector runs over output channels. (outer loop,
+    tile loop, vector loop, unrolled loop)."""
+    n, f, y, x, rc, ry, rx = loops
+    unroll = next(u for u in (4, 2, 1) if co % (u * lanes) == 0)
+    fo, fu, fv = sch.split(f, [None, unroll, lanes])
+    sch.reorder(n, fo, y, x, rc, ry, rx, fu, fv)
+    return sch.fuse(n, fo), x, fv, fu
+
+
+def _cut_rows(sch, loops, cols: int, co_i: int, channels_outer: bool) -> tuple:
+    """Tiles of ``co_i`` channels x ``cols`` pixels of a row, the channel tiles' loop outermost or the
+    rows'. (outer loop, tile loop, vector loop, unrolled loop)."""
+    n, f, y, x, rc, ry, rx = loops
+    fo, fi = sch.split(f, [None, co_i])
+    xo, xi = sch.split(x, [None, cols])
+    if channels_outer:
+        sch.reorder(n, fo, y, xo, rc, ry, rx, fi, xi)
+        outer, tile = sch.fuse(n, fo), xo
+    else:
+        sch.reorder(n, y, xo, fo, rc, ry, rx, fi, xi)
+        outer, tile = sch.fuse(n, y, xo), fo
+    return outer, tile, xi, fi
 
 
 def _fill_then_copy(sch, pad, lanes: int) -> None:
