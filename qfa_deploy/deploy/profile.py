@@ -56,27 +56,9 @@ def profile_artifact(
     """
     artifact_dir = Path(artifact_dir)
     dev = _with_overrides(load_device(device), tracker, key)
-    lib_path = artifact_dir / LIBRARY_NAME
-    if not artifact_dir.is_dir():
-        raise QfaError(f"artifact folder {artifact_dir} does not exist")
-    if not lib_path.is_file():
-        raise QfaError(f"{artifact_dir} has no {LIBRARY_NAME} (compile it first: qfa-deploy compile)")
-    meta = load_meta(artifact_dir)
-    sha = file_sha256(lib_path)
-    expected_sha = meta.get("library_sha256")
-    if expected_sha and expected_sha != sha:
-        raise QfaError(f"{lib_path} does not match its {META_NAME} (sha256 differs): recompile the artifact")
-    _check_target_kind(meta, dev)
-
+    lib_path, meta, sha = _checked_library(artifact_dir, dev)
     onnx_path = artifact_dir / ONNX_NAME
-    if onnx_path.is_file():
-        import onnx
-
-        specs = onnx_input_specs(onnx.load(str(onnx_path), load_external_data=False))
-    elif meta.get("inputs"):
-        specs = meta["inputs"]
-    else:
-        raise QfaError(f"{artifact_dir} has neither {ONNX_NAME} nor input shapes in {META_NAME}")
+    specs = _input_specs(artifact_dir, meta)
     simulated = dev.runner.kind == "simulated"
     check = check and not simulated  # a simulated device computes no outputs to check
     if check and not onnx_path.is_file():
@@ -103,6 +85,35 @@ def profile_artifact(
         "target": meta.get("target"),
         "library_sha256": sha,
     }
+
+
+def _checked_library(artifact_dir: Path, dev: Device) -> tuple[Path, dict, str]:
+    """(model.so, meta.json's fields, the library's sha256) of an artifact folder, checked: the library
+    exists, matches its meta.json and was compiled for ``dev``'s kind of target."""
+    lib_path = artifact_dir / LIBRARY_NAME
+    if not artifact_dir.is_dir():
+        raise QfaError(f"artifact folder {artifact_dir} does not exist")
+    if not lib_path.is_file():
+        raise QfaError(f"{artifact_dir} has no {LIBRARY_NAME} (compile it first: qfa-deploy compile)")
+    meta = load_meta(artifact_dir)
+    sha = file_sha256(lib_path)
+    expected_sha = meta.get("library_sha256")
+    if expected_sha and expected_sha != sha:
+        raise QfaError(f"{lib_path} does not match its {META_NAME} (sha256 differs): recompile the artifact")
+    _check_target_kind(meta, dev)
+    return lib_path, meta, sha
+
+
+def _input_specs(artifact_dir: Path, meta: dict) -> list[dict]:
+    """The model's inputs: read from model.onnx if there is one, else from meta.json."""
+    onnx_path = artifact_dir / ONNX_NAME
+    if onnx_path.is_file():
+        import onnx
+
+        return onnx_input_specs(onnx.load(str(onnx_path), load_external_data=False))
+    if meta.get("inputs"):
+        return meta["inputs"]
+    raise QfaError(f"{artifact_dir} has neither {ONNX_NAME} nor input shapes in {META_NAME}")
 
 
 def load_meta(artifact_dir: Path) -> dict:
