@@ -93,6 +93,8 @@ def _provenance(dev: Device, plan: BuildPlan, bits_probe: dict) -> dict:
 
 
 def build_table(plan: BuildPlan, out: str | Path, workers: int = 1, progress: bool = True) -> LatencyTable:
+    """Measure every work item of ``plan`` (resuming ``out``'s journal), fit the correction, write ``out``
+    atomically and remove the journal; see the module docstring."""
     dev = load_device(plan.device)
     sp = create_space(plan.space)
     if plan.resolution not in sp.resolutions:
@@ -101,17 +103,53 @@ def build_table(plan: BuildPlan, out: str | Path, workers: int = 1, progress: bo
         raise QfaError("--workers > 1 needs a device behind an RPC tracker (parallel local timings interfere)")
     out = Path(out)
     journal = Journal(out.with_name(out.name + ".journal"))
+    header, resumed = _open_journal(journal, plan.header(dev))
+    models = PartModels(sp.name, plan.resolution, plan.seed)
+    work = _work_items(plan, sp)
+    done = {r["item"] for r in resumed}
+    todo = [(name, what) for name, what in work.items if name not in done]
+    measure = _Measure(dev, journal, models, min(sp.bit_choices), header["schedule"])
+    bar = tqdm(total=len(work.items), initial=len(work.items) - len(todo), unit="part", desc=f"lut {dev.name}",
+               disable=None if progress else True, dynamic_ncols=True)
+    try:
+        measure.run_all(todo, workers, bar)
+    except BaseException:
+        if not resumed and len(journal.read()) <= 1:  # this run's journal, nothing measured: nothing to resume
+            journal.remove()
+        raise
+    finally:
+        bar.close()
+    latency = {r["item"]: dev.protocol.latency(r) for r in journal.read()[1:]}  # the journal keeps every stat
+    table = _fitted_table(work, latency, sp.name, plan.resolution)
+    table.provenance = _provenance(dev, plan, _bits_probe(work, latency))
+    table.save(out)
+    journal.remove()
+    return table
+
+
+def _open_journal(journal: Journal, header: dict) -> tuple[dict, list[dict]]:
+    """``header`` and the items a journal already holds (``header`` written first into a new one); a
+    journal of another build (another header) is refused."""
     records = journal.read()
-    header = plan.header(dev)
     if records and records[0] != header:
         changed = sorted(k for k in header.keys() | records[0].keys() if header.get(k) != records[0].get(k))
         raise QfaError(f"{journal.path} belongs to another build (differs in {', '.join(changed)}); "
                        "remove it to start over")
     if not records:
         journal.append(header)
-    done = {r["item"]: r for r in records[1:]}
+    return header, records[1:]
 
-    models = PartModels(sp.name, plan.resolution, plan.seed)
+
+@dataclass(frozen=True)
+class _WorkItems:
+    keys: list  # every part of the space (LatencyKey)
+    probe_keys: list  # block parts measured again at the lowest bitwidth
+    fit_cfgs: list[ArchConfig]  # whole subnets for the correction
+    items: list[tuple[str, object]]  # (journal item name, key or config), in measuring order
+
+
+def _work_items(plan: BuildPlan, sp) -> _WorkItems:
+    """The parts, the lowest-bitwidth probes and the fit subnets ``plan`` measures, named as in the journal."""
     keys = space_keys(sp, plan.resolution)
     block_keys = [k for k in keys if k.kind == "block"]
     probe_keys = block_keys[:: max(1, len(block_keys) // max(1, plan.bits_probe))][: plan.bits_probe]
@@ -119,57 +157,59 @@ def build_table(plan: BuildPlan, out: str | Path, workers: int = 1, progress: bo
     items: list[tuple[str, object]] = [(f"part:{k}", k) for k in keys]
     items += [(f"bits2:{k}", k) for k in probe_keys]
     items += [(f"subnet:{c.digest()}", c) for c in fit_cfgs]
-    todo = [(name, what) for name, what in items if name not in done]
+    return _WorkItems(keys, probe_keys, fit_cfgs, items)
 
-    def model_of(name: str, what):
+
+@dataclass(frozen=True)
+class _Measure:
+    """Measures work items on a device, each result appended to the journal."""
+
+    dev: Device
+    journal: Journal
+    models: PartModels
+    lowest_bits: int
+    schedule: str
+
+    def model_of(self, name: str, what):
         if name.startswith("part:"):
-            return models.part(what)
+            return self.models.part(what)
         if name.startswith("bits2:"):
-            return models.part_at_bits(what, min(sp.bit_choices))
-        return models.subnet(what)
+            return self.models.part_at_bits(what, self.lowest_bits)
+        return self.models.subnet(what)
 
-    schedule = header["schedule"]
-
-    def run(queue: list) -> None:
-        with open_session(dev) as session:
+    def run(self, queue: list, bar) -> None:
+        with open_session(self.dev) as session:
             for name, what in queue:
-                stats = measure_onnx(model_of(name, what), dev, session, schedule)
-                journal.append({"item": name, **stats})
+                stats = measure_onnx(self.model_of(name, what), self.dev, session, self.schedule)
+                self.journal.append({"item": name, **stats})
                 bar.update(1)
 
-    bar = tqdm(total=len(items), initial=len(items) - len(todo), unit="part", desc=f"lut {dev.name}",
-               disable=None if progress else True, dynamic_ncols=True)
-    try:
+    def run_all(self, todo: list, workers: int, bar) -> None:
+        """``todo`` in this thread, or sharded over ``workers`` boards (one session each)."""
         if workers <= 1:
-            run(todo)
-        else:
-            shards = [todo[i::workers] for i in range(workers)]
-            with ThreadPoolExecutor(workers) as pool:
-                for future in as_completed([pool.submit(run, s) for s in shards if s]):
-                    future.result()
-    except BaseException:
-        if not records and len(journal.read()) <= 1:  # this run's journal, nothing measured: nothing to resume
-            journal.remove()
-        raise
-    finally:
-        bar.close()
+            self.run(todo, bar)
+            return
+        shards = [todo[i::workers] for i in range(workers)]
+        with ThreadPoolExecutor(workers) as pool:
+            for future in as_completed([pool.submit(self.run, s, bar) for s in shards if s]):
+                future.result()
 
-    done = {r["item"]: r for r in journal.read()[1:]}
-    latency = {name: dev.protocol.latency(stats) for name, stats in done.items()}  # the journal keeps every stat
-    entries = {str(k): latency[f"part:{k}"] for k in keys}
-    table = LatencyTable(space=sp.name, resolution=plan.resolution, entries=entries)
-    part_sums = [table.part_sum(c) for c in fit_cfgs]
-    measured = [latency[f"subnet:{c.digest()}"] for c in fit_cfgs]
+
+def _fitted_table(work: _WorkItems, latency: dict[str, float], space: str, resolution: int) -> LatencyTable:
+    """The table of the measured parts, its correction fitted on the measured subnets."""
+    entries = {str(k): latency[f"part:{k}"] for k in work.keys}
+    table = LatencyTable(space=space, resolution=resolution, entries=entries)
+    part_sums = [table.part_sum(c) for c in work.fit_cfgs]
+    measured = [latency[f"subnet:{c.digest()}"] for c in work.fit_cfgs]
     table.scale, table.offset_ms = fit_correction(part_sums, measured)
-    ratios = [latency[f"bits2:{k}"] / latency[f"part:{k}"] for k in probe_keys]
-    bits_probe = {
-        "parts": [str(k) for k in probe_keys],
-        "latency_ratio_lowest_vs_highest_bits": [round(r, 4) for r in ratios],
-        "note": "bits are not in the keys when these ratios are within measurement noise",
-    }
-    table.provenance = _provenance(dev, plan, bits_probe)
-    table.save(out)
-    journal.remove()
     return table
 
 
+def _bits_probe(work: _WorkItems, latency: dict[str, float]) -> dict:
+    """The provenance's record of the parts measured again at the lowest bitwidth."""
+    ratios = [latency[f"bits2:{k}"] / latency[f"part:{k}"] for k in work.probe_keys]
+    return {
+        "parts": [str(k) for k in work.probe_keys],
+        "latency_ratio_lowest_vs_highest_bits": [round(r, 4) for r in ratios],
+        "note": "bits are not in the keys when these ratios are within measurement noise",
+    }
