@@ -73,6 +73,15 @@ class TrainConfig:
     # Fields that may differ between a run and its resumption.
     RESUMABLE = ("out", "data_dir", "max_steps", "checkpoint_every", "eval_every_epochs", "data_workers")
 
+    def __post_init__(self) -> None:
+        create_space(self.space)  # an unknown space: a QfaError naming the known ones
+        if not (self.fp_epochs >= 0 and self.q_epochs >= 0):  # also false for NaN
+            raise QfaError("--fp-epochs and --q-epochs must be non-negative numbers")
+        if self.fp_epochs + self.q_epochs == 0:
+            raise QfaError("--fp-epochs and --q-epochs are both 0: nothing to train")
+        if self.batch_size < 1 or self.checkpoint_every < 1:
+            raise QfaError("--batch-size and --checkpoint-every must be at least 1")
+
 
 @dataclass
 class _Dist:
@@ -204,122 +213,192 @@ def _init_weights(net: QFASupernet, cfg: TrainConfig, steps_per_epoch: int) -> b
     return quantized
 
 
+@dataclass
+class _Run:
+    """One run's model, optimiser and data, and the step it is at: what the training steps share."""
+
+    cfg: TrainConfig
+    ddp: _Dist
+    net: QFASupernet
+    opt: torch.optim.Optimizer
+    splits: Splits
+    ckpt_path: Path
+    steps_per_epoch: int
+    step: int = 0
+    keep_steps: bool = False  # the LSQ steps of ``init_from`` stay (no re-initialisation at step 0)
+
+    @property
+    def is_main(self) -> bool:
+        return self.ddp.rank == 0
+
+    @property
+    def fp_steps(self) -> int:
+        return round(self.cfg.fp_epochs * self.steps_per_epoch)
+
+    @property
+    def total(self) -> int:
+        return self.fp_steps + round(self.cfg.q_epochs * self.steps_per_epoch)
+
+
 def train(cfg: TrainConfig, resume: bool = False, splits: Splits | None = None) -> TrainResult:
     """Train (or resume) a supernet up to the end of its schedule (or ``max_steps``)."""
+    run = _open_run(cfg, resume, splits)
+    stop = run.total if cfg.max_steps is None else min(run.total, cfg.max_steps)
+    if stop <= run.step and run.step == 0:  # no step would mean no checkpoint, yet its path printed
+        raise QfaError(f"nothing to train: the schedule has {run.total} steps, the run is at step {run.step}"
+                       + (f", --max-steps {cfg.max_steps}" if cfg.max_steps is not None else ""))
+    jlog = _start_run_folder(run, resume)
+    _train_until(run, stop, jlog)
+    return TrainResult(run.ckpt_path, run.net, run.step)
+
+
+def _open_run(cfg: TrainConfig, resume: bool, splits: Splits | None) -> _Run:
+    """Data, a seeded supernet and its optimiser, then its weights: resumed, ``init_from``'s, or fresh."""
     ddp = _Dist.from_env()
     sp = create_space(cfg.space)
-    out = Path(cfg.out)
-    ckpt_path = out / "checkpoint.pt"
+    ckpt_path = Path(cfg.out) / "checkpoint.pt"
     if ckpt_path.exists() and not resume:
         raise QfaError(f"{ckpt_path} exists: pass --resume to continue it, or choose another --out")
     splits = splits or load_splits(sp, cfg.data_dir, cfg.data_workers)
     torch.manual_seed(cfg.seed)
     net = QFASupernet(sp, act_quantizer=cfg.act_quantizer).to(ddp.device, memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.param_groups(cfg.weight_decay), lr=cfg.lr, momentum=0.9, nesterov=True)
-
     steps_per_epoch = len(splits.train) // cfg.batch_size
     if steps_per_epoch < 1:
         raise QfaError(f"--batch-size {cfg.batch_size} is larger than the training split ({len(splits.train)} images)")
-    step, keep_steps = 0, False
+    run = _Run(cfg, ddp, net, opt, splits, ckpt_path, steps_per_epoch)
     if resume and ckpt_path.exists():
-        payload = load_checkpoint(ckpt_path, expect_space=sp.name)
-        _validate_resume(payload.get("train_config", {}), cfg)
-        if any(k.startswith("blocks.") and ".depthwise.weight_quant." in k for k in payload["model"]):
-            # its optimiser state has one depthwise quantizer where the supernet now has one per kernel size
-            raise QfaError(f"{ckpt_path}: written before the per-kernel-size depthwise quantizers; continue it "
-                           "with --init-from (its weights carry over exactly, with a fresh optimiser)")
-        net.load_state_dict(payload["model"])
-        opt.load_state_dict(payload["optimizer"])
-        step = int(payload["step"])
-        log.info("resumed %s at step %d", ckpt_path, step)
+        run.step = _resume_from_checkpoint(run)
     else:
-        keep_steps = cfg.init_from is not None and _init_weights(net, cfg, steps_per_epoch)
+        run.keep_steps = cfg.init_from is not None and _init_weights(net, cfg, steps_per_epoch)
         if ddp.world > 1:
             for t in [*net.parameters(), *net.buffers()]:
                 dist.broadcast(t.data, src=0)
+    return run
 
-    fp_steps = round(cfg.fp_epochs * steps_per_epoch)
-    total = fp_steps + round(cfg.q_epochs * steps_per_epoch)
-    stop = total if cfg.max_steps is None else min(total, cfg.max_steps)
-    if stop <= step and step == 0:  # no step would mean no checkpoint, yet its path printed
-        raise QfaError(f"nothing to train: the schedule has {total} steps, the run is at step {step}"
-                       + (f", --max-steps {cfg.max_steps}" if cfg.max_steps is not None else ""))
-    is_main = ddp.rank == 0
-    if is_main:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-        except OSError as exc:
-            raise QfaError(f"cannot write {out}: {exc.strerror or exc}") from None
-    jlog = _JsonLog(out / "log.jsonl", step if resume else None) if is_main else None
 
-    def checkpoint(at: int) -> None:
-        if is_main:
-            save_checkpoint(
-                ckpt_path, sp.name, net.state_dict(), optimizer=opt.state_dict(), step=at,
-                train_config=asdict(cfg), act_quantizer=cfg.act_quantizer,
-            )
+def _resume_from_checkpoint(run: _Run) -> int:
+    """Load the run's checkpoint (model and optimiser) after checking its config; the step it reached."""
+    payload = load_checkpoint(run.ckpt_path, expect_space=run.net.space.name)
+    _validate_resume(payload.get("train_config", {}), run.cfg)
+    if any(k.startswith("blocks.") and ".depthwise.weight_quant." in k for k in payload["model"]):
+        # its optimiser state has one depthwise quantizer where the supernet now has one per kernel size
+        raise QfaError(f"{run.ckpt_path}: written before the per-kernel-size depthwise quantizers; continue it "
+                       "with --init-from (its weights carry over exactly, with a fresh optimiser)")
+    run.net.load_state_dict(payload["model"])
+    run.opt.load_state_dict(payload["optimizer"])
+    step = int(payload["step"])
+    log.info("resumed %s at step %d", run.ckpt_path, step)
+    return step
 
-    params = [p for p in net.parameters()]
-    bar = tqdm(total=stop, initial=step, unit="step", disable=None if is_main else True, dynamic_ncols=True)
-    eval_every = max(1, round(cfg.eval_every_epochs * steps_per_epoch))
-    t_last, images_since = time.time(), 0
-    while step < stop:
-        epoch, index = divmod(step, steps_per_epoch)
-        batches = splits.train.batches(
+
+def _start_run_folder(run: _Run, resume: bool) -> _JsonLog | None:
+    """The main rank writes ``train_config.json`` and opens ``log.jsonl`` (cut back to the step on resume)."""
+    if not run.is_main:
+        return None
+    out = Path(run.cfg.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(asdict(run.cfg), indent=2) + "\n")
+    except OSError as exc:
+        raise QfaError(f"cannot write {out}: {exc.strerror or exc}") from None
+    return _JsonLog(out / "log.jsonl", run.step if resume else None)
+
+
+def _train_until(run: _Run, stop: int, jlog: _JsonLog | None) -> None:
+    """Steps up to ``stop``, epoch by epoch, logging, checkpointing and evaluating on the way."""
+    cfg, spe = run.cfg, run.steps_per_epoch
+    params = [p for p in run.net.parameters()]
+    bar = tqdm(total=stop, initial=run.step, unit="step", disable=None if run.is_main else True, dynamic_ncols=True)
+    eval_every = max(1, round(cfg.eval_every_epochs * spe))
+    throughput = _Throughput()
+    while run.step < stop:
+        epoch, index = divmod(run.step, spe)
+        batches = run.splits.train.batches(
             cfg.batch_size, seed=cfg.seed, epoch=epoch, augment=True, start=index,
-            rank=ddp.rank, world=ddp.world, drop_last=True,
+            rank=run.ddp.rank, world=run.ddp.world, drop_last=True,
         )
         for x, y in batches:
-            if step >= stop or step // steps_per_epoch != epoch:
+            if run.step >= stop or run.step // spe != epoch:
                 break
-            x, y = x.to(ddp.device, non_blocking=True), y.to(ddp.device, non_blocking=True)
-            quantized = step >= fp_steps
-            if step == fp_steps and quantized and not (step == 0 and keep_steps):
-                net.init_weight_steps()  # LSQ steps from the warm-started weights
-            lr = _lr_at(cfg, step, steps_per_epoch)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout
-            net.train()
-            opt.zero_grad(set_to_none=True)  # subnets that skip a parameter leave it untouched
-            losses = []
-            teacher = None
-            for arch in _sandwich(cfg, step, quantized):
-                net.set_active(arch, quantized=quantized)
-                xx = resize(x, arch.resolution).contiguous(memory_format=torch.channels_last)
-                logits = net(xx)
-                if teacher is None:
-                    loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-                    teacher = F.softmax(logits.detach(), dim=1)
-                else:
-                    loss = _soft_cross_entropy(logits, teacher)
-                losses.append(loss.item())
-                if not math.isfinite(losses[-1]):  # stop before the step: the last checkpoint stays finite
-                    raise QfaError(f"training diverged: loss {losses[-1]} at step {step} ({arch.short()}); "
-                                   f"{ckpt_path} keeps the last finite state (try a lower --lr / --q-lr)")
-                loss.backward()
-            grads = [p.grad for p in params if p.grad is not None]
-            ddp.average(grads)
-            ddp.average(_float_buffers(net))
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            step += 1
-            images_since += len(y) * ddp.world
+            quantized = run.step >= run.fp_steps
+            lr, losses = _sandwich_step(run, params, x, y, quantized)
+            run.step += 1
+            throughput.add(len(y) * run.ddp.world)
             bar.update(1)
-            if is_main and (step % 10 == 0 or step == stop):
-                now = time.time()
-                rate = images_since / max(now - t_last, 1e-9)
-                t_last, images_since = now, 0
+            if run.is_main and (run.step % 10 == 0 or run.step == stop):
+                now, rate = throughput.take()
                 bar.set_postfix(phase="q" if quantized else "fp", loss=f"{losses[0]:.3f}", img_s=f"{rate:.0f}")
-                jlog.write(step=step, epoch=epoch, phase="quant" if quantized else "fp", lr=lr,
+                jlog.write(step=run.step, epoch=epoch, phase="quant" if quantized else "fp", lr=lr,
                            loss_largest=losses[0], loss_smallest=losses[1], images_per_s=rate, time=now)
-            if step % cfg.checkpoint_every == 0 or step == stop:
-                checkpoint(step)
-            if is_main and (step % eval_every == 0 or step == total):
-                _evaluate_progress(net, splits, cfg, step, quantized, jlog)
+            if run.step % cfg.checkpoint_every == 0 or run.step == stop:
+                _save(run)
+            if run.is_main and (run.step % eval_every == 0 or run.step == run.total):
+                _evaluate_progress(run.net, run.splits, cfg, run.step, quantized, jlog)
     bar.close()
-    return TrainResult(ckpt_path, net, step)
+
+
+def _sandwich_step(run: _Run, params: list, x: torch.Tensor, y: torch.Tensor, quantized: bool) -> tuple[float, list]:
+    """One optimiser step on one batch: every subnet of the sandwich's gradients, averaged over ranks.
+
+    Returns (learning rate, the subnets' losses: largest first, smallest second).
+    """
+    cfg, net, step = run.cfg, run.net, run.step
+    x, y = x.to(run.ddp.device, non_blocking=True), y.to(run.ddp.device, non_blocking=True)
+    if step == run.fp_steps and quantized and not (step == 0 and run.keep_steps):
+        net.init_weight_steps()  # LSQ steps from the warm-started weights
+    lr = _lr_at(cfg, step, run.steps_per_epoch)
+    for group in run.opt.param_groups:
+        group["lr"] = lr
+    torch.manual_seed(cfg.seed * 1_000_003 + step)  # dropout
+    net.train()
+    run.opt.zero_grad(set_to_none=True)  # subnets that skip a parameter leave it untouched
+    losses = []
+    teacher = None
+    for arch in _sandwich(cfg, step, quantized):
+        net.set_active(arch, quantized=quantized)
+        logits = net(resize(x, arch.resolution).contiguous(memory_format=torch.channels_last))
+        if teacher is None:
+            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            teacher = F.softmax(logits.detach(), dim=1)
+        else:
+            loss = _soft_cross_entropy(logits, teacher)
+        losses.append(loss.item())
+        if not math.isfinite(losses[-1]):  # stop before the step: the last checkpoint stays finite
+            raise QfaError(f"training diverged: loss {losses[-1]} at step {step} ({arch.short()}); "
+                           f"{run.ckpt_path} keeps the last finite state (try a lower --lr / --q-lr)")
+        loss.backward()
+    run.ddp.average([p.grad for p in params if p.grad is not None])
+    run.ddp.average(_float_buffers(net))
+    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    run.opt.step()
+    return lr, losses
+
+
+def _save(run: _Run) -> None:
+    """The main rank writes the checkpoint of the step reached (atomically)."""
+    if run.is_main:
+        save_checkpoint(
+            run.ckpt_path, run.net.space.name, run.net.state_dict(), optimizer=run.opt.state_dict(), step=run.step,
+            train_config=asdict(run.cfg), act_quantizer=run.cfg.act_quantizer,
+        )
+
+
+class _Throughput:
+    """Images per second since the last reading."""
+
+    def __init__(self) -> None:
+        self.since, self.images = time.time(), 0
+
+    def add(self, images: int) -> None:
+        self.images += images
+
+    def take(self) -> tuple[float, float]:
+        """(now, images per second since the previous ``take``), and start counting again."""
+        now = time.time()
+        rate = self.images / max(now - self.since, 1e-9)
+        self.since, self.images = now, 0
+        return now, rate
 
 
 def _evaluate_progress(net: QFASupernet, splits: Splits, cfg: TrainConfig, step: int, quantized: bool,

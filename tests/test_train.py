@@ -140,3 +140,14 @@ def test_a_non_finite_checkpoint_is_never_written(tmp_path):
     with pytest.raises(QfaError, match="w holds non-finite values"):
         save_checkpoint(tmp_path / "c.pt", "qfa-mbv3-cifar10", {"w": torch.tensor([1.0, float("nan")])})
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"space": "nope"}, "unknown space 'nope'"),
+    ({"fp_epochs": 0.0, "q_epochs": 0.0}, "both 0: nothing to train"),
+    ({"q_epochs": float("nan")}, "must be non-negative"),
+    ({"batch_size": 0}, "--batch-size and --checkpoint-every must be at least 1"),
+])
+def test_train_config_is_validated_when_made(tmp_path, overrides, message):
+    with pytest.raises(QfaError, match=message):
+        tiny_config(str(tmp_path), **overrides)

@@ -43,27 +43,16 @@ __all__ = ["COMMANDS"]
 @click.option("--threads", type=THREADS, default=None, help="Torch intra-op threads.")
 @click.option("--init-from", type=click.Path(dir_okay=False), default=None,
               help="Start from this checkpoint's weights (new schedule, fresh optimiser), e.g. to extend a run.")
-def train(space, data_dir, data_workers, out, resume, fp_epochs, q_epochs, batch_size, lr, q_lr, num_random,
-          checkpoint_every, act_quantizer, seed, max_steps, threads, init_from):
+def train(resume, threads, **options):
     """Train a supernet (sandwich rule + in-place distillation); torchrun for several processes."""
     from qfa_deploy.atomic import check_output
     from qfa_deploy.commands.common import set_threads
-    from qfa_deploy.errors import QfaError
-    from qfa_deploy.space import create_space
     from qfa_deploy.train import TrainConfig
     from qfa_deploy.train import train as run
 
-    create_space(space)
-    if fp_epochs + q_epochs == 0:
-        raise QfaError("--fp-epochs and --q-epochs are both 0: nothing to train")
-    check_output(out, folder=True, append=True, option="--out")  # a run folder continues with --resume
     set_threads(threads)
-    cfg = TrainConfig(
-        space=space, out=out, data_dir=data_dir, fp_epochs=fp_epochs, q_epochs=q_epochs,
-        batch_size=batch_size, lr=lr, q_lr=q_lr, num_random=num_random,
-        checkpoint_every=checkpoint_every, act_quantizer=act_quantizer, seed=seed, max_steps=max_steps,
-        init_from=init_from, data_workers=data_workers,
-    )
+    cfg = TrainConfig(**options)  # every option but --resume and --threads, by name; checks space and epochs
+    check_output(cfg.out, folder=True, append=True, option="--out")  # a run folder continues with --resume
     result = run(cfg, resume=resume)
     if os.environ.get("RANK", "0") == "0":  # torchrun: one line, not one per rank
         click.echo(f"checkpoint: {result.checkpoint} (step {result.step})")
@@ -71,7 +60,7 @@ def train(space, data_dir, data_workers, out, resume, fp_epochs, q_epochs, batch
 
 @click.command(name="eval")
 @click.option("--checkpoint", default=None, type=click.Path(), help="Supernet checkpoint (default: embedded).")
-@click.option("--arch", "arch_path", required=True, type=click.Path(), help="cfg.json of the subnet.")
+@click.option("--arch", required=True, type=click.Path(), help="cfg.json of the subnet.")
 @click.option("--data", "data_dir", default=None, type=click.Path(), help="Data directory.")
 @calib_batches_option()
 @click.option("--limit", type=COUNT, default=None, help="Evaluate on the first N test images only.")
@@ -79,36 +68,17 @@ def train(space, data_dir, data_workers, out, resume, fp_epochs, q_epochs, batch
               help="First download CIFAR-10 with torchvision into --data (or $QFA_DATA_DIR); needs the internet.")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--threads", type=THREADS, default=None)
-def eval_cmd(checkpoint, arch_path, data_dir, calib_batches, limit, download, as_json, threads):
+def eval_cmd(as_json, threads, **options):
     """Top-1 on the test split of a subnet after per-subnet calibration (--calib-batches 0: stored statistics)."""
-    from qfa_deploy.arch import load_arch
-    from qfa_deploy.commands.common import emit_json, load_supernet, set_threads
-    from qfa_deploy.commands.export_cmds import CALIB_BATCH_SIZE
-    from qfa_deploy.data import calibration_images, default_data_dir, download_cifar10, load_splits
-    from qfa_deploy.errors import QfaError
-    from qfa_deploy.evaluate import evaluate_arch
+    from qfa_deploy.commands.common import emit_json, set_threads
+    from qfa_deploy.subnet_eval import EvalConfig, eval_subnet
 
     set_threads(threads)
-    load_arch(arch_path)  # a missing or malformed config fails before the supernet loads
-    net = load_supernet(checkpoint)
-    cfg = load_arch(arch_path, expect_space=net.space.name)
-    if download:
-        if net.space.num_classes != 10:
-            raise QfaError(f"--download fetches CIFAR-10; space {net.space.name!r} needs its own data (--data)")
-        data_dir = str(download_cifar10(data_dir if data_dir is not None else default_data_dir()))
-    try:
-        test = load_splits(net.space, data_dir).test
-    except QfaError as exc:
-        raise QfaError(f"test-set accuracy needs the test set ({exc}; or --download)") from None
-    test = test.subset(limit) if limit else test
-    val = calibration_images(net.space, data_dir, calib_batches * CALIB_BATCH_SIZE) if calib_batches else None
-    top1 = evaluate_arch(net, cfg, val, test, calib_batches)
-    result = {"arch": cfg.short(), "digest": cfg.digest(), "top1": top1, "images": len(test),
-              "calib_batches": calib_batches}
+    result = eval_subnet(EvalConfig(**options))  # every option but --json and --threads, by name
     if as_json:
         emit_json(result)
     else:
-        click.echo(f"top-1 {100 * top1:.2f}% on {len(test)} test images ({cfg.short()})")
+        click.echo(f"top-1 {100 * result['top1']:.2f}% on {result['images']} test images ({result['arch']})")
 
 
 COMMANDS = [train, eval_cmd]
