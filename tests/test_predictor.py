@@ -172,3 +172,21 @@ def test_collect_and_fit_cli(tmp_path, cifar_supernet):
     r = CliRunner().invoke(cli, ["predictor", "fit", str(tmp_path / "none.jsonl"), "-o", str(tmp_path / "p.pt")])
     assert r.exit_code == 2 and "collect" in r.output
     assert not Path(tmp_path / "p.pt").exists()
+
+
+def test_run_predictor_fit_writes_the_predictor_it_reports(tmp_path):
+    from qfa_deploy.resources import asset
+    from qfa_deploy.search.fitting import PredictorFitConfig, run_predictor_fit
+
+    data = str(asset("predictor/collect-seed0.jsonl"))
+    out = tmp_path / "p.pt"
+    report = run_predictor_fit(PredictorFitConfig(data=[data], output=str(out), hidden=16, max_epochs=3))
+    assert report["output"] == str(out) and report["sources"] == [data]
+    pred = AccuracyPredictor.load(out, expect_space=SPACE)
+    assert pred.info["holdout"] == report["holdout"] and pred.hidden == 16
+    with pytest.raises(QfaError, match="already exists"):
+        run_predictor_fit(PredictorFitConfig(data=(data,), output=str(out)))
+    with pytest.raises(QfaError, match="--holdout must be between"):
+        PredictorFitConfig(data=(data,), output=str(out), holdout=float("nan"))
+    with pytest.raises(QfaError, match="no accuracy files"):
+        PredictorFitConfig(data=(), output=str(out))

@@ -306,3 +306,47 @@ def test_evaluate_choice_reports_the_latency_statistic_of_the_device_protocol(tm
     assert m["statistic"] == "min"
     assert 0 < m["latency_ms"]["min"] <= m["latency_ms"]["median"]
     assert (tmp_path / "art" / "meta.json").is_file()
+
+
+# -- library entry point (issue 26: the CLI verb is a thin layer over run_search) ------------------
+
+
+def test_run_search_from_python_writes_what_the_cli_writes(tmp_path, tiny_predictor):
+    from qfa_deploy.search.run import SearchConfig, run_search
+
+    pred = tmp_path / "pred.pt"
+    tiny_predictor.save(pred)
+    table = tmp_path / "table.json"
+    _table(False).save(table)
+    budget = ["--max-latency-ms", "9", "--pop", "20", "--gen", "4", "--seed", "3"]
+    r = _cli(["search", "--predictor", str(pred), "--table", str(table), *budget, "-o", str(tmp_path / "cli.json"),
+              "--json"])
+    assert r.exit_code == 0, r.output
+    from_cli = json.loads(r.output)
+    config = SearchConfig(output=str(tmp_path / "py.json"), predictor=str(pred), table=str(table),
+                          max_latency_ms=9.0, pop_size=20, generations=4, seed=3, best_out=str(tmp_path / "b.json"))
+    outcome = run_search(config)
+    assert (tmp_path / "py.json").read_bytes() == (tmp_path / "cli.json").read_bytes()
+    assert load_arch(tmp_path / "b.json") == outcome.best
+    for key in ("space", "objective", "constraints", "pareto_size", "evaluations", "best"):
+        assert outcome.summary[key] == from_cli[key], key
+    assert outcome.summary["objective"] == "latency" and outcome.best_record["latency_ms"] <= 9
+    with pytest.raises(QfaError, match="already exists"):  # outputs are checked before the search, as in the CLI
+        run_search(config)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"device": "x86-1t"}, "--device goes with --evaluate"),
+    ({"max_latency_ms": 3.0}, "needs a latency table"),
+    ({"objective": "latency"}, "needs a latency table"),
+    ({"objective": "speed"}, "--objective must be one of latency, flops, bitops"),
+    ({"max_flops": float("nan")}, "--max-flops must be a positive number"),
+    ({"max_bitops": -1.0}, "--max-bitops must be a positive number"),
+    ({"pop_size": 1}, "--pop must be at least 2"),
+    ({"test_limit": 0}, "--test-limit must be at least 1"),
+])
+def test_search_config_refuses_what_cannot_run(fields, message):
+    from qfa_deploy.search.run import SearchConfig
+
+    with pytest.raises(QfaError, match=message):
+        SearchConfig(output="p.json", **fields)
