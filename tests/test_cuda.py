@@ -22,8 +22,8 @@ from click.testing import CliRunner
 from deploy_helpers import ort_qdq_model
 
 from qfa_deploy.deploy import compile_artifact
-from qfa_deploy.deploy.cuda import KERNELS_ENV, embedded_cuda_modules, fatbin_entries
 from qfa_deploy.deploy.device import load_device
+from qfa_deploy.deploy.targets.cuda.kernels import KERNELS_ENV, embedded_cuda_modules, fatbin_entries
 
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) is not installed")
 KERNEL_NAME = re.compile(r"__global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\(")
@@ -38,6 +38,7 @@ def _path_without_nvcc(monkeypatch) -> None:
 def test_cuda_source_mode_carries_kernel_source(tmp_path):
     meta = compile_artifact(ort_qdq_model(tmp_path / "model.onnx"), "cuda", tmp_path, cuda_kernels="source")
     assert meta["device"] == "cuda-sm80"
+    assert meta["schedule"] == "dlight-gpu"  # targets.cuda: what TVM's CUDA pipeline applies
     assert meta["target"]["kind"] == "cuda" and meta["target"]["arch"] == "sm_80"
     source = (tmp_path / "model.cu").read_text()
     assert meta["cuda_kernels"] == {"format": "cuda", "arch": "sm_80", "code_bytes": len(source.encode())}
@@ -77,7 +78,7 @@ def test_fatbin_request_without_nvcc_is_one_line_exit_2(tmp_path, monkeypatch):
 @pytest.mark.slow
 @needs_nvcc
 def test_cuda_kernels_compile_with_nvcc(tmp_path):
-    from qfa_deploy.deploy.cuda import compile_cuda_offline
+    from qfa_deploy.deploy.targets.cuda.kernels import compile_cuda_offline
 
     compile_artifact(ort_qdq_model(tmp_path / "model.onnx"), "cuda-sm80", tmp_path, cuda_kernels="source")
     fatbin = compile_cuda_offline(tmp_path, arch="sm_80")

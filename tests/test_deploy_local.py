@@ -69,11 +69,11 @@ def test_compile_writes_library_and_meta(ort_artifact, fast_x86):
 
 def test_auto_schedule_follows_the_cpu(fast_x86):
     """"auto" is tiled-vnni where the CPU has AVX512-VNNI (read here from /proc/cpuinfo, not from
-    TVM), tiled-neon on the Pi 4 target, none on CUDA; other names pass through, unknown ones are refused."""
+    TVM), tiled-neon on the Pi 4 target, dlight on CUDA; other names pass through, unknown ones are refused."""
     has_vnni = "avx512_vnni" in Path("/proc/cpuinfo").read_text().split()
     assert resolve_schedule("auto", str(fast_x86)) == ("tiled-vnni" if has_vnni else "tiled-cpu")
     assert resolve_schedule("auto", "arm64") == "tiled-neon"
-    assert resolve_schedule("auto", "cuda") == "none"
+    assert resolve_schedule("auto", "cuda") == "dlight"
     assert resolve_schedule("generic", "arm64") == "generic"
     with pytest.raises(QfaError, match="schedule must be one of auto, "):
         resolve_schedule("fastest", str(fast_x86))

@@ -15,6 +15,7 @@ from qfa_deploy.deploy.compile import SCHEDULES, resolve_schedule
 from qfa_deploy.deploy.registry import TARGET_PACKAGES, VectorUnit, resolve
 from qfa_deploy.deploy.targets.arm.neon import DOTPROD, NEON, NEON_INT8
 from qfa_deploy.deploy.targets.cpu.integer import pack_weight
+from qfa_deploy.deploy.targets.cuda import SCHEDULES as SCHEDULES_OF_CUDA
 from qfa_deploy.deploy.targets.x86.vnni import AVX2, AVX512
 from qfa_deploy.errors import QfaError
 
@@ -28,7 +29,7 @@ AARCH64 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu"}
     ({**AARCH64, "mcpu": "cortex-a72", "mattr": ["+neon"]}, "tiled-neon"),
     ({**AARCH64, "mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod"]}, "tiled-dotprod"),
     ({**AARCH64, "mcpu": "cortex-a76"}, "tiled-dotprod"),  # the CPU implies the dot product
-    ({"kind": "cuda", "arch": "sm_80", "host": {"kind": "llvm"}}, "none"),
+    ({"kind": "cuda", "arch": "sm_80", "host": {"kind": "llvm"}}, "dlight"),
 ])
 def test_auto_resolves_from_the_target_features(tmp_path, target, expected):
     device = device_file(tmp_path, "x86", name="probe", target=target)
@@ -40,7 +41,7 @@ def test_the_shipped_profiles_resolve_to_their_schedules():
     assert resolve_schedule("auto", "rasp4b-emulated") == "tiled-neon"
     assert resolve_schedule("auto", "rasp5") == "tiled-dotprod"
     assert resolve_schedule("auto", "rasp5-emulated") == "tiled-dotprod"
-    assert resolve_schedule("auto", "cuda") == "none"
+    assert resolve_schedule("auto", "cuda") == "dlight"
     assert resolve("tiled-neon", "rasp5").label == "tiled-neon"  # a v8.2 core runs the v8.0 schedule too
 
 
@@ -58,6 +59,7 @@ def test_a_profile_may_name_its_schedule(tmp_path):
     ("tiled-neon", "x86", "is not one for x86_64 targets"),
     ("tiled-dotprod", "rasp4b", "needs a CPU with dotprod"),
     ("tiled-cpu", "cuda", "is for CPU targets"),
+    ("dlight", "x86", "is not one for x86_64 targets"),
     ("fastest", "x86", "schedule must be one of"),
 ])
 def test_refusals_are_one_short_line(schedule, device, reason):
@@ -77,7 +79,18 @@ def test_haswell_refuses_vnni_in_one_line(tmp_path):
 def test_every_target_package_lists_its_schedules_best_first():
     assert SCHEDULES[0] == "auto" and SCHEDULES[-1] == "none"
     assert {"tiled-vnni", "tiled-cpu", "generic", "tiled-neon", "tiled-dotprod"} <= set(SCHEDULES)
-    assert set(TARGET_PACKAGES) == {"x86_64", "aarch64"}
+    assert set(TARGET_PACKAGES) == {"x86_64", "aarch64", "cuda"}
+    assert "dlight" in SCHEDULES
+
+
+def test_cuda_targets_get_tvms_gpu_schedule_through_their_package():
+    """The cuda package lists what a CUDA build gets (TVM's CUDA pipeline applies DLight inside tvm.compile:
+    no apply, no rewrite), and "none" still resolves to nothing on it."""
+    chosen = resolve("auto", "cuda-sm80")
+    assert chosen is SCHEDULES_OF_CUDA[0]
+    assert (chosen.name, chosen.label, chosen.arch, chosen.apply, chosen.rewrite) == (
+        "dlight", "dlight-gpu", "cuda", None, None)
+    assert resolve("dlight", "cuda") is chosen and resolve("none", "cuda") is None
 
 
 def test_vector_units_come_from_the_target():
@@ -112,7 +125,7 @@ def test_devices_lists_each_profiles_schedule():
     result = CliRunner().invoke(cli, ["devices"])
     assert result.exit_code == 0, result.output
     rows = {line.split()[0]: line.split()[1] for line in result.output.splitlines() if not line.startswith("aliases")}
-    assert rows["rasp4b"] == "tiled-neon" and rows["rasp5"] == "tiled-dotprod" and rows["cuda-sm80"] == "none"
+    assert rows["rasp4b"] == "tiled-neon" and rows["rasp5"] == "tiled-dotprod" and rows["cuda-sm80"] == "dlight"
     assert rows["x86"] in ("tiled-vnni", "tiled-cpu")
     listed = json.loads(CliRunner().invoke(cli, ["devices", "--json"]).output)
     by_name = {d["name"]: d for d in listed["devices"]}

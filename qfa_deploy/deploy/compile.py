@@ -17,9 +17,9 @@ from pathlib import Path
 
 from qfa_deploy.checkpoint import atomic_write_bytes
 from qfa_deploy.deploy._text import one_line
-from qfa_deploy.deploy.cuda import CUDA_SOURCE_NAME
 from qfa_deploy.deploy.device import Device, load_device
-from qfa_deploy.deploy.registry import AUTO, NONE, resolve, schedule_names
+from qfa_deploy.deploy.registry import AUTO, NONE, TargetSchedule, resolve, schedule_names
+from qfa_deploy.deploy.targets.cuda.kernels import CUDA_SOURCE_NAME
 from qfa_deploy.digest import file_sha256
 from qfa_deploy.errors import QfaError
 
@@ -59,10 +59,11 @@ def compile_artifact(
         schedule: for the CPU workloads no database covers: "auto" (the default: the device
             profile's schedule, else the best its target's features allow: "tiled-vnni" with
             AVX512-VNNI, "tiled-cpu" on other x86, "tiled-dotprod" on aarch64 with the dot-product
-            extension, "tiled-neon" on other aarch64, none on GPUs), a schedule of the target's
+            extension, "tiled-neon" on other aarch64, "dlight" on CUDA), a schedule of the target's
             package (``qfa_deploy.deploy.registry``: "tiled-vnni", "tiled-cpu", "generic" on x86;
-            "tiled-dotprod", "tiled-neon", "tiled-cpu", "generic" on aarch64) or "none" (TVM's
-            naive loops); all give bit-identical results.
+            "tiled-dotprod", "tiled-neon", "tiled-cpu", "generic" on aarch64; "dlight" on CUDA) or
+            "none" (TVM's naive loops on CPUs; on CUDA, TVM's pipeline applies DLight's rules
+            either way); all give bit-identical results.
         cuda_kernels: CUDA devices only: "fatbin" (the kernels compiled with nvcc here and embedded
             in the library, which then loads with TVM's runtime alone), "source" (CUDA C source,
             compiled when the library is loaded), "auto" (fatbin when nvcc is on PATH, else source
@@ -80,31 +81,52 @@ def compile_artifact(
             ``cuda_kernels`` "fatbin" without nvcc or nvcc failing.
     """
     dev = load_device(device)
-    onnx_path, out_dir = Path(onnx_path), Path(out_dir)
+    onnx_path = Path(onnx_path)
     model = _load_onnx(onnx_path)
     inputs = onnx_input_specs(model, batch_size=batch_size)
+    cuda_kernels = _check_tools(dev, cuda_kernels)
+    from tvm.relax.frontend.onnx import from_onnx  # imported before the clock starts
+
+    target = dev.tvm_target()
+    start = time.perf_counter()
+    mod = _import_onnx(from_onnx, model, inputs, onnx_path)
+    mod, applied, db_hash = _schedule(mod, target, resolve(schedule, dev), database)
+    executable = _build(mod, target, onnx_path, dev)
+    lib_path, cuda_meta = _write_library(executable, dev, target, Path(out_dir), cuda_kernels)
+    seconds = time.perf_counter() - start
+    log.info("compiled %s for %s in %.1f s -> %s", onnx_path, dev.name, seconds, lib_path)
+    return _metadata(dev, target, (applied, db_hash), lib_path, inputs, seconds, cuda_meta)
+
+
+def _check_tools(dev: Device, cuda_kernels: str | None) -> str | None:
+    """Before any work: the device's cross compiler is installed; for CUDA, the kernel mode (a bad mode,
+    "fatbin" without nvcc) checked and returned."""
     if dev.cc and shutil.which(dev.cc) is None:
         raise QfaError(
             f"cross compiler {dev.cc} (device {dev.name}) is not installed "
             "(Debian: apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross)"
         )
     if dev.target_kind == "cuda":
-        from qfa_deploy.deploy.cuda import check_cuda_request
+        from qfa_deploy.deploy.targets.cuda.kernels import check_cuda_request
 
-        cuda_kernels = check_cuda_request(cuda_kernels)  # before any work: bad mode, fatbin without nvcc
+        return check_cuda_request(cuda_kernels)
+    return cuda_kernels
 
-    import tvm
-    from tvm.relax.frontend.onnx import from_onnx
 
-    target = dev.tvm_target()
-    start = time.perf_counter()
+def _import_onnx(from_onnx, model, inputs: list[dict], onnx_path: Path):
+    """The Relax module of ``model`` (by TVM's ``from_onnx``) with the static input shapes ``inputs``."""
     try:
-        mod = from_onnx(model, shape_dict={i["name"]: i["shape"] for i in inputs}, keep_params_in_input=False)
+        return from_onnx(model, shape_dict={i["name"]: i["shape"] for i in inputs}, keep_params_in_input=False)
     except Exception as exc:  # the frontend raises many kinds (NotImplementedError, TVMError, ...)
         raise QfaError(f"TVM cannot import {onnx_path}: {one_line(exc)}") from None
-    cpu_schedule = resolve(schedule, dev)
-    if cpu_schedule is not None and cpu_schedule.rewrite is not None:
-        mod = cpu_schedule.rewrite(mod)
+
+
+def _schedule(mod, target, chosen: TargetSchedule | None, database: Path | None):
+    """(module for ``tvm.compile``, the schedule label meta.json records, the database's sha256 or None):
+    ``chosen``'s rewrite, the database's schedules, then ``chosen`` applied to the legalized, fused module
+    (a schedule without ``apply`` is left to ``tvm.compile``'s own pipeline)."""
+    if chosen is not None and chosen.rewrite is not None:
+        mod = chosen.rewrite(mod)
     db_hash = None
     if database is not None:
         from qfa_deploy.deploy.database import apply_database, database_sha256
@@ -112,36 +134,55 @@ def compile_artifact(
         db_hash = database_sha256(database)
         mod = apply_database(mod, target, database)  # legalizes and fuses, then swaps in the schedules
     applied = "metaschedule" if database is not None else "none"
-    if cpu_schedule is not None:
+    if chosen is None:
+        return mod, applied, db_hash
+    if chosen.apply is not None:
         from tvm import relax
 
         if database is None:
             with target:
                 mod = relax.get_pipeline("zero")(mod)  # legalize + fuse, as tvm.compile would
-        mod = cpu_schedule.apply(mod)
-        name = cpu_schedule.label
-        applied = f"metaschedule+{name}" if database is not None else name
+        mod = chosen.apply(mod)
+    applied = f"metaschedule+{chosen.label}" if database is not None else chosen.label
+    return mod, applied, db_hash
+
+
+def _build(mod, target, onnx_path: Path, dev: Device):
+    """``tvm.compile`` of ``mod`` for ``target``; its failure as one line."""
+    import tvm
+
     try:
-        executable = tvm.compile(mod, target=target)
+        return tvm.compile(mod, target=target)
     except Exception as exc:
         raise QfaError(f"TVM cannot compile {onnx_path} for {dev.name}: {one_line(exc)}") from None
-    kernels = None
-    if dev.target_kind == "cuda":
-        from qfa_deploy.deploy.cuda import prepare_cuda_kernels
 
-        kernels = prepare_cuda_kernels(executable, str(target.attrs.get("arch", "")), cuda_kernels)
+
+def _write_library(executable, dev: Device, target, out_dir: Path, cuda_kernels: str | None):
+    """(``out_dir/model.so``, what its CUDA kernels are or None): ``executable`` linked there; for CUDA
+    with the kernels prepared as ``cuda_kernels`` says and their source written beside it."""
     out_dir.mkdir(parents=True, exist_ok=True)
     lib_path = out_dir / LIBRARY_NAME
-    _export_atomic(executable, lib_path, dev.cc, fpack_imports=kernels.pack_imports() if kernels else None)
-    cuda_meta = None
-    if kernels is not None:
-        text = kernels.source.encode()
-        atomic_write_bytes(out_dir / CUDA_SOURCE_NAME, lambda f: f.write(text))
-        cuda_meta, note = kernels.describe(lib_path)  # read back from the library
-        if note:
-            log.warning("%s", note)
-    seconds = time.perf_counter() - start
-    log.info("compiled %s for %s in %.1f s -> %s", onnx_path, dev.name, seconds, lib_path)
+    if dev.target_kind != "cuda":
+        _export_atomic(executable, lib_path, dev.cc)
+        return lib_path, None
+    from qfa_deploy.deploy.targets.cuda.kernels import prepare_cuda_kernels
+
+    kernels = prepare_cuda_kernels(executable, str(target.attrs.get("arch", "")), cuda_kernels)
+    _export_atomic(executable, lib_path, dev.cc, fpack_imports=kernels.pack_imports())
+    text = kernels.source.encode()
+    atomic_write_bytes(lib_path.parent / CUDA_SOURCE_NAME, lambda f: f.write(text))
+    cuda_meta, note = kernels.describe(lib_path)  # read back from the library
+    if note:
+        log.warning("%s", note)
+    return lib_path, cuda_meta
+
+
+def _metadata(dev: Device, target, schedule: tuple[str, str | None], lib_path: Path, inputs: list[dict],
+              seconds: float, cuda_meta: dict | None) -> dict:
+    """compile_artifact's JSON-ready result; ``schedule``: (the label applied, the database's sha256)."""
+    import tvm
+
+    applied, db_hash = schedule
     meta = {
         "device": dev.name,
         "target": _target_json(target),
@@ -204,7 +245,7 @@ def _export_atomic(executable, lib_path: Path, cc: str | None, fpack_imports=Non
     os.close(fd)
     try:
         kwargs = {"cc": cc} if cc else {}
-        if fpack_imports is not None:  # CUDA: the module blob with the kernels' fatbin (deploy.cuda)
+        if fpack_imports is not None:  # CUDA: the module blob with the kernels' fatbin (deploy.targets.cuda.kernels)
             kwargs["fpack_imports"] = fpack_imports
         try:
             executable.export_library(tmp, **kwargs)

@@ -1,13 +1,15 @@
 """Which schedule a target gets: the schedules each target package offers, picked by name or by features.
 
-A target package (``qfa_deploy.deploy.targets.x86``, ``...targets.arm``) lists its schedules in
-``SCHEDULES``, best first, each a :class:`TargetSchedule` naming the CPU features it needs and the
-:class:`VectorUnit` its tiles are cut for. ``resolve(name, device)`` returns the one to apply:
+A target package (``qfa_deploy.deploy.targets.x86``, ``...targets.arm``, ``...targets.cuda``) lists its
+schedules in ``SCHEDULES``, best first, each a :class:`TargetSchedule` naming the CPU features it needs
+(CPU packages also cut their tiles for a :class:`VectorUnit`). ``TARGET_PACKAGES`` maps a target's key
+(``target_key``: an LLVM target's architecture, else its kind) to its package. ``resolve(name, device)``
+returns the one to apply:
 
 - ``auto`` (the default): the device profile's own ``schedule`` if it names one, else the first of
-  its architecture's schedules whose features the target has (x86: ``tiled-vnni`` with AVX512-VNNI,
+  its target's schedules whose features the target has (x86: ``tiled-vnni`` with AVX512-VNNI,
   else ``tiled-cpu``; aarch64: ``tiled-dotprod`` with the dot-product extension, else
-  ``tiled-neon``), and none on GPUs (TVM schedules their kernels itself);
+  ``tiled-neon``; CUDA: ``dlight``, the GPU schedule TVM's own CUDA pipeline applies);
 - a name: that schedule, or one line saying why this target cannot take it.
 
 Importing this module imports neither TVM nor the target packages' lowerings.
@@ -23,12 +25,13 @@ from qfa_deploy.errors import QfaError
 
 __all__ = [
     "AUTO", "NONE", "TARGET_PACKAGES", "TargetSchedule", "VectorUnit", "describe_target", "resolve",
-    "schedule_names", "target_arch",
+    "schedule_names", "target_arch", "target_key",
 ]
 
 AUTO, NONE = "auto", "none"
-# architecture (LLVM triple's first field) -> the package holding its schedules
-TARGET_PACKAGES = {"x86_64": "qfa_deploy.deploy.targets.x86", "aarch64": "qfa_deploy.deploy.targets.arm"}
+# target key (an LLVM triple's first field, else the target kind) -> the package holding its schedules
+TARGET_PACKAGES = {"x86_64": "qfa_deploy.deploy.targets.x86", "aarch64": "qfa_deploy.deploy.targets.arm",
+                   "cuda": "qfa_deploy.deploy.targets.cuda"}
 _SPARE_REGISTERS = 4  # vector registers a tile leaves for its operands (AVX2: 16 - 4 = 12 accumulators)
 
 
@@ -64,7 +67,9 @@ class TargetSchedule:
     name: str  # the --schedule value
     label: str  # what an artifact's meta.json records
     arch: str  # a TARGET_PACKAGES key
-    apply: Callable  # (legalized, fused Relax module) -> module
+    # (legalized, fused Relax module) -> module; None: tvm.compile's own pipeline for the target applies
+    # it (the module is handed over as imported)
+    apply: Callable | None
     rewrite: Callable | None = None  # (imported Relax module, before legalization) -> module
     needs: tuple[str, ...] = ()  # LLVM CPU features the target must have
     summary: str = ""
@@ -96,6 +101,11 @@ def target_arch(target) -> str | None:
     return triple.split("-", 1)[0]
 
 
+def target_key(target) -> str:
+    """The TARGET_PACKAGES key of a ``tvm.target.Target``: an LLVM target's architecture, else its kind."""
+    return target_arch(target) or target.kind.name
+
+
 def describe_target(target) -> str:
     """A target in one short line: kind, triple, CPU and attributes (no JSON dump)."""
     attrs = target.attrs
@@ -106,7 +116,7 @@ def describe_target(target) -> str:
 
 def resolve(name: str, device) -> TargetSchedule | None:
     """The schedule ``compile_artifact`` applies on ``device`` (a name, path or Device) for ``name``;
-    None for "none" and for non-CPU targets under "auto".
+    None for "none" and, under "auto", for a target no package (or none of its schedules) fits.
 
     Raises:
         QfaError: an unknown name, or a schedule the device's target cannot run (one line).
@@ -124,18 +134,17 @@ def resolve(name: str, device) -> TargetSchedule | None:
     if name == NONE:
         return None
     target = dev.tvm_target()
-    arch = target_arch(target)
-    if arch is None:
-        if name == AUTO:
-            return None
-        raise QfaError(f"schedule {name} is for CPU targets; device {dev.name} is a {target.kind.name} target")
-    own = _package(arch).SCHEDULES if arch in TARGET_PACKAGES else ()
+    key = target_key(target)
+    own = _package(key).SCHEDULES if key in TARGET_PACKAGES else ()
     if name == AUTO:
         return next((s for s in own if _has(target, s.needs)), None)
     chosen = next((s for s in own if s.name == name), None)
+    if chosen is None and target.kind.name != "llvm":
+        raise QfaError(f"schedule {name} is for CPU targets; device {dev.name} is a {target.kind.name} target"
+                       + (f" (its schedules: {', '.join(s.name for s in own)})" if own else ""))
     if chosen is None:
         others = ", ".join(s.name for s in own) or "none"
-        raise QfaError(f"schedule {name} is not one for {arch} targets (device {dev.name}; its schedules: {others})")
+        raise QfaError(f"schedule {name} is not one for {key} targets (device {dev.name}; its schedules: {others})")
     if not _has(target, chosen.needs):
         raise QfaError(f"schedule {name} needs a CPU with {'+'.join(chosen.needs)}; device {dev.name}'s target "
                        f"({describe_target(target)}) has none: use --schedule auto")
