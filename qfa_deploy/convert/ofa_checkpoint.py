@@ -79,7 +79,25 @@ def convert_state(ofa: dict[str, torch.Tensor], where: str = "checkpoint") -> di
     """The ``qfa-mbv3-w1.2`` supernet state dict of OFA's ``ofa`` (current key layout), quantizers
     initialised as the seed's warm start does (see the module docstring)."""
     from qfa_deploy.nn.supernet import QFASupernet
-    from qfa_deploy.quant import BatchQuant
+
+    space = _ofa_space(ofa, where)
+    net = QFASupernet(space)
+    target = net.state_dict()
+    m = _Mapper(ofa, target, where, _WHAT)
+    _map_weights(m, space.num_blocks)
+    m.refuse_unknown((), "OFA's W1.2 MobileNetV3 supernet")
+    quantizer_keys = [k for k in target if k not in m.out]
+    if any("_quant." not in k for k in quantizer_keys):  # every weight is written above: a gap is a bug here
+        raise AssertionError(f"not mapped: {[k for k in quantizer_keys if '_quant.' not in k][:3]}")
+    missing, unexpected = net.load_state_dict(m.out, strict=False)
+    if unexpected or sorted(missing) != sorted(quantizer_keys):
+        raise AssertionError(f"mapped state does not load: {unexpected[:3]} {missing[:3]}")
+    _init_quantizers(net)
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def _ofa_space(ofa: dict[str, torch.Tensor], where: str):
+    """qfa-deploy's ``OFA_SPACE``; an OFA file of another width (its stem's channels) is a QfaError."""
     from qfa_deploy.space import create_space
 
     space = create_space(OFA_SPACE)
@@ -89,47 +107,35 @@ def convert_state(ofa: dict[str, torch.Tensor], where: str = "checkpoint") -> di
     if isinstance(stem, torch.Tensor) and stem.ndim == 4 and stem.shape[0] != space.stem_width:
         raise QfaError(f"{where}: first_conv.conv.weight has {stem.shape[0]} channels: an OFA supernet of "
                        f"another width (W1.0 has 16), qfa-deploy's {OFA_SPACE} is OFA's W1.2 ({space.stem_width})")
-    net = QFASupernet(space)
-    target = net.state_dict()
-    m = _Mapper(ofa, target, where, _WHAT)
-    plain = ("weight", "bias")
+    return space
 
+
+def _map_weights(m: _Mapper, num_blocks: int) -> None:
+    """Every weight, BN, kernel transform and SE tensor of OFA's supernet (see the module docstring's table)."""
+    plain = ("weight", "bias")
     m.weight("first_conv.conv.weight", "stem.weight")
     m.bn("first_conv.bn", "stem", plain)
     for part, dst in (("depth_conv", "depthwise"), ("point_linear", "project")):
         m.weight(f"blocks.0.conv.{part}.conv.weight", f"first_block.{dst}.weight")
         m.bn(f"blocks.0.conv.{part}.bn", f"first_block.{dst}", plain)
-    for b in range(space.num_blocks):
+    for b in range(num_blocks):
         src, dst = f"blocks.{b + 1}.conv", f"blocks.{b}"
         for part, name in (("inverted_bottleneck", "expand"), ("depth_conv", "depthwise"), ("point_linear", "project")):
             m.weight(f"{src}.{part}.conv.conv.weight", f"{dst}.{name}.weight")
             m.bn(f"{src}.{part}.bn.bn", f"{dst}.{name}", plain)
-        for small, large in ((3, 5), (5, 7)):  # OFA applies F.linear(flat, M) = flat @ M.T
-            n = small * small
-            matrix = m.take(f"{src}.depth_conv.conv.{large}to{small}_matrix", (n, n))
-            m.put(f"{dst}.depthwise.transforms.{small}", matrix.t())
-        if f"{dst}.se.reduce.weight" in target:
-            for part in ("reduce", "expand"):
-                for name in plain:
-                    m.weight(f"{src}.depth_conv.se.fc.{part}.{name}", f"{dst}.se.{part}.{name}")
+        m.kernel_transforms(f"{src}.depth_conv.conv", f"{dst}.depthwise")
+        m.squeeze_excite(f"{src}.depth_conv.se", f"{dst}.se")
     m.weight("final_expand_layer.conv.weight", "final_expand.weight")
     m.bn("final_expand_layer.bn", "final_expand", plain)
     m.weight("feature_mix_layer.conv.weight", "feature_mix.weight")
-    shape = tuple(target["classifier.weight"].shape)
-    m.put("classifier.weight", m.take("classifier.linear.weight", shape[:2]))
-    m.weight("classifier.linear.bias", "classifier.bias")
+    m.linear_classifier("classifier.linear")
 
-    left = [k for k in ofa if k not in m.used]
-    if left:
-        more = f" (and {len(left) - 1} more)" if len(left) > 1 else ""
-        raise QfaError(f"{where}: unknown key {left[0]}{more}: not part of OFA's W1.2 MobileNetV3 supernet")
-    quantizer_keys = [k for k in target if k not in m.out]
-    if any("_quant." not in k for k in quantizer_keys):  # every weight is written above: a gap is a bug here
-        raise AssertionError(f"not mapped: {[k for k in quantizer_keys if '_quant.' not in k][:3]}")
 
-    missing, unexpected = net.load_state_dict(m.out, strict=False)
-    if unexpected or sorted(missing) != sorted(quantizer_keys):
-        raise AssertionError(f"mapped state does not load: {unexpected[:3]} {missing[:3]}")
+def _init_quantizers(net) -> None:
+    """The seed's phase-0 start: BatchQuant at its FakeQuantize and observer start values, LSQ steps
+    from the weights."""
+    from qfa_deploy.quant import BatchQuant
+
     with torch.no_grad():
         for module in net.modules():
             if isinstance(module, BatchQuant):  # the seed's FakeQuantize and observer start values
@@ -139,7 +145,6 @@ def convert_state(ofa: dict[str, torch.Tensor], where: str = "checkpoint") -> di
     # LSQ steps on the whole weights; a depthwise conv's per kernel size on the seed's
     # get_active_filter(k), the transformed kernel: the rule train applies after its float phase
     net.init_weight_steps()
-    return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
 def convert_file(source: str | Path, output: str | Path) -> int:

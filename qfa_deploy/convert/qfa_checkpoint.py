@@ -149,6 +149,35 @@ class _Mapper:
         self.weight_quant(f"{src}.w_quantizer", f"{dst}.weight_quant", SEED_BITS)
         self.act_quant(f"{src}.a_quantizer", f"{dst}.act_quant", SEED_BITS)
 
+    def kernel_transforms(self, src: str, dst: str) -> None:
+        """The 7x7->5x5 and 5x5->3x3 kernel matrices of depthwise conv ``src`` into ``dst.transforms``:
+        OFA and the seed apply ``F.linear(flat, M) = flat @ M.T``, qfa-deploy ``flat @ T``, so ``T = M.T``."""
+        for small, large in ((3, 5), (5, 7)):
+            n = small * small
+            self.put(f"{dst}.transforms.{small}", self.take(f"{src}.{large}to{small}_matrix", (n, n)).t())
+
+    def squeeze_excite(self, src: str, dst: str) -> None:
+        """``src.fc.{reduce,expand}`` into ``dst.{reduce,expand}`` (weights and biases), if the block has SE."""
+        if f"{dst}.reduce.weight" not in self.target:
+            return
+        for part in ("reduce", "expand"):
+            for name in ("weight", "bias"):
+                self.weight(f"{src}.fc.{part}.{name}", f"{dst}.{part}.{name}")
+
+    def linear_classifier(self, src: str) -> None:
+        """A linear layer ``src`` into qfa-deploy's 1x1-conv ``classifier`` (the same numbers)."""
+        shape = tuple(self.target["classifier.weight"].shape)
+        self.put("classifier.weight", self.take(f"{src}.weight", shape[:2]))
+        self.weight(f"{src}.bias", "classifier.bias")
+
+    def refuse_unknown(self, unused: tuple[re.Pattern, ...], source: str) -> None:
+        """A QfaError naming the first tensor of the foreign state dict that was neither mapped nor
+        matches a known-unused pattern (``source`` says what it is not part of)."""
+        left = [k for k in self.seed if k not in self.used and not any(p.fullmatch(k) for p in unused)]
+        if left:
+            more = f" (and {len(left) - 1} more)" if len(left) > 1 else ""
+            raise QfaError(f"{self.where}: unknown key {left[0]}{more}: not part of {source}")
+
 
 def convert_state(seed: dict[str, torch.Tensor], where: str = "checkpoint") -> dict[str, torch.Tensor]:
     """The ``qfa-mbv3-w1.2`` supernet state dict equal to the seed's ``seed`` (see the module docstring)."""
@@ -160,8 +189,25 @@ def convert_state(seed: dict[str, torch.Tensor], where: str = "checkpoint") -> d
         raise AssertionError("the seed's choices changed in qfa-deploy's space")
     target = QFASupernet(space).state_dict()
     m = _Mapper(seed, target, where)
+    _map_stem(m, space)
+    _map_first_block(m)
+    for b in range(space.num_blocks):
+        _map_block(m, f"blocks.{b + 1}.mobile_inverted_conv", f"blocks.{b}", space.kernel_choices)
+    m.conv("final_expand_layer.conv", "final_expand")
+    m.conv("feature_mix_layer.conv", "feature_mix", bn=False)
+    m.linear_classifier("classifier.linear.linear")
+    m.weight_quant("classifier.linear.w_quantizer", "classifier.weight_quant", (_FIXED,))
+    m.act_quant("classifier.linear.a_quantizer", "classifier.act_quant", (_FIXED,))
+    m.refuse_unknown(_UNUSED, "the seed's W1.2 supernet")
+    missing = [k for k in target if k not in m.out]
+    if missing:  # every target tensor is written above: a gap is a bug of this module
+        raise AssertionError(f"not mapped: {missing[:3]}")
+    return m.out
 
-    # stem: the seed's first conv (float there); 8-bit here, with its range from the normalisation
+
+def _map_stem(m: _Mapper, space) -> None:
+    """The seed's first conv (float there); 8-bit here, its weight step ``max|w| / 127`` and its input
+    range the image normalisation's."""
     m.weight("first_conv.conv.conv.weight", "stem.weight")
     m.bn("first_conv.conv", "stem")
     w = m.out["stem.weight"].double()
@@ -173,7 +219,9 @@ def convert_state(seed: dict[str, torch.Tensor], where: str = "checkpoint") -> d
     m.put("stem.act_quant.running_max", ((1 - mean) / std).mean().clamp(min=0.0))
     m.put("stem.act_quant.num_batches_tracked", torch.tensor(1))
 
-    # first block: depthwise 3x3 (one kernel size: one quantizer pair) and project
+
+def _map_first_block(m: _Mapper) -> None:
+    """The first block: depthwise 3x3 (one kernel size: one quantizer pair) and project."""
     src = "blocks.0.mobile_inverted_conv"
     dw = f"{src}.depth_conv.conv"
     m.weight(f"{dw}.conv.weight", "first_block.depthwise.weight")
@@ -182,42 +230,19 @@ def convert_state(seed: dict[str, torch.Tensor], where: str = "checkpoint") -> d
     m.act_quant(f"{dw}.a_quantizers.3", "first_block.depthwise.act_quant", SEED_BITS)
     m.conv(f"{src}.point_linear.conv", "first_block.project")
 
-    for b in range(space.num_blocks):
-        src, dst = f"blocks.{b + 1}.mobile_inverted_conv", f"blocks.{b}"
-        m.conv(f"{src}.inverted_bottleneck.conv", f"{dst}.expand")
-        dw = f"{src}.depth_conv.conv"
-        m.weight(f"{dw}.conv.weight", f"{dst}.depthwise.weight")
-        m.bn(dw, f"{dst}.depthwise")
-        for small, large in ((3, 5), (5, 7)):  # the seed applies F.linear(flat, M) = flat @ M.T
-            n = small * small
-            m.put(f"{dst}.depthwise.transforms.{small}", m.take(f"{dw}.{large}to{small}_matrix", (n, n)).t())
-        for k in space.kernel_choices:
-            m.weight_quant(f"{dw}.w_quantizers.{k}", f"{dst}.depthwise.per_kernel.{k}.weight_quant", SEED_BITS)
-            m.act_quant(f"{dw}.a_quantizers.{k}", f"{dst}.depthwise.per_kernel.{k}.act_quant", SEED_BITS)
-        if f"{dst}.se.reduce.weight" in target:
-            for part in ("reduce", "expand"):
-                for name in ("weight", "bias"):
-                    m.weight(f"{src}.depth_conv.se.fc.{part}.{name}", f"{dst}.se.{part}.{name}")
-        m.conv(f"{src}.point_linear.conv", f"{dst}.project")
 
-    m.conv("final_expand_layer.conv", "final_expand")
-    m.conv("feature_mix_layer.conv", "feature_mix", bn=False)
-
-    lin = "classifier.linear"
-    shape = tuple(target["classifier.weight"].shape)
-    m.put("classifier.weight", m.take(f"{lin}.linear.weight", shape[:2]))
-    m.weight(f"{lin}.linear.bias", "classifier.bias")
-    m.weight_quant(f"{lin}.w_quantizer", "classifier.weight_quant", (_FIXED,))
-    m.act_quant(f"{lin}.a_quantizer", "classifier.act_quant", (_FIXED,))
-
-    left = [k for k in seed if k not in m.used and not any(p.fullmatch(k) for p in _UNUSED)]
-    if left:
-        more = f" (and {len(left) - 1} more)" if len(left) > 1 else ""
-        raise QfaError(f"{where}: unknown key {left[0]}{more}: not part of the seed's W1.2 supernet")
-    missing = [k for k in target if k not in m.out]
-    if missing:  # every target tensor is written above: a gap is a bug of this module
-        raise AssertionError(f"not mapped: {missing[:3]}")
-    return m.out
+def _map_block(m: _Mapper, src: str, dst: str, kernels: tuple[int, ...]) -> None:
+    """An elastic block: expand, depthwise (kernel transforms, a quantizer pair per kernel size), SE, project."""
+    m.conv(f"{src}.inverted_bottleneck.conv", f"{dst}.expand")
+    dw = f"{src}.depth_conv.conv"
+    m.weight(f"{dw}.conv.weight", f"{dst}.depthwise.weight")
+    m.bn(dw, f"{dst}.depthwise")
+    m.kernel_transforms(dw, f"{dst}.depthwise")
+    for k in kernels:
+        m.weight_quant(f"{dw}.w_quantizers.{k}", f"{dst}.depthwise.per_kernel.{k}.weight_quant", SEED_BITS)
+        m.act_quant(f"{dw}.a_quantizers.{k}", f"{dst}.depthwise.per_kernel.{k}.act_quant", SEED_BITS)
+    m.squeeze_excite(f"{src}.depth_conv.se", f"{dst}.se")
+    m.conv(f"{src}.point_linear.conv", f"{dst}.project")
 
 
 def convert_file(source: str | Path, output: str | Path) -> int:
