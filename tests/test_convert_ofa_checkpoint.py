@@ -13,37 +13,21 @@ float32 re-association, measured at most 3.1e-6 on logits of magnitude ~1; the t
 
 from __future__ import annotations
 
-import importlib.util
 import pickle
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
+from convert_helpers import ROOT, fixture_maker, rebuild_state, run_cli
 
 from qfa_deploy.arch import ArchConfig
 from qfa_deploy.checkpoint import load_supernet
-from qfa_deploy.cli import cli
 
-ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests/data/ofa_fixture/fixture.pt"
 SPACE = "qfa-mbv3-w1.2"
 TOLERANCE = 2e-5
-
-
-def _maker():
-    spec = importlib.util.spec_from_file_location("make_ofa_fixture", ROOT / "scripts/make_ofa_fixture.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _run(*args):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    return result.exit_code, result.stdout, result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -56,26 +40,15 @@ def fixture():
 @pytest.fixture(scope="module")
 def ofa_state(fixture):
     """OFA's state dict (its current key layout), rebuilt: regenerated weights plus OFA-computed statistics."""
-    maker = _maker()
-    state, regenerated = {}, 0.0
-    for key, shape, dtype in fixture["manifest"]:
-        if maker.is_generated(key):
-            value = maker.generated_tensor(key, tuple(shape))
-            regenerated += float(value.double().abs().sum())
-        else:
-            value = fixture["stored"][key]
-        assert str(value.dtype) == f"torch.{dtype}" and list(value.shape) == shape, key
-        state[key] = value
-    assert regenerated == pytest.approx(fixture["generated_abs_sum"], rel=1e-12), "regeneration differs"
-    return state
+    return rebuild_state(fixture, fixture_maker("make_ofa_fixture"))
 
 
 @pytest.fixture(scope="module")
 def converted(ofa_state, tmp_path_factory):
     """The CLI's conversion of the state dict saved in the released file's layout."""
     folder = tmp_path_factory.mktemp("ofa")
-    torch.save({"state_dict": _maker().released_layout(ofa_state)}, folder / "ofa_mbv3_like")
-    code, _, err = _run("convert", "ofa-checkpoint", folder / "ofa_mbv3_like", "-o", folder / "fp.pt")
+    torch.save({"state_dict": fixture_maker("make_ofa_fixture").released_layout(ofa_state)}, folder / "ofa_mbv3_like")
+    code, _, err = run_cli("convert", "ofa-checkpoint", folder / "ofa_mbv3_like", "-o", folder / "fp.pt")
     assert code == 0, err
     return folder / "fp.pt"
 
@@ -129,7 +102,7 @@ def test_a_wrong_mapping_fails(converted, fixture):
 def test_both_key_layouts_give_the_same_file(converted, ofa_state, tmp_path):
     """OFA's current code's keys (blocks.N.conv.*, a bare state dict) convert like the released file's."""
     torch.save(ofa_state, tmp_path / "current.pth")
-    code, _, err = _run("convert", "ofa-checkpoint", tmp_path / "current.pth", "-o", tmp_path / "fp.pt")
+    code, _, err = run_cli("convert", "ofa-checkpoint", tmp_path / "current.pth", "-o", tmp_path / "fp.pt")
     assert code == 0, err
     a = torch.load(converted, weights_only=True)["model"]
     b = torch.load(tmp_path / "fp.pt", weights_only=True)["model"]
@@ -276,7 +249,7 @@ def test_one_training_step_from_the_file(converted, tmp_path):
 
 def _refused(tmp_path, source, *needles):
     out = tmp_path / "out.pt"
-    code, _, err = _run("convert", "ofa-checkpoint", source, "-o", out)
+    code, _, err = run_cli("convert", "ofa-checkpoint", source, "-o", out)
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1, err
     for needle in needles:
@@ -349,9 +322,9 @@ def test_existing_output_needs_force(ofa_state, tmp_path):
     torch.save(ofa_state, tmp_path / "ofa.pth")
     out = tmp_path / "fp.pt"
     out.write_bytes(b"keep")
-    code, _, err = _run("convert", "ofa-checkpoint", tmp_path / "ofa.pth", "-o", out)
+    code, _, err = run_cli("convert", "ofa-checkpoint", tmp_path / "ofa.pth", "-o", out)
     assert code == 2 and "exists" in err and out.read_bytes() == b"keep", err
-    code, _, err = _run("convert", "ofa-checkpoint", tmp_path / "ofa.pth", "-o", out, "--force")
+    code, _, err = run_cli("convert", "ofa-checkpoint", tmp_path / "ofa.pth", "-o", out, "--force")
     assert code == 0 and torch.load(out, weights_only=True)["space"] == SPACE, err
 
 

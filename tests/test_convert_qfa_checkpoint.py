@@ -17,36 +17,20 @@ cascades: those codes are counted and reported, not hidden.
 
 from __future__ import annotations
 
-import importlib.util
 import pickle
 from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
+from convert_helpers import ROOT, fixture_maker, rebuild_state, run_cli
 
 import qfa_deploy.nn.integer_conv as integer_conv_module
 from qfa_deploy.checkpoint import load_supernet
-from qfa_deploy.cli import cli
 from qfa_deploy.convert.qfa_gene import gene_to_arch
 from qfa_deploy.quant import BatchQuant
 
-ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests/data/seed_qfa/fixture.pt"
 TOLERANCE = 1e-5
-
-
-
-def _maker():
-    spec = importlib.util.spec_from_file_location("make_seed_fixture", ROOT / "scripts/make_seed_fixture.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _run(*args):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    return result.exit_code, result.stdout, result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -59,26 +43,14 @@ def fixture():
 @pytest.fixture(scope="module")
 def seed_state(fixture):
     """The seed's state dict, rebuilt: regenerated inputs plus the seed-computed tensors."""
-    maker = _maker()
-    state, regenerated = {}, 0.0
-    for key, shape, dtype in fixture["manifest"]:
-        if maker.is_generated(key):
-            value = maker.generated_tensor(key, tuple(shape))
-            regenerated += float(value.double().abs().sum())
-        else:
-            value = fixture["stored"][key]
-        assert str(value.dtype) == f"torch.{dtype}" and list(value.shape) == shape, key
-        state[key] = value
-    if "generated_abs_sum" in fixture:
-        assert regenerated == pytest.approx(fixture["generated_abs_sum"], rel=1e-12), "regeneration differs"
-    return state
+    return rebuild_state(fixture, fixture_maker("make_seed_fixture"))
 
 
 @pytest.fixture(scope="module")
 def converted(seed_state, tmp_path_factory):
     folder = tmp_path_factory.mktemp("seed")
     torch.save({"state_dict": seed_state}, folder / "b234_like.pth")  # the released file's layout
-    code, _, err = _run("convert", "qfa-checkpoint", folder / "b234_like.pth", "-o", folder / "supernet.pt")
+    code, _, err = run_cli("convert", "qfa-checkpoint", folder / "b234_like.pth", "-o", folder / "supernet.pt")
     assert code == 0, err
     return folder / "supernet.pt"
 
@@ -203,7 +175,7 @@ def test_converted_file_is_a_checkpoint(converted):
 
 def _refused(tmp_path, source, *needles):
     out = tmp_path / "out.pt"
-    code, _, err = _run("convert", "qfa-checkpoint", source, "-o", out)
+    code, _, err = run_cli("convert", "qfa-checkpoint", source, "-o", out)
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1, err
     for needle in needles:
@@ -331,7 +303,7 @@ def exported(converted, fixture, tmp_path_factory):
     for name, gene in zip(fixture["names"], fixture["genes"], strict=True):
         cfg = _fixture_arch(gene, fixture["input"].shape[-1])
         (folder / f"{name}.json").write_text(cfg.to_json())
-        code, _, err = _run(
+        code, _, err = run_cli(
             "export", "--checkpoint", converted, "--arch", folder / f"{name}.json",
             "--calib-batches", "0", "--target", "onnx", "--out", folder / name,
         )
