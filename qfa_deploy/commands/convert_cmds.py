@@ -6,7 +6,8 @@ import json
 
 import click
 
-from qfa_deploy.atomic import check_output, staged_directory
+from qfa_deploy.atomic import check_output
+from qfa_deploy.commands.options import output_file_options
 from qfa_deploy.errors import QfaError
 
 __all__ = ["COMMANDS"]
@@ -23,13 +24,12 @@ def convert() -> None:
               help="Row of a gene matrix (.npy, or a JSON list of lists).")
 @click.option("--all", "all_dir", type=click.Path(file_okay=False), default=None,
               help="Convert every row into this new folder (qfa-gene-NNN.json).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
-              help="Write cfg.json here (default: stdout).")
-@click.option("--force", is_flag=True, help="Replace -o / --all if it exists.")
+@output_file_options("Write cfg.json here (default: stdout).", required=False,
+                     force_help="Replace -o / --all if it exists.")
 def qfa_gene(source, index, all_dir, output, force):
     """The seed's 176-integer gene(s) from SOURCE (a .npy such as pareto_archs.npy, a JSON file or an
     inline JSON list) as qfa-mbv3-w1.2 cfg.json."""
-    from qfa_deploy.convert.qfa_gene import gene_to_arch, read_genes
+    from qfa_deploy.convert.qfa_gene import pick_gene, read_genes, write_gene_folder
 
     if all_dir is not None and (index is not None or output is not None):
         raise QfaError("--all writes every row: it goes without --index and -o")
@@ -37,19 +37,10 @@ def qfa_gene(source, index, all_dir, output, force):
         check_output(output, force)
     genes, where = read_genes(source)
     if all_dir is not None:
-        cfgs = [gene_to_arch(g, f"{where} row {i}") for i, g in enumerate(genes)]  # all valid before writing
-        width = max(3, len(str(len(cfgs) - 1)))
-        with staged_directory(all_dir, force) as folder:
-            for i, cfg in enumerate(cfgs):
-                (folder / f"qfa-gene-{i:0{width}d}.json").write_text(cfg.to_json())
-        click.echo(f"{len(cfgs)} configs in {all_dir}", err=True)
+        count = write_gene_folder(genes, where, all_dir, force)
+        click.echo(f"{count} configs in {all_dir}", err=True)
         return
-    if index is None and len(genes) > 1:
-        raise QfaError(f"{where} holds {len(genes)} genes: choose one with --index (0..{len(genes) - 1}) or --all DIR")
-    row = index or 0
-    if row >= len(genes):
-        raise QfaError(f"--index {row} is out of range: {where} holds {len(genes)} gene(s)")
-    cfg = gene_to_arch(genes[row], where if len(genes) == 1 else f"{where} row {row}")
+    cfg = pick_gene(genes, where, index)
     if output:
         from qfa_deploy.commands.common import write_text_atomic
 
@@ -60,9 +51,7 @@ def qfa_gene(source, index, all_dir, output, force):
 
 @convert.command("qfa-checkpoint")
 @click.argument("source", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
-              help="Write the qfa-deploy supernet checkpoint here.")
-@click.option("--force", is_flag=True, help="Replace -o if it exists.")
+@output_file_options("Write the qfa-deploy supernet checkpoint here.")
 def qfa_checkpoint(source, output, force):
     """The seed's supernet checkpoint SOURCE (b234_ps.pth: QFAMobileNetV3, W1.2, bits 2-4) as a
     qfa-mbv3-w1.2 checkpoint (weights, BN, LSQ steps, BatchQuant parameters and per-bit ranges)."""
@@ -76,9 +65,7 @@ def qfa_checkpoint(source, output, force):
 
 @convert.command("ofa-checkpoint")
 @click.argument("source", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
-              help="Write the qfa-deploy supernet checkpoint here.")
-@click.option("--force", is_flag=True, help="Replace -o if it exists.")
+@output_file_options("Write the qfa-deploy supernet checkpoint here.")
 def ofa_checkpoint(source, output, force):
     """OFA's float supernet SOURCE (ofa_mbv3_d234_e346_k357_w1.2, mit-han-lab/once-for-all) as a
     qfa-mbv3-w1.2 checkpoint to warm-start `train --init-from` from, its quantizers initialised as the
@@ -93,9 +80,7 @@ def ofa_checkpoint(source, output, force):
 
 @convert.command("qfa-samples")
 @click.argument("source", type=click.Path())
-@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
-              help="Write the records here (acc.jsonl, the format `collect` writes).")
-@click.option("--force", is_flag=True, help="Replace -o if it exists.")
+@output_file_options("Write the records here (acc.jsonl, the format `collect` writes).")
 def qfa_samples(source, output, force):
     """The seed's measured subnets in SOURCE (a folder of collect_network_info.py's JSON files, or a
     JSON list such as qsamples_8k.json) as `collect` records, for `predictor fit`."""

@@ -54,15 +54,13 @@ def predict(table_path, arch_path, as_json):
 
     table = LatencyTable.load(table_path)
     cfg = load_arch(arch_path, expect_space=table.space)
-    ms = table.predict(cfg)
+    result = table.prediction(cfg)
     if warning := table.stale_schedule():
         click.echo(warning, err=True)
-    result = {"arch": cfg.short(), "digest": cfg.digest(), "predicted_ms": ms, "part_sum_ms": table.part_sum(cfg),
-              "device": table.provenance.get("device"), "emulated": table.provenance.get("emulated", False)}
     if as_json:
         emit_json(result)
     else:
-        click.echo(f"{ms:.3f} ms predicted on {result['device']} ({cfg.short()})")
+        click.echo(f"{result['predicted_ms']:.3f} ms predicted on {result['device']} ({cfg.short()})")
 
 
 @lut.command()

@@ -13,7 +13,7 @@ import click
 __all__ = [
     "CALIB_BATCHES", "COUNT", "NON_NEGATIVE_FLOAT",
     "NON_NEGATIVE_INT", "POSITIVE_FLOAT", "PROPORTION", "SEED", "THREADS", "TIMEOUT",
-    "FiniteFloat", "NonEmptyPath", "calib_batches_option", "refuse_empty_paths",
+    "FiniteFloat", "NonEmptyPath", "calib_batches_option", "output_file_options", "refuse_empty_paths",
 ]
 
 # Bounded so a thousands-of-digits integer is refused instead of reaching range() or torch.
@@ -37,6 +37,20 @@ def calib_batches_option(default: int = 20):
         help="Calibration batches of 100 validation images; 0: no calibration, the checkpoint's stored "
         "BN and BatchQuant statistics are used unchanged and no calibration data is read.",
     )
+
+
+def output_file_options(help: str, *, required: bool = True, force_help: str = "Replace -o if it exists."):
+    """``-o/--output`` (a file, not a folder; ``help`` says what is written) and ``--force`` (replace it),
+    in that order, for the verbs that write one file (``convert``'s)."""
+
+    def decorate(command):
+        command = click.option("--force", is_flag=True, help=force_help)(command)
+        optional = {} if required else {"default": None}
+        return click.option(
+            "-o", "--output", type=click.Path(dir_okay=False), required=required, help=help, **optional
+        )(command)
+
+    return decorate
 
 
 class FiniteFloat(click.ParamType):

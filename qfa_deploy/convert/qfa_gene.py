@@ -28,7 +28,8 @@ from qfa_deploy.space import create_space
 from qfa_deploy.strict_json import parse_json
 
 __all__ = [
-    "GENE_LENGTH", "SEED_SPACE", "arch_to_gene", "canonical_gene", "gene_to_arch", "read_genes",
+    "GENE_LENGTH", "SEED_SPACE", "arch_to_gene", "canonical_gene", "gene_to_arch", "pick_gene", "read_genes",
+    "write_gene_folder",
 ]
 
 SEED_SPACE = "qfa-mbv3-w1.2"
@@ -124,6 +125,30 @@ def read_genes(source: str) -> tuple[np.ndarray, str]:
                 raise QfaError(f"{path}: cannot read ({exc.strerror or exc.__class__.__name__})") from None
     matrix = _as_matrix(data, where)
     return matrix, where
+
+
+def pick_gene(genes: np.ndarray, where: str, index: int | None) -> ArchConfig:
+    """Row ``index`` of ``genes`` (from ``read_genes``) as an arch config; ``index`` may be None only when
+    there is one gene."""
+    if index is None and len(genes) > 1:
+        raise QfaError(f"{where} holds {len(genes)} genes: choose one with --index (0..{len(genes) - 1}) or --all DIR")
+    row = index or 0
+    if row >= len(genes):
+        raise QfaError(f"--index {row} is out of range: {where} holds {len(genes)} gene(s)")
+    return gene_to_arch(genes[row], where if len(genes) == 1 else f"{where} row {row}")
+
+
+def write_gene_folder(genes: np.ndarray, where: str, folder: str | Path, force: bool = False) -> int:
+    """Every row of ``genes`` as ``folder/qfa-gene-NNN.json`` (a new folder, written whole once every row
+    converted); returns the number of configs."""
+    from qfa_deploy.atomic import staged_directory
+
+    cfgs = [gene_to_arch(g, f"{where} row {i}") for i, g in enumerate(genes)]  # all valid before writing
+    width = max(3, len(str(len(cfgs) - 1)))
+    with staged_directory(folder, force) as staged:
+        for i, cfg in enumerate(cfgs):
+            (staged / f"qfa-gene-{i:0{width}d}.json").write_text(cfg.to_json())
+    return len(cfgs)
 
 
 def _load_npy(path: Path):

@@ -57,6 +57,13 @@ class LatencyTable:
         """Predicted end-to-end latency of ``cfg`` in ms."""
         return self.scale * self.part_sum(cfg) + self.offset_ms
 
+    def prediction(self, cfg: ArchConfig) -> dict:
+        """``lut predict``'s report of ``cfg``: arch (short form and digest), predicted and part-sum
+        latency (ms), the table's device and whether it was emulated."""
+        return {"arch": cfg.short(), "digest": cfg.digest(), "predicted_ms": self.predict(cfg),
+                "part_sum_ms": self.part_sum(cfg), "device": self.provenance.get("device"),
+                "emulated": self.provenance.get("emulated", False)}
+
     @property
     def schedule(self) -> str:
         """The CPU schedule its latencies were measured with (``compile_artifact``'s): compile with it
