@@ -30,6 +30,7 @@ from qfa_deploy.cli import cli
 from qfa_deploy.deploy import compile_artifact, list_devices, load_device, profile_artifact
 from qfa_deploy.deploy.compile import DEFAULT_SCHEDULE, resolve_schedule
 from qfa_deploy.deploy.registry import resolve
+from qfa_deploy.deploy.runner import open_session
 from qfa_deploy.deploy.targets.x86.vnni import AVX2
 from qfa_deploy.digest import file_sha256
 from qfa_deploy.errors import QfaError
@@ -104,6 +105,18 @@ def test_a_two_thread_session_exits_beside_a_busy_core(ort_artifact, fast_x86):
     finally:
         busy.kill()
         busy.wait()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_a_closed_session_gives_the_process_its_cpus_back(ort_artifact, fast_x86):
+    """Shrinking TVM's pool to one thread on close pinned the calling thread to the first CPU: every
+    later process it started (and its own later work) ran on one core (seen: the two-thread test
+    above failed after another test file's in-process session)."""
+    folder, _ = ort_artifact
+    before = os.sched_getaffinity(0)
+    with open_session(load_device(str(fast_x86))) as session:
+        session.run(session.load(folder / "model.so"), [np.zeros((1, 3, 16, 16), np.float32)])
+    assert os.sched_getaffinity(0) == before
 
 
 def test_profile_local_matches_onnxruntime(ort_artifact, fast_x86):

@@ -164,6 +164,8 @@ class Session:
             tvm.get_global_func("runtime.config_threadpool")(_THREADPOOL_ONE_CORE_PER_THREAD, 1, self._pinned_cpus[:1])
         except Exception as exc:
             log.warning("could not release the thread pool of %s: %s", self.device.name, one_line(exc))
+        if _ALLOWED_CPUS:  # that pool of one pins this thread to the first CPU: give it its mask back
+            os.sched_setaffinity(0, _ALLOWED_CPUS)
         self._pinned_cpus, self._threads_set = [], False
 
 
