@@ -10,7 +10,8 @@ One idea per module:
 - ``collect``: measured validation top-1 of sampled subnets, resumable JSON lines;
 - ``predictor`` / ``fitting``: the MLP accuracy predictor, its file, its held-out report;
 - ``nsga``: NSGA-II (pymoo) over genomes; ``report``: pareto.json, best cfg.json, plot;
-- ``end_to_end``: the chosen subnet measured on the test split (and on a device).
+- ``end_to_end``: the chosen subnet measured on the test split (and on a device);
+- ``run``: ``run_search(SearchConfig)``, all of the above as the ``search`` verb does it.
 """
 
 from qfa_deploy.search.cost import CostModel
@@ -19,6 +20,7 @@ from qfa_deploy.search.latency import LatencyModel
 from qfa_deploy.search.nsga import SearchResult, run_nsga
 from qfa_deploy.search.objectives import Constraints, CostEvaluator, Objective
 from qfa_deploy.search.predictor import AccuracyPredictor, fit_predictor
+from qfa_deploy.search.run import SearchConfig, SearchOutcome, run_search
 
 __all__ = [
     "AccuracyPredictor",
@@ -28,7 +30,10 @@ __all__ = [
     "GenomeSpace",
     "LatencyModel",
     "Objective",
+    "SearchConfig",
+    "SearchOutcome",
     "SearchResult",
     "fit_predictor",
     "run_nsga",
+    "run_search",
 ]
