@@ -59,7 +59,7 @@ def compiler_for(target: str, schedule: str | None = None) -> CompileFn:
 
     device = load_device(target)
     if device.target_kind == "cuda":
-        from qfa_deploy.deploy.cuda import check_cuda_request
+        from qfa_deploy.deploy.targets.cuda.kernels import check_cuda_request
 
         check_cuda_request()
     schedule = schedule or DEFAULT_SCHEDULE
