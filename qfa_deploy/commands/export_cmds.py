@@ -10,16 +10,6 @@ from qfa_deploy.commands.options import COUNT, PROPORTION, THREADS, calib_batche
 __all__ = ["COMMANDS"]
 
 
-def __getattr__(name: str):
-    """``CALIB_BATCH_SIZE`` (read by ``eval``) is the export library's, imported when first asked for so
-    that the CLI starts without onnx and torch."""
-    if name == "CALIB_BATCH_SIZE":
-        from qfa_deploy.export.pipeline import CALIB_BATCH_SIZE
-
-        return CALIB_BATCH_SIZE
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 @click.command()
 @click.option("--arch", "arch_path", required=True, type=click.Path(), help="cfg.json of the subnet.")
 @click.option(
