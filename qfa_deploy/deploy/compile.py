@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from qfa_deploy.checkpoint import atomic_write_bytes
+from qfa_deploy.atomic import atomic_write_bytes
 from qfa_deploy.deploy._text import one_line
 from qfa_deploy.deploy.device import Device, load_device
 from qfa_deploy.deploy.registry import AUTO, NONE, TargetSchedule, resolve, schedule_names
