@@ -43,12 +43,18 @@ def load_supernet(checkpoint: str | None, space: str | None = None):
 
 
 def schedule_option(command):
-    """``--schedule``: how CPU workloads that no tuning database covers are scheduled (``compile_artifact``)."""
+    """``--schedule``: how workloads that no tuning database covers are scheduled (``compile_artifact``);
+    the choices are the target packages' schedules (``qfa_deploy.deploy.registry``)."""
     from qfa_deploy.deploy.compile import DEFAULT_SCHEDULE, SCHEDULES
 
     return click.option(
         "--schedule", type=click.Choice(SCHEDULES), default=DEFAULT_SCHEDULE, show_default=True,
-        help="CPU workloads no tuning database covers: auto (tiled-vnni on AVX512-VNNI CPUs, else tiled-cpu; "
-             "what latency tables are measured with), tiled-vnni (1x1 convs as integer dot products), tiled-cpu "
-             "(register-tiled conv2d), generic (inline + parallel loops only) or none (naive loops).",
+        help="How workloads no tuning database covers are scheduled: auto (the device profile's schedule, else "
+             "the best its target has: tiled-vnni on AVX512-VNNI x86 CPUs, else tiled-cpu; tiled-dotprod on "
+             "aarch64 with the dot-product extension, else tiled-neon; dlight on CUDA; what latency tables are "
+             "measured with), tiled-vnni / tiled-dotprod / tiled-neon (1x1 convs as integer dot products), "
+             "tiled-cpu (register-tiled conv2d), generic (inline + parallel loops only), dlight (TVM's CUDA "
+             "pipeline with DLight's GPU rules; the only CUDA schedule) or none (none of ours: naive loops on "
+             "CPUs, on CUDA the same build as dlight, recorded as none). "
+             "`qfa-deploy devices` shows what auto picks for each device.",
     )(command)
