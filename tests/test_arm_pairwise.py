@@ -46,7 +46,7 @@ def test_the_pairwise_compute_is_the_exact_integer_sum(shape):
     assert np.array_equal(out.numpy(), exact.astype(np.float32))
 
 
-def test_the_a72_schedule_uses_smull_smlal2_sadalp():
+def test_the_a72_schedule_uses_smull_smlal2_sadalp_and_addp_lane_sums():
     import tvm
     from tvm.s_tir import Schedule
 
@@ -55,7 +55,7 @@ def test_the_a72_schedule_uses_smull_smlal2_sadalp():
     assert pairwise.schedule_pairwise_pointwise(sch, sch.get_child_blocks(sch.get_sblock("root")))
     asm = tvm.tirx.build(sch.mod, target=tvm.target.Target(A72)).inspect_source("asm")
     ops = [line.split()[0] for line in asm.splitlines() if line.startswith("\t") and not line.startswith("\t.")]
-    assert {"smull", "smlal2", "sadalp"} <= set(ops)
+    assert {"smull", "smlal2", "sadalp", "addp"} <= set(ops)
 
 
 def test_a_minus_128_weight_keeps_the_smlal_path():
