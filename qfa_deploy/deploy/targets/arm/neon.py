@@ -21,10 +21,7 @@ from __future__ import annotations
 
 from qfa_deploy.deploy.registry import VectorUnit
 from qfa_deploy.deploy.targets.arm.pairwise import lower_pairwise, schedule_pairwise_pointwise
-from qfa_deploy.deploy.targets.cpu.clip_immediates import clip_bounds_as_immediates
-from qfa_deploy.deploy.targets.cpu.exact_division import divide_by_reciprocal
-from qfa_deploy.deploy.targets.cpu.gemv import transpose_gemv_weights
-from qfa_deploy.deploy.targets.cpu.integer import IntegerPlan, lower_integer_convs
+from qfa_deploy.deploy.targets.cpu.integer import IntegerPlan, integer_rewrite
 
 __all__ = ["DOTPROD", "NEON", "NEON_INT8", "register_intrinsics", "rewrite", "schedule"]
 
@@ -52,10 +49,9 @@ def register_intrinsics() -> None:
 
 
 def rewrite(mod, plan: IntegerPlan):
-    """Before legalization: integer convs on the codes, squeeze-excite weights transposed, divisions by
-    constants without a division, clip bounds as immediates."""
-    mod = transpose_gemv_weights(lower_integer_convs(mod, plan), NEON.lanes())
-    return clip_bounds_as_immediates(divide_by_reciprocal(mod))
+    """Before legalization: ``integer_rewrite`` (integer convs on the codes, the epilogue's divisions and
+    clip bounds without loads or divisions)."""
+    return integer_rewrite(mod, plan, NEON.lanes())
 
 
 def schedule(mod, plan: IntegerPlan):

@@ -43,8 +43,8 @@ import numpy as np
 from qfa_deploy.deploy.registry import VectorUnit
 
 __all__ = [
-    "DEPTHWISE_BLOCKS", "INT8_BLOCKS", "IntegerPlan", "lower_integer_convs", "pack_codes", "pack_depthwise_weight",
-    "pack_weight",
+    "DEPTHWISE_BLOCKS", "INT8_BLOCKS", "IntegerPlan", "integer_rewrite", "lower_integer_convs", "pack_codes",
+    "pack_depthwise_weight", "pack_weight",
 ]
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,18 @@ def lower_integer_convs(mod, plan: IntegerPlan):
              "own lowering), %d depthwise convs read codes", plan.name, counts["pointwise"], counts["own"],
              counts["depthwise"])
     return mod
+
+
+def integer_rewrite(mod, plan: IntegerPlan, gemv_lanes: int):
+    """An integer schedule's whole rewrite before legalization: the integer convs (``lower_integer_convs``),
+    squeeze-excite weights transposed for ``gemv_lanes``-wide tiles, divisions by constants without a
+    division and clip bounds as immediates (the epilogue's cost: ``exact_division``, ``clip_immediates``)."""
+    from qfa_deploy.deploy.targets.cpu.clip_immediates import clip_bounds_as_immediates
+    from qfa_deploy.deploy.targets.cpu.exact_division import divide_by_reciprocal
+    from qfa_deploy.deploy.targets.cpu.gemv import transpose_gemv_weights
+
+    mod = transpose_gemv_weights(lower_integer_convs(mod, plan), gemv_lanes)
+    return clip_bounds_as_immediates(divide_by_reciprocal(mod))
 
 
 def _integer_operands(call, lookup_binding, dequantize):

@@ -12,8 +12,7 @@ and importing ``tvm.s_tir.tensor_intrin`` parses every target's intrinsics (~35 
 from __future__ import annotations
 
 from qfa_deploy.deploy.registry import VectorUnit
-from qfa_deploy.deploy.targets.cpu.gemv import transpose_gemv_weights
-from qfa_deploy.deploy.targets.cpu.integer import IntegerPlan, lower_integer_convs
+from qfa_deploy.deploy.targets.cpu.integer import IntegerPlan, integer_rewrite
 
 __all__ = ["AVX2", "AVX512", "VNNI", "register_intrinsics", "rewrite", "schedule"]
 
@@ -41,8 +40,9 @@ def register_intrinsics() -> None:
 
 
 def rewrite(mod):
-    """Before legalization: integer convs on the codes, squeeze-excite weights transposed."""
-    return transpose_gemv_weights(lower_integer_convs(mod, VNNI), AVX2.lanes())
+    """Before legalization: ``integer_rewrite`` (integer convs on the codes, the epilogue's divisions and
+    clip bounds without loads or divisions)."""
+    return integer_rewrite(mod, VNNI, AVX2.lanes())
 
 
 def schedule(mod):
