@@ -94,9 +94,10 @@ def _blocked_edges(mod, var2val, uses: dict) -> list[tuple]:
         if not writer or uses.get(codes) != 1:
             continue
         lanes = stages(producer)[next(iter(writer))]
-        # a depthwise conv takes blocks of its own width; a 1x1 conv any multiple of its 4-byte words
-        wanted = stages(value)[DEPTHWISE_BLOCKS[1]] if reader == DEPTHWISE_BLOCKS[0] else lanes
-        if int(codes.ty.shape[1]) % lanes == 0 and lanes == wanted:
+        # a depthwise conv reads its blocks out of any multiple of their width (a 16-channel sdot tile
+        # holds four 4-channel blocks side by side); a 1x1 conv any multiple of its 4-byte words
+        block = stages(value)[DEPTHWISE_BLOCKS[1]] if reader == DEPTHWISE_BLOCKS[0] else lanes
+        if int(codes.ty.shape[1]) % lanes == 0 and block and lanes % block == 0:
             edges.append((producer, value, reader, lanes))
     return edges
 
