@@ -19,7 +19,7 @@ from pathlib import Path
 
 from qfa_deploy.errors import QfaError
 
-__all__ = ["atomic_write_bytes", "check_output", "clean_stale_staging", "staged_directory"]
+__all__ = ["atomic_write_bytes", "check_output", "clean_stale_staging", "staged_directory", "write_text_atomic"]
 
 
 def _prefix(path: Path) -> str:
@@ -178,3 +178,14 @@ def _move_into_place(tmp: Path, out: Path) -> None:
             raise
     finally:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """``text`` into ``path`` through ``atomic_write_bytes``; a directory or an OS error is one line."""
+    path = Path(path)
+    if path.is_dir():
+        raise QfaError(f"{path} is a directory")
+    try:
+        atomic_write_bytes(path, lambda f: f.write(text.encode()))
+    except OSError as exc:
+        raise QfaError(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 
-from qfa_deploy.atomic import atomic_write_bytes
-from qfa_deploy.errors import QfaError
+from qfa_deploy.atomic import write_text_atomic  # re-exported: the verbs' writer
 
 __all__ = ["emit_json", "load_supernet", "set_threads", "write_text_atomic"]
 
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    path = Path(path)
-    if path.is_dir():
-        raise QfaError(f"{path} is a directory")
-    try:
-        atomic_write_bytes(path, lambda f: f.write(text.encode()))
-    except OSError as exc:
-        raise QfaError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def emit_json(data) -> None:

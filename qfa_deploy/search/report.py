@@ -7,31 +7,22 @@ from pathlib import Path
 
 import numpy as np
 
-from qfa_deploy.checkpoint import atomic_write_bytes
+from qfa_deploy.atomic import atomic_write_bytes, write_text_atomic
 from qfa_deploy.errors import QfaError
 from qfa_deploy.search.nsga import SearchResult
 
 __all__ = ["plot_front", "write_best", "write_pareto"]
 
 
-def _write(path: str | Path, text: str) -> None:
-    path = Path(path)
-    if path.is_dir():
-        raise QfaError(f"{path} is a directory")
-    try:
-        atomic_write_bytes(path, lambda f: f.write(text.encode()))
-    except OSError as exc:
-        raise QfaError(f"cannot write {path}: {exc.strerror or exc}") from None
-
 
 def write_pareto(result: SearchResult, path: str | Path) -> None:
     """A JSON list, cheapest first: {arch, digest, predicted_top1, mflops, gbitops[, latency_ms]}."""
-    _write(path, json.dumps(result.records(), indent=1) + "\n")
+    write_text_atomic(path, json.dumps(result.records(), indent=1) + "\n")
 
 
 def write_best(result: SearchResult, path: str | Path) -> None:
     """The most accurate (predicted) Pareto member as a cfg.json (``qfa-deploy export`` reads it)."""
-    _write(path, result.configs()[result.best_index()].to_json())
+    write_text_atomic(path, result.configs()[result.best_index()].to_json())
 
 
 def plot_front(result: SearchResult, path: str | Path, title: str | None = None) -> None:
