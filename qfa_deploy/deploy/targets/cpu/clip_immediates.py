@@ -21,7 +21,6 @@ __all__ = ["clip_bounds_as_immediates"]
 
 log = logging.getLogger(__name__)
 
-_ELEMWISE = 0  # Relax op pattern: fuses with its producer and consumers
 _BOUNDS = {"maximum": "max", "minimum": "min"}  # the frontend's PrimFunc names -> the TE op
 
 
@@ -30,7 +29,7 @@ def clip_bounds_as_immediates(mod):
     float32 tensor and a constant scalar bound computed with the bound as an immediate."""
     from tvm import relax
 
-    from qfa_deploy.deploy.targets.cpu.conv_rewrite import rewrite_calls
+    from qfa_deploy.deploy.targets.cpu.conv_rewrite import ELEMWISE, rewrite_calls
 
     mod = relax.transform.FoldConstant()(mod)
 
@@ -41,9 +40,9 @@ def clip_bounds_as_immediates(mod):
         kind, data, bound = made
         return kind, builder.call_te(_te_bound, data, kind, bound, primfunc_name_hint=f"{kind}_imm")
 
-    mod, counts = rewrite_calls(mod, rewrite, ("relax.call_tir",), _ELEMWISE)
+    mod, counts = rewrite_calls(mod, rewrite, ("relax.call_tir",), ELEMWISE)
     log.info("clip bounds as immediates: %d maximum, %d minimum", counts["maximum"], counts["minimum"])
-    return relax.transform.DeadCodeElimination()(mod)
+    return mod  # rewrite_calls dropped the folded bounds' dead bindings
 
 
 def _clip(call):

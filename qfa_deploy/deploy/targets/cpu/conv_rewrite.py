@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-__all__ = ["rewrite_calls", "rewrite_convs"]
+__all__ = ["ELEMWISE", "rewrite_calls", "rewrite_convs"]
 
+ELEMWISE = 0  # Relax op pattern: fuses with its producer and consumers
 _OUT_EWISE_FUSABLE = 4  # Relax op pattern: elementwise consumers may fuse onto the output
 
 

@@ -30,7 +30,6 @@ __all__ = ["divide_by_reciprocal", "exact_quotient"]
 
 log = logging.getLogger(__name__)
 
-_ELEMWISE = 0  # Relax op pattern: fuses with its producer and consumers
 
 
 def exact_quotient(x, divisor: float):
@@ -53,7 +52,7 @@ def divide_by_reciprocal(mod):
     scalar computed by ``exact_quotient``."""
     from tvm import ir
 
-    from qfa_deploy.deploy.targets.cpu.conv_rewrite import rewrite_calls
+    from qfa_deploy.deploy.targets.cpu.conv_rewrite import ELEMWISE, rewrite_calls
 
     quantize, divide = ir.Op.get("relax.quantize"), ir.Op.get("relax.divide")
 
@@ -64,7 +63,7 @@ def divide_by_reciprocal(mod):
             return _divide(builder, call)
         return None
 
-    mod, counts = rewrite_calls(mod, rewrite, ("relax.quantize", "relax.divide"), _ELEMWISE)
+    mod, counts = rewrite_calls(mod, rewrite, ("relax.quantize", "relax.divide"), ELEMWISE)
     log.info("exact reciprocal division: %d quantizes, %d divides", counts["quantize"], counts["divide"])
     return mod
 
