@@ -18,6 +18,7 @@ from pathlib import Path
 from qfa_deploy.atomic import atomic_write_bytes
 from qfa_deploy.deploy._text import one_line
 from qfa_deploy.deploy.device import Device, load_device
+from qfa_deploy.deploy.elf import constant_sections
 from qfa_deploy.deploy.registry import AUTO, NONE, TargetSchedule, resolve, schedule_names
 from qfa_deploy.deploy.targets.cuda.kernels import CUDA_SOURCE_NAME
 from qfa_deploy.digest import file_sha256
@@ -72,7 +73,9 @@ def compile_artifact(
 
     Returns:
         JSON-ready metadata: device, target, tvm_version, tuning_database (sha256 or None),
-        schedule, library (file name), library_sha256, inputs, compile_seconds; for CUDA also
+        schedule, library (file name), library_sha256, constant_bytes (the bytes of the library's
+        read-only data sections, which hold the model's constants: ``deploy.elf.constant_sections``),
+        constant_sections (those sections' sizes), inputs, compile_seconds; for CUDA also
         cuda_kernels, read back from the library: format ("fatbin"; "cuda" for source), arch,
         code_bytes, the fatbin's images, nvcc_seconds.
 
@@ -183,6 +186,7 @@ def _metadata(dev: Device, target, schedule: tuple[str, str | None], lib_path: P
     import tvm
 
     applied, db_hash = schedule
+    sections = constant_sections(lib_path)
     meta = {
         "device": dev.name,
         "target": _target_json(target),
@@ -191,6 +195,8 @@ def _metadata(dev: Device, target, schedule: tuple[str, str | None], lib_path: P
         "schedule": applied,
         "library": LIBRARY_NAME,
         "library_sha256": file_sha256(lib_path),
+        "constant_bytes": sum(sections.values()),
+        "constant_sections": sections,
         "inputs": inputs,
         "compile_seconds": round(seconds, 3),
     }

@@ -1,0 +1,94 @@
+"""Artifact size: the compiled library's constant bytes in meta.json and ``qfa-deploy info``.
+
+One CIFAR-10 artifact (the smallest W2A2 subnet, the embedded checkpoint's statistics, x86) is exported
+once; its meta.json is checked against the library measured independently with binutils' ``size -A``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from qfa_deploy.deploy.elf import constant_sections, elf_sections
+
+ROOT = Path(__file__).resolve().parents[1]
+W2A2 = ROOT / "export" / "cifar10-smallest-w2a2.json"
+
+
+def size_a(path: Path) -> dict[str, int]:
+    """``size -A``'s section table of ``path`` (name -> bytes)."""
+    if shutil.which("size") is None:
+        pytest.skip("binutils' size is not installed")
+    out = subprocess.run(["size", "-A", str(path)], capture_output=True, text=True, check=True).stdout
+    table = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0].startswith(".") and parts[1].isdigit():
+            table[parts[0]] = table.get(parts[0], 0) + int(parts[1])
+    assert table, out
+    return table
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory) -> Path:
+    from qfa_deploy.export.pipeline import ExportConfig, export_subnet
+
+    out = tmp_path_factory.mktemp("size") / "w2a2"
+    export_subnet(ExportConfig(W2A2, out, target="x86", calib_batches=0))
+    return out
+
+
+def test_meta_records_the_constant_bytes_size_measures(artifact):
+    meta = json.loads((artifact / "meta.json").read_text())
+    compiled = meta["compile"]
+    table = size_a(artifact / compiled["library"])
+    rodata = {name: size for name, size in table.items() if name == ".rodata" or name.startswith(".rodata.")}
+    assert rodata and compiled["constant_sections"] == rodata
+    assert compiled["constant_bytes"] == sum(rodata.values())
+    # the weights alone (555 k parameters, most of them int8) take several hundred kB
+    assert compiled["constant_bytes"] > 400_000
+
+
+def test_elf_sections_agree_with_size(artifact):
+    """The reader's table is ``size -A``'s plus the non-allocated symbol and string tables."""
+    ours, theirs = elf_sections(artifact / "model.so"), size_a(artifact / "model.so")
+    assert {k: v for k, v in ours.items() if k in theirs} == theirs
+    assert set(ours) - set(theirs) <= {".symtab", ".strtab", ".shstrtab"}
+    cross = Path("/usr/aarch64-linux-gnu/lib/libc.so.6")  # another machine's ELF, where installed
+    if cross.is_file():
+        assert constant_sections(cross) == {k: v for k, v in size_a(cross).items() if k.startswith(".rodata")}
+
+
+def test_info_prints_the_constant_bytes_beside_the_bits(artifact):
+    from click.testing import CliRunner
+
+    from qfa_deploy.cli import cli
+
+    meta = json.loads((artifact / "meta.json").read_text())
+    text = CliRunner().invoke(cli, ["info", str(artifact)], catch_exceptions=False)
+    assert text.exit_code == 0, text.output
+    lines = text.output.splitlines()
+    bits = next(i for i, line in enumerate(lines) if line.strip().startswith("bits"))
+    assert "weights 2-bit x33, 8-bit x3" in lines[bits]
+    assert lines[bits + 1].split()[:3] == ["constants", f"{meta['compile']['constant_bytes']:,}", "B"]
+    as_json = CliRunner().invoke(cli, ["info", str(artifact), "--json"], catch_exceptions=False)
+    report = json.loads(as_json.output)
+    assert report["artifact"]["constant_bytes"] == meta["compile"]["constant_bytes"]
+    assert report["artifact"]["bits"] == meta["bits"] and report["arch"] == meta["arch"]
+    # the arch config alone: the same cost lines, no artifact lines
+    plain = CliRunner().invoke(cli, ["info", str(W2A2)], catch_exceptions=False)
+    assert plain.exit_code == 0 and plain.output.splitlines() == lines[:len(plain.output.splitlines())]
+    assert "constants" not in plain.output
+
+
+def test_info_on_a_folder_that_is_no_artifact(tmp_path):
+    from click.testing import CliRunner
+
+    from qfa_deploy.cli import cli
+
+    result = CliRunner().invoke(cli, ["info", str(tmp_path)])
+    assert result.exit_code == 2 and "is a directory without meta.json" in result.output
