@@ -44,8 +44,13 @@ fi
 "$python" -m pip wheel -q -w wheelhouse . "$torch"
 rm -f wheelhouse/qfa_deploy-*.whl  # the image installs the checkout it copies
 
-# 3. Build, then the smoke job inside, writing to the mounted folder.
-docker build -q --build-arg BASE="$base" -t "$image" . >/dev/null
+# 3. Build, then the smoke job inside, writing to the mounted folder. --force-rm: a failed step
+# leaves no stopped container behind; the prune drops the previous build's images and stages, now
+# untagged (only ours: the Dockerfile labels them), before the build too, after a failed one.
+prune() { docker image prune -f --filter label=org.qfa-deploy.ci-image >/dev/null; }
+prune
+docker build -q --force-rm --build-arg BASE="$base" -t "$image" . >/dev/null
+prune
 echo "image $image built from $base ($(docker image inspect -f '{{.Size}}' "$image" | awk '{printf "%.0f MB", $1 / 1e6}'))"
 mkdir -p "$out"
 docker run --rm -v "$(realpath "$out")":/out --entrypoint bash "$image" \
