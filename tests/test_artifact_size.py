@@ -92,3 +92,50 @@ def test_info_on_a_folder_that_is_no_artifact(tmp_path):
 
     result = CliRunner().invoke(cli, ["info", str(tmp_path)])
     assert result.exit_code == 2 and "is a directory without meta.json" in result.output
+
+
+def _logits(library: Path, images):
+    from qfa_deploy.export.verify import tvm_library_runner
+
+    return tvm_library_runner(library, 1)(images)[0]
+
+
+def test_library_ships_without_debug_sections_unless_asked(artifact, tmp_path):
+    """The default library has no ``.debug_*`` section; ``debug_symbols`` keeps them; both hold the same
+    code and constants and give bit-identical logits, equal to onnxruntime's."""
+    import numpy as np
+
+    from qfa_deploy.deploy.compile import compile_artifact
+    from qfa_deploy.export.verify import ort_runner
+
+    meta = json.loads((artifact / "meta.json").read_text())
+    stripped = artifact / meta["compile"]["library"]
+    assert meta["compile"]["debug_symbols"] is False
+    assert not [name for name in size_a(stripped) if name.startswith(".debug")]
+    kept = compile_artifact(artifact / "model.onnx", "x86", tmp_path, debug_symbols=True)
+    assert kept["debug_symbols"] is True
+    with_debug = tmp_path / kept["library"]
+    debug_sections = {name: size for name, size in size_a(with_debug).items() if name.startswith(".debug")}
+    assert ".debug_info" in debug_sections, debug_sections
+    loaded = lambda table: {k: v for k, v in table.items() if not k.startswith(".debug")}  # noqa: E731
+    assert loaded(size_a(with_debug)) == loaded(size_a(stripped))  # same code and constant sizes
+    assert kept["constant_bytes"] == meta["compile"]["constant_bytes"]
+    assert stripped.stat().st_size + sum(debug_sections.values()) <= with_debug.stat().st_size
+    images = np.random.default_rng(0).standard_normal((4, 3, 24, 24)).astype(np.float32)
+    ours, theirs = _logits(stripped, images), _logits(with_debug, images)
+    assert np.array_equal(ours, theirs)
+    reference = np.concatenate([ort_runner(artifact / "model.onnx", optimize=False)(x[None])[0] for x in images])
+    assert np.abs(ours - reference).max() <= 1e-4 and np.array_equal(ours.argmax(1), reference.argmax(1))
+
+
+def test_cli_debug_symbols_flag():
+    """``--debug-symbols`` on compile and export (the flag reaches compile_artifact through ExportConfig)."""
+    from click.testing import CliRunner
+
+    from qfa_deploy.cli import cli
+    from qfa_deploy.export.pipeline import ExportConfig
+
+    for command in ("compile", "export"):
+        help_text = CliRunner().invoke(cli, [command, "--help"]).output
+        assert "--debug-symbols" in help_text, command
+    assert ExportConfig("a.json", "out").debug_symbols is False

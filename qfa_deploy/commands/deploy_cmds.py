@@ -10,6 +10,7 @@ import click
 
 from qfa_deploy.commands.common import emit_json, schedule_option, write_text_atomic
 from qfa_deploy.commands.options import SEED, TIMEOUT
+from qfa_deploy.deploy.compile import DEBUG_SYMBOLS_HELP
 from qfa_deploy.errors import QfaError
 
 __all__ = ["COMMANDS"]
@@ -48,9 +49,10 @@ def devices(as_json):
 @click.option("--database", type=click.Path(file_okay=False), default=None,
               help="MetaSchedule database from `qfa-deploy tune` to apply.")
 @schedule_option
+@click.option("--debug-symbols", is_flag=True, help=DEBUG_SYMBOLS_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print meta.json.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists (once the new folder is complete).")
-def compile_cmd(onnx_file, device, out_dir, database, schedule, as_json, force):
+def compile_cmd(onnx_file, device, out_dir, database, schedule, debug_symbols, as_json, force):
     """Compile a QDQ ONNX model with TVM for DEVICE into an artifact folder."""
     from qfa_deploy.atomic import check_output, staged_directory
     from qfa_deploy.deploy.compile import compile_artifact
@@ -64,7 +66,7 @@ def compile_cmd(onnx_file, device, out_dir, database, schedule, as_json, force):
     check_output(out, force, folder=True, option="--out")
     with staged_directory(out, force) as folder:  # --out appears complete or not at all
         meta = compile_artifact(src, device, folder, database=Path(database) if database else None,
-                                schedule=schedule)
+                                schedule=schedule, debug_symbols=debug_symbols)
         try:
             shutil.copyfile(src, folder / ONNX_NAME)
         except OSError as exc:

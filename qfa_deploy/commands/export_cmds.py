@@ -6,6 +6,7 @@ import click
 
 from qfa_deploy.commands.common import emit_json, schedule_option, set_threads
 from qfa_deploy.commands.options import COUNT, PROPORTION, THREADS, calib_batches_option
+from qfa_deploy.deploy.compile import DEBUG_SYMBOLS_HELP
 
 __all__ = ["COMMANDS"]
 
@@ -32,7 +33,8 @@ __all__ = ["COMMANDS"]
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @click.option("--threads", type=THREADS, default=None, help="Torch intra-op threads.")
 @schedule_option
-def export(arch_path, target, checkpoint, calib_batches, data_dir, out, force, threads, schedule):
+@click.option("--debug-symbols", is_flag=True, help=DEBUG_SYMBOLS_HELP)
+def export(arch_path, target, checkpoint, calib_batches, data_dir, out, force, threads, schedule, debug_symbols):
     """Calibrate, fold and export a subnet: OUT/model.onnx (QDQ) and OUT/meta.json.
 
     With --calib-batches 0 the subnet keeps the checkpoint's stored statistics and no data is read.
@@ -41,7 +43,8 @@ def export(arch_path, target, checkpoint, calib_batches, data_dir, out, force, t
 
     set_threads(threads)
     meta = export_subnet(ExportConfig(arch_path, out, target=target, checkpoint=checkpoint,
-                                      calib_batches=calib_batches, data_dir=data_dir, force=force, schedule=schedule))
+                                      calib_batches=calib_batches, data_dir=data_dir, force=force, schedule=schedule,
+                                      debug_symbols=debug_symbols))
     files = ", ".join(meta["files"])
     click.echo(f"wrote {out} ({files}, meta.json) for {meta['arch_short']}")
 

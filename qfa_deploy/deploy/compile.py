@@ -25,13 +25,16 @@ from qfa_deploy.digest import file_sha256
 from qfa_deploy.errors import QfaError
 
 __all__ = [
-    "LIBRARY_NAME", "CUDA_SOURCE_NAME", "DEFAULT_SCHEDULE", "SCHEDULES", "compile_artifact",
+    "LIBRARY_NAME", "CUDA_SOURCE_NAME", "DEBUG_SYMBOLS_HELP", "DEFAULT_SCHEDULE", "SCHEDULES", "compile_artifact",
     "onnx_input_specs", "resolve_schedule",
 ]
 
 log = logging.getLogger(__name__)
 
 LIBRARY_NAME = "model.so"
+STRIP_DEBUG = "-Wl,--strip-debug"  # GNU ld (host and aarch64 cross gcc): no .debug_* sections in the library
+DEBUG_SYMBOLS_HELP = ("Keep the DWARF debug sections (.debug_*) of the generated code in the library "
+                      "(default: the library ships without them; code and constants are the same either way).")
 SCHEDULES = schedule_names()  # auto, the target packages' schedules, none (qfa_deploy.deploy.registry)
 # "auto" resolves per target (resolve_schedule); latency tables record the resolved name and are
 # validated and searched with it, so changing what "auto" picks means rebuilding them
@@ -47,6 +50,7 @@ def compile_artifact(
     batch_size: int = 1,
     schedule: str = DEFAULT_SCHEDULE,
     cuda_kernels: str | None = None,
+    debug_symbols: bool = False,
 ) -> dict:
     """Import ``onnx_path``, compile it for ``device`` and write ``out_dir/model.so``.
 
@@ -70,12 +74,15 @@ def compile_artifact(
             compiled when the library is loaded), "auto" (fatbin when nvcc is on PATH, else source
             with a one-line warning); None reads ``$QFA_CUDA_KERNELS`` (default "auto").
             ``model.cu`` (the source) is written beside the library either way.
+        debug_symbols: keep the DWARF sections (``.debug_*``) of the generated code in the library; by
+            default the linker drops them (``--strip-debug``: the code, constants and symbol table
+            are unchanged, the file about a quarter smaller).
 
     Returns:
         JSON-ready metadata: device, target, tvm_version, tuning_database (sha256 or None),
         schedule, library (file name), library_sha256, constant_bytes (the bytes of the library's
         read-only data sections, which hold the model's constants: ``deploy.elf.constant_sections``),
-        constant_sections (those sections' sizes), inputs, compile_seconds; for CUDA also
+        constant_sections (those sections' sizes), debug_symbols, inputs, compile_seconds; for CUDA also
         cuda_kernels, read back from the library: format ("fatbin"; "cuda" for source), arch,
         code_bytes, the fatbin's images, nvcc_seconds.
 
@@ -95,10 +102,11 @@ def compile_artifact(
     mod = _import_onnx(from_onnx, model, inputs, onnx_path)
     mod, applied, db_hash = _schedule(mod, target, resolve(schedule, dev), database)
     executable = _build(mod, target, onnx_path, dev)
-    lib_path, cuda_meta = _write_library(executable, dev, target, Path(out_dir), cuda_kernels)
+    lib_path, cuda_meta = _write_library(executable, dev, target, Path(out_dir), cuda_kernels, debug_symbols)
     seconds = time.perf_counter() - start
     log.info("compiled %s for %s in %.1f s -> %s", onnx_path, dev.name, seconds, lib_path)
-    return _metadata(dev, target, (applied, db_hash), lib_path, inputs, seconds, cuda_meta)
+    meta = _metadata(dev, target, (applied, db_hash), lib_path, inputs, seconds, cuda_meta)
+    return {**meta, "debug_symbols": debug_symbols}
 
 
 def _check_tools(dev: Device, cuda_kernels: str | None) -> str | None:
@@ -160,18 +168,20 @@ def _build(mod, target, onnx_path: Path, dev: Device):
         raise QfaError(f"TVM cannot compile {onnx_path} for {dev.name}: {one_line(exc)}") from None
 
 
-def _write_library(executable, dev: Device, target, out_dir: Path, cuda_kernels: str | None):
-    """(``out_dir/model.so``, what its CUDA kernels are or None): ``executable`` linked there; for CUDA
-    with the kernels prepared as ``cuda_kernels`` says and their source written beside it."""
+def _write_library(executable, dev: Device, target, out_dir: Path, cuda_kernels: str | None,
+                   debug_symbols: bool = False):
+    """(``out_dir/model.so``, what its CUDA kernels are or None): ``executable`` linked there (without
+    debug sections unless ``debug_symbols``); for CUDA with the kernels prepared as ``cuda_kernels``
+    says and their source written beside it."""
     out_dir.mkdir(parents=True, exist_ok=True)
     lib_path = out_dir / LIBRARY_NAME
     if dev.target_kind != "cuda":
-        _export_atomic(executable, lib_path, dev.cc)
+        _export_atomic(executable, lib_path, dev.cc, debug_symbols=debug_symbols)
         return lib_path, None
     from qfa_deploy.deploy.targets.cuda.kernels import prepare_cuda_kernels
 
     kernels = prepare_cuda_kernels(executable, str(target.attrs.get("arch", "")), cuda_kernels)
-    _export_atomic(executable, lib_path, dev.cc, fpack_imports=kernels.pack_imports())
+    _export_atomic(executable, lib_path, dev.cc, fpack_imports=kernels.pack_imports(), debug_symbols=debug_symbols)
     text = kernels.source.encode()
     atomic_write_bytes(lib_path.parent / CUDA_SOURCE_NAME, lambda f: f.write(text))
     cuda_meta, note = kernels.describe(lib_path)  # read back from the library
@@ -246,11 +256,15 @@ def _load_onnx(path: Path):
         raise QfaError(f"{path} is not a readable ONNX model: {one_line(exc)}") from None
 
 
-def _export_atomic(executable, lib_path: Path, cc: str | None, fpack_imports=None) -> None:
+def _export_atomic(executable, lib_path: Path, cc: str | None, fpack_imports=None, debug_symbols: bool = False) -> None:
+    """``executable`` linked into ``lib_path`` atomically, by the host's or the device's (cross) gcc, the
+    DWARF sections of TVM's generated code dropped by the linker unless ``debug_symbols``."""
     fd, tmp = tempfile.mkstemp(prefix=f".{lib_path.stem}.", suffix=".so", dir=lib_path.parent)
     os.close(fd)
     try:
         kwargs = {"cc": cc} if cc else {}
+        if not debug_symbols:
+            kwargs["options"] = [STRIP_DEBUG]
         if fpack_imports is not None:  # CUDA: the module blob with the kernels' fatbin (deploy.targets.cuda.kernels)
             kwargs["fpack_imports"] = fpack_imports
         try:

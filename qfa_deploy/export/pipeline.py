@@ -35,6 +35,8 @@ class ExportConfig:
         force: replace ``out`` if it exists.
         schedule: the ``compile_artifact`` schedule of CPU workloads no tuning database covers
             (None: its default).
+        debug_symbols: keep the compiled library's debug sections (``.debug_*``; by default the
+            library ships without them).
     """
 
     arch: str | Path
@@ -45,14 +47,16 @@ class ExportConfig:
     data_dir: str | Path | None = None
     force: bool = False
     schedule: str | None = None
+    debug_symbols: bool = False
 
     def __post_init__(self) -> None:
         if self.calib_batches < 0:
             raise QfaError("--calib-batches must be at least 0")
 
 
-def compiler_for(target: str, schedule: str | None = None) -> CompileFn:
-    """``compile_artifact`` of the TVM deploy module for ``target`` with ``schedule``; an unknown device
+def compiler_for(target: str, schedule: str | None = None, debug_symbols: bool = False) -> CompileFn:
+    """``compile_artifact`` of the TVM deploy module for ``target`` with ``schedule`` (the library with its
+    debug sections if ``debug_symbols``); an unknown device
     (or for CUDA a bad $QFA_CUDA_KERNELS, or fatbin without nvcc) is a QfaError now, before any work."""
     from qfa_deploy.deploy.compile import DEFAULT_SCHEDULE, compile_artifact
     from qfa_deploy.deploy.device import load_device
@@ -63,7 +67,9 @@ def compiler_for(target: str, schedule: str | None = None) -> CompileFn:
 
         check_cuda_request()
     schedule = schedule or DEFAULT_SCHEDULE
-    return lambda onnx_path, device, out_dir: compile_artifact(onnx_path, device, out_dir, schedule=schedule)
+    return lambda onnx_path, device, out_dir: compile_artifact(
+        onnx_path, device, out_dir, schedule=schedule, debug_symbols=debug_symbols
+    )
 
 
 def export_subnet(config: ExportConfig) -> dict:
@@ -76,7 +82,7 @@ def export_subnet(config: ExportConfig) -> dict:
     from qfa_deploy.reference import default_checkpoint
 
     load_arch(config.arch)  # missing or malformed config: fail before anything is written
-    compile_fn = None if config.target == "onnx" else compiler_for(config.target, config.schedule)
+    compile_fn = None if config.target == "onnx" else compiler_for(config.target, config.schedule, config.debug_symbols)
     ckpt = Path(config.checkpoint) if config.checkpoint else default_checkpoint()
     check_output(config.out, config.force, folder=True, option="--out")  # parent exists and is writable
     with staged_directory(config.out, config.force) as folder:
