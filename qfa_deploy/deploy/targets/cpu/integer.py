@@ -65,6 +65,9 @@ class IntegerPlan:
     code_offset: int = 0  # subtracted from the codes: 128 where the instruction takes signed bytes only
     dot: Callable[[int], str] | None = None  # int32 lanes -> a registered tensor intrinsic; None: LLVM vectorizes
     dot_lanes: int = 0  # the most int32 lanes one dot instruction fills (wider tiles are split to it)
+    # how the depthwise weights (integers on the b-bit grid) are stored: "int8", converted to float32 where
+    # the conv reads them (exact), or "float32" (the float weights themselves: no conversion per tap)
+    depthwise_weight: str = "float32"
     # a target's own 1x1 lowering, tried first: (builder, codes, weight [O, C], zero points) -> call or None
     pointwise_lowering: Callable | None = None
     pointwise_schedule: Callable | None = None  # (schedule, root's blocks) -> bool: schedules what it lowered
@@ -114,7 +117,7 @@ def lower_integer_convs(mod, plan: IntegerPlan):
             # depthwise: no channel sum for a dot product to take, but reading the uint8 codes (not
             # their float copy) lets the producer write a quarter of the bytes
             return "depthwise", builder.call_te(
-                _depthwise_from_codes, codes, relax.const(pack_depthwise_weight(weight, lanes)),
+                _depthwise_from_codes, codes, relax.const(pack_depthwise_weight(weight, lanes, plan.depthwise_weight)),
                 relax.const(zero_point.astype(np.float32)), strides, padding,
                 primfunc_name_hint="conv2d_codes",
             )
@@ -233,10 +236,11 @@ def _pointwise_int8(codes, packed, comp, out_channels: int, code_offset: int):
     )
 
 
-def pack_depthwise_weight(w: np.ndarray, lanes: int) -> np.ndarray:
-    """Depthwise weights [C, 1, kh, kw] -> [C/lanes, kh, kw, lanes] float32: one vector per tap and block."""
+def pack_depthwise_weight(w: np.ndarray, lanes: int, dtype: str = "float32") -> np.ndarray:
+    """Depthwise weights [C, 1, kh, kw] (int8) -> [C/lanes, kh, kw, lanes] ``dtype``: one vector per tap and
+    block; as int8 a quarter of the bytes of float32, the same values."""
     channels, _, kh, kw = w.shape
-    blocked = w.astype(np.float32).reshape(channels // lanes, lanes, kh, kw).transpose(0, 2, 3, 1)
+    blocked = w.astype(dtype).reshape(channels // lanes, lanes, kh, kw).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(blocked)
 
 
@@ -263,13 +267,18 @@ def _depthwise_from_codes(codes, weight, zero_point, strides, padding):
 
     padded = te.compute((n, blocks, height + top + bottom, width + left + right, lanes), pad,
                         name=DEPTHWISE_BLOCKS[0])
+
+    def tap(cb, ry, rx, lane):  # an integer weight (int8 storage) as float32: exact
+        w = weight[cb, ry, rx, lane]
+        return w if weight.dtype == "float32" else w.astype("float32")
+
     ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
     out_h = (height + top + bottom - kh) // sh + 1
     out_w = (width + left + right - kw) // sw + 1
     acc = te.compute(
         (n, blocks, out_h, out_w, lanes),
         lambda i, cb, y, x, lane: te.sum(
-            padded[i, cb, y * sh + ry, x * sw + rx, lane] * weight[cb, ry, rx, lane], axis=[ry, rx]
+            padded[i, cb, y * sh + ry, x * sw + rx, lane] * tap(cb, ry, rx, lane), axis=[ry, rx]
         ),
         name=DEPTHWISE_BLOCKS[1],
     )
