@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ from qfa_deploy.deploy import compile_artifact, load_device
 from qfa_deploy.deploy.targets.cpu.integer import pack_depthwise_weight, pack_weight
 from qfa_deploy.deploy.targets.x86.vnni import VNNI
 from qfa_deploy.errors import QfaError
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "export"
 
 
 def _host_has_vnni() -> bool:
@@ -59,6 +62,16 @@ def test_depthwise_weights_are_blocked_one_vector_per_tap():
     np.testing.assert_array_equal(blocked[c // 8, ky, kx, c % 8], w[:, 0])  # where the conv reads tap (ky, kx)
 
 
+def test_position_constants_are_blocked_where_the_tile_reads_them():
+    from qfa_deploy.deploy.targets.cpu.blocked_constants import _block
+
+    bias = np.arange(8 * 3 * 5, dtype=np.float32).reshape(8, 3, 5)
+    blocked = _block(bias, 4)
+    assert blocked.shape == (2, 3, 5, 4) and blocked.flags.c_contiguous
+    for c, y, x in np.ndindex(bias.shape):
+        assert blocked[c // 4, y, x, c % 4] == bias[c, y, x]  # the index map the function's buffer gets
+
+
 @pytest.mark.skipif(not _host_has_vnni(), reason="this CPU has no AVX512-VNNI")
 def test_tiled_vnni_is_bit_identical_to_tiled_cpu(tmp_path, fast_x86, cifar_supernet, caplog):
     from qfa_deploy.deploy.parity import compare_outputs, onnxruntime_outputs, random_inputs
@@ -96,3 +109,38 @@ def test_tiled_vnni_needs_a_vnni_target(tmp_path, cifar_supernet):
     with pytest.raises(QfaError, match="tiled-vnni needs a CPU with avx512vnni"):
         compile_artifact(onnx_path, str(device), tmp_path / "out", schedule="tiled-vnni")
     assert not (tmp_path / "out" / "model.so").exists()
+
+
+@pytest.mark.skipif(not _host_has_vnni(), reason="this CPU has no AVX512-VNNI")
+def test_trained_subnet_reads_its_border_biases_blocked(tmp_path, fast_x86, caplog):
+    """The trained supernet's depthwise convs add a per-position border bias ([C, H, W]; a random
+    supernet calibrated on noise has none): stored channel-blocked, the artifact still equals
+    onnxruntime."""
+    from qfa_deploy.arch import load_arch
+    from qfa_deploy.calibrate import calibrate
+    from qfa_deploy.checkpoint import load_supernet
+    from qfa_deploy.data import calibration_images
+    from qfa_deploy.deploy.parity import compare_outputs, onnxruntime_outputs, random_inputs
+    from qfa_deploy.deploy.runner import open_session
+    from qfa_deploy.export.onnx_export import export_onnx, save_onnx
+    from qfa_deploy.extract import extract
+    from qfa_deploy.fold import fold
+    from qfa_deploy.reference import default_checkpoint
+
+    supernet = load_supernet(default_checkpoint())
+    cfg = load_arch(EXAMPLES / "cifar10-smallest-w2a2.json", expect_space=supernet.space.name)
+    subnet = extract(supernet, cfg)
+    calibrate(subnet, (x for x, _ in calibration_images(supernet.space, images=200).batches(100)), cfg.resolution, 2)
+    onnx_path = tmp_path / "subnet.onnx"
+    save_onnx(export_onnx(fold(subnet.eval()), batch=1), onnx_path)
+    folder = artifact_dir(tmp_path / "vnni", onnx_path)
+    with caplog.at_level(logging.INFO, logger="qfa_deploy"):
+        meta = compile_artifact(folder / "model.onnx", str(fast_x86), folder, schedule="tiled-vnni")
+    (constants,) = [r.getMessage() for r in caplog.records if "per-position constants" in r.getMessage()]
+    assert int(re.search(r"(\d+) per-position constants", constants).group(1)) > 0, constants
+    with open_session(load_device(str(fast_x86))) as session:
+        vm = session.load(folder / "model.so")
+        for s in range(2):
+            inputs = random_inputs(meta["inputs"], seed=s)
+            parity = compare_outputs(session.run(vm, inputs), onnxruntime_outputs(onnx_path, meta["inputs"], inputs))
+            assert parity["max_abs_diff"] <= 1e-5 and parity["argmax_agree"], parity

@@ -16,6 +16,7 @@ from functools import partial
 from qfa_deploy.deploy._text import one_line
 from qfa_deploy.deploy.schedule import inline, schedule_each
 from qfa_deploy.deploy.targets.cpu.blocked_codes import keep_codes_blocked
+from qfa_deploy.deploy.targets.cpu.blocked_constants import block_position_constants
 from qfa_deploy.deploy.targets.cpu.integer import DEPTHWISE_BLOCKS, INT8_BLOCKS, IntegerPlan
 from qfa_deploy.deploy.targets.cpu.tiled import tiled_cpu_schedule
 
@@ -30,7 +31,7 @@ def integer_schedule(mod, plan: IntegerPlan, float_unit):
     """``mod`` (lowered by ``lower_integer_convs(mod, plan)`` before legalization, then legalized and
     fused) with its integer pointwise functions tiled (and tensorized) and its depthwise convs tiled
     channel-blocked, every other PrimFunc as ``tiled_cpu_schedule`` with ``float_unit``."""
-    mod = keep_codes_blocked(mod, plan.name)
+    mod = block_position_constants(keep_codes_blocked(mod, plan.name))
     counts = {"own": 0, "pointwise": 0, "depthwise": 0}
 
     def lowered_or_leave(sch, name: str) -> bool:
