@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "export"  # the example arch configs the project ships
 FAST_PROTOCOL = {"warmup": 1, "number": 2, "repeat": 5, "min_repeat_ms": 0}
 
 

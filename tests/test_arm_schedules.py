@@ -17,11 +17,11 @@ import random
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from deploy_helpers import EXAMPLES
 
 from qfa_deploy.deploy import compile_artifact
 
@@ -46,7 +46,6 @@ for lib, inputs, outputs in zip(*[iter(sys.argv[1:])] * 3):
     np.savez(outputs, **{f"{name}/{i}": out for name in data.files
                          for i, out in enumerate(flat(vm["main"](tvm.runtime.tensor(data[name], tvm.cpu()))))})
 """
-EXAMPLES = Path(__file__).resolve().parents[1] / "export"
 
 
 def _configs(space: str):

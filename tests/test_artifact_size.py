@@ -12,11 +12,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from deploy_helpers import EXAMPLES
 
 from qfa_deploy.deploy.elf import constant_sections, elf_sections
 
-ROOT = Path(__file__).resolve().parents[1]
-W2A2 = ROOT / "export" / "cifar10-smallest-w2a2.json"
+W2A2 = EXAMPLES / "cifar10-smallest-w2a2.json"
 
 
 def size_a(path: Path) -> dict[str, int]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from deploy_helpers import EXAMPLES
 
 from qfa_deploy.arch import load_arch
 from qfa_deploy.data import CALIBRATION_ASSET, calibration_images, default_data_dir, load_splits
@@ -87,7 +88,7 @@ def test_eval_download_offline_is_one_line_and_leaves_nothing(tmp_path):
     from test_cli_errors import run_cli
 
     target = tmp_path / "cifar"
-    arch = Path(__file__).parents[1] / "export" / "cifar10-smallest-w2a2.json"
+    arch = EXAMPLES / "cifar10-smallest-w2a2.json"
     result = run_cli(["eval", "--arch", str(arch), "--data", str(target), "--download"], tmp_path)
     assert result.returncode == 2 and result.stdout == ""
     lines = result.stderr.strip().splitlines()

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import logging
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
-from deploy_helpers import FAST_PROTOCOL, artifact_dir, device_file, exported_subnet_model
+from deploy_helpers import EXAMPLES, FAST_PROTOCOL, artifact_dir, device_file, exported_subnet_model
 
 from qfa_deploy.deploy import compile_artifact, load_device
 from qfa_deploy.deploy.targets.cpu.integer import pack_depthwise_weight, pack_weight
 from qfa_deploy.deploy.targets.x86.vnni import VNNI
 from qfa_deploy.errors import QfaError
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "export"
 
 
 def _host_has_vnni() -> bool:

@@ -41,8 +41,8 @@ def block_position_constants(mod):
             new = super().visit_call_(call)
             if not (isinstance(new, ir.expr.Call) and new.op == call_tir_op):
                 return new
-            func = mod[new.args[0]] if new.args[0] in mod.get_global_vars() else None
-            plan = _blocked_arguments(func, new.args[1].fields) if func is not None else None
+            func = mod[new.args[0]]
+            plan = _blocked_arguments(func, new.args[1].fields)
             if not plan:
                 return new
             positions, lanes = plan
@@ -83,16 +83,16 @@ def _blocked_arguments(func, args) -> tuple[tuple[int, ...], int] | None:
     return (positions, lanes) if positions else None
 
 
+def _root_blocks(sch) -> list:
+    """The blocks under the root of the PrimFunc ``sch`` schedules (its stages)."""
+    return [sch.get(b) for b in sch.get_child_blocks(sch.get_sblock("root"))]
+
+
 def _stage_buffer(func, name: str):
-    """The buffer the block ``name`` of ``func`` writes, or None."""
+    """The buffer the stage ``name`` of ``func`` writes, or None if it has no such stage."""
     from tvm.s_tir import Schedule
 
-    sch = Schedule(func)
-    try:
-        block = sch.get(sch.get_sblock(name))
-    except Exception:  # noqa: BLE001 - no such block: not a depthwise function
-        return None
-    return block.writes[0].source
+    return next((b.writes[0].source for b in _root_blocks(Schedule(func)) if b.name_hint == name), None)
 
 
 def _relaid(func, positions: tuple[int, ...], lanes: int):
@@ -104,8 +104,7 @@ def _relaid(func, positions: tuple[int, ...], lanes: int):
     sch = Schedule(func)
     for k in positions:
         buffer = func.params[k]  # TVM 0.27: a PrimFunc parameter is its buffer (matched by name)
-        reader = next(b for b in (sch.get(r) for r in sch.get_child_blocks(sch.get_sblock("root")))
-                      if any(region.source.name == buffer.name for region in b.reads))
+        reader = next(b for b in _root_blocks(sch) if any(region.source.name == buffer.name for region in b.reads))
         index = next(i for i, region in enumerate(reader.reads) if region.source.name == buffer.name)
         sch.transform_layout(sch.get_sblock(reader.name_hint), ("read", index), index_map)
     return sch.mod["main"]
