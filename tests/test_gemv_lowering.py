@@ -41,10 +41,11 @@ def _squeeze_excite(path, channels: int, reduced: int):
     return path
 
 
-@pytest.mark.parametrize("channels, reduced, transposed", [(512, 128, 2), (512, 36, 1)])
+@pytest.mark.parametrize("channels, reduced, transposed", [(512, 128, 2), (520, 40, 2), (512, 36, 1)])
 def test_transposed_weights_keep_the_naive_bits(tmp_path, fast_x86, caplog, channels, reduced, transposed):
     """Both convs are rewritten where their output channels fill whole vectors (the 36-channel one
-    is left as it was); the outputs equal TVM's naive build bit for bit."""
+    is left as it was), their weights blocked in tiles of 4 vectors (512, 128) or 1 (520, 40: no
+    wider tile divides them); the outputs equal TVM's naive build bit for bit."""
     from qfa_deploy.deploy.parity import random_inputs
     from qfa_deploy.deploy.runner import open_session
 

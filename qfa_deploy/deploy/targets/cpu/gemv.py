@@ -1,12 +1,14 @@
 """Squeeze-excite convs (float 1x1 convs on a 1x1 map) read their weights transposed.
 
-Such a conv is a matrix-vector product: ``y[o] = sum_c x[c] * W[o, c]``. Its schedule puts a vector of
-output channels in the lanes (``targets.cpu.tiled``), and with the weights in ONNX's
-[O, C] layout each vector load gathered its lanes from as many rows: the squeeze-excite convs of a
-w1.2 subnet at 224 took 12% of its time on one thread, reading 4.7 MB of float weights at ~9 GB/s.
-``transpose_gemv_weights`` rewrites each into a conv whose weights are stored [C, 1, 1, O] at compile
-time, so a vector of output channels is one contiguous load. The sum over C runs in the conv's own
-order, term by term, so the outputs are bit-identical.
+Such a conv is a matrix-vector product: ``y[o] = sum_c x[c] * W[o, c]``. Its schedule puts a tile of
+``gemv_tile`` output channels (a few vectors) in registers and runs the sum over C outside it
+(``targets.cpu.tiled``). With the weights in ONNX's [O, C] layout each vector load gathered its lanes
+from as many rows; stored [C, O], each step of the sum read the tile's 128 bytes one row (4*O bytes)
+after the last, which the hardware prefetchers follow poorly: a w1.2 subnet's squeeze-excite GEMVs
+streamed their weights at ~11 GB/s from a cache that delivers 70. ``transpose_gemv_weights``
+rewrites each into a conv whose weights are stored [O/T, C, T] at compile time (T = the tile), so a
+tile reads one contiguous block, in order. The sum over C runs in the conv's own order, term by
+term, so the outputs are bit-identical.
 """
 
 from __future__ import annotations
@@ -15,17 +17,23 @@ import logging
 
 import numpy as np
 
-__all__ = ["GEMV_BLOCK", "transpose_gemv_weights"]
+__all__ = ["GEMV_BLOCK", "gemv_tile", "transpose_gemv_weights"]
 
 log = logging.getLogger(__name__)
 
 GEMV_BLOCK = "conv2d_nchw_ihwo"  # the rewritten conv's block, which the tiled schedule tiles as a conv
 
 
+def gemv_tile(out_channels: int, lanes: int) -> int:
+    """Output channels of a GEMV's register tile: 4, 2 or 1 vectors of ``lanes``, the most that divide
+    ``out_channels`` (a multiple of ``lanes``). The weights are laid out for it and the schedule cuts it."""
+    return next(u * lanes for u in (4, 2, 1) if out_channels % (u * lanes) == 0)
+
+
 def transpose_gemv_weights(mod, lanes: int):
     """``mod`` (an imported, not yet legalized Relax module) with each float conv on a 1x1 map whose
-    output channels fill whole vectors of ``lanes`` (the schedule's tile; others are left) reading its
-    weights as [C, 1, 1, O]."""
+    output channels fill whole vectors of ``lanes`` (others are left) reading its weights as [O/T, C, T],
+    T its ``gemv_tile``."""
     from tvm import relax
 
     from qfa_deploy.deploy.targets.cpu.conv_rewrite import rewrite_convs
@@ -34,8 +42,10 @@ def transpose_gemv_weights(mod, lanes: int):
         weight = _gemv_weight(call, lookup_binding, lanes)
         if weight is None:
             return None
-        transposed = np.ascontiguousarray(weight.transpose(1, 2, 3, 0))
-        return "gemv", builder.call_te(_conv_ihwo, call.args[0], relax.const(transposed),
+        out_channels, channels = weight.shape[:2]
+        tile = gemv_tile(out_channels, lanes)
+        blocked = np.ascontiguousarray(weight.reshape(out_channels // tile, tile, channels).transpose(0, 2, 1))
+        return "gemv", builder.call_te(_conv_blocked, call.args[0], relax.const(blocked),
                                        primfunc_name_hint="conv2d_gemv")
 
     mod, counts = rewrite_convs(mod, rewrite)
@@ -70,17 +80,19 @@ def _gemv_weight(call, lookup_binding, lanes):
     return w
 
 
-def _conv_ihwo(data, weight):
-    """TE: data [N, C, 1, 1] float32, weight [C, 1, 1, O] -> [N, O, 1, 1]: TOPI's conv2d_nchw sum (same
-    operands, same product, same order over c), reading the weights transposed."""
+def _conv_blocked(data, weight):
+    """TE: data [N, C, 1, 1] float32, weight [O/T, C, T] -> [N, O, 1, 1]: TOPI's conv2d_nchw sum (same
+    operands, same product, same order over c), reading the weights tile by tile."""
     from tvm import te
 
     n, channels = data.shape[0], data.shape[1]
-    out_channels = weight.shape[3]
+    tile = weight.shape[2]
+    out_channels = weight.shape[0] * tile
     rc = te.reduce_axis((0, channels), "rc")
     ry, rx = te.reduce_axis((0, 1), "ry"), te.reduce_axis((0, 1), "rx")
     return te.compute(
         (n, out_channels, 1, 1),
-        lambda i, f, y, x: te.sum(data[i, rc, y + ry, x + rx] * weight[rc, ry, rx, f], axis=[rc, ry, rx]),
+        lambda i, f, y, x: te.sum(data[i, rc, y + ry, x + rx] * weight[f // tile, rc + ry + rx, f % tile],
+                                  axis=[rc, ry, rx]),
         name=GEMV_BLOCK,
     )

@@ -23,7 +23,7 @@ from qfa_deploy.deploy.schedule import (
     schedule_each,
     try_primitive,
 )
-from qfa_deploy.deploy.targets.cpu.gemv import GEMV_BLOCK, transpose_gemv_weights
+from qfa_deploy.deploy.targets.cpu.gemv import GEMV_BLOCK, gemv_tile, transpose_gemv_weights
 
 __all__ = ["float_schedules", "tiled_cpu_schedule"]
 
@@ -149,8 +149,7 @@ def _cut_over_channels(sch, loops, co: int, lanes: int) -> tuple:
     """A 1x1 pixel (squeeze-excite, classifier): the vector runs over output channels. (outer loop,
     tile loop, vector loop, unrolled loop)."""
     n, f, y, x, rc, ry, rx = loops
-    unroll = next(u for u in (4, 2, 1) if co % (u * lanes) == 0)
-    fo, fu, fv = sch.split(f, [None, unroll, lanes])
+    fo, fu, fv = sch.split(f, [None, gemv_tile(co, lanes) // lanes, lanes])
     sch.reorder(n, fo, y, x, rc, ry, rx, fu, fv)
     return sch.fuse(n, fo), x, fv, fu
 
