@@ -1,0 +1,315 @@
+"""An integer conv's epilogue as one fused multiply-add, wherever that is proven to give the same codes.
+
+An integer conv (``targets.cpu.integer``: 1x1 or depthwise) outputs an integer ``y`` held in float32
+(|y| < 2^24). The exported graph maps it to the next layer's code per output channel through
+
+    code = sat(rint(clip(act(RN(RN(y * m) + b)) + shift, lo, hi) / s) + z)      (act: ReLU or none)
+
+about twelve vector instructions per vector of outputs, more than the dot products cost on a conv
+with few input channels. Every step is monotone in ``y`` (for m >= 0), so per channel this is a
+step function of ``y`` with at most 255 steps. ``fold_affine_epilogues`` replaces it by
+
+    code = clamp(rint(fma(y, A, B)), L, H),   A = m / s,  B = (b + shift) / s + z  (rounded to float32)
+
+(L, H: the codes at the ends of the range; ReLU and the clip become the clamp), but only where it
+is proven equal on every ``y`` in [-2^24, 2^24]: both sides are monotone, so they are equal
+everywhere iff they agree on both sides of each step of the graph's function. The steps are found by
+bisection, the graph's function evaluated op by op in float32 (numpy rounds each op, as onnxruntime
+does), the FMA exactly (TwoSum in float64, then one rounding to float32). A conv with a channel
+where they differ keeps its float epilogue (logged). ``tests/test_affine_epilogue.py`` checks the
+compiled FMA path against the graph on every ``y`` of a range, ties included.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["AffineCodes", "affine_codes", "fold_affine_epilogues"]
+
+log = logging.getLogger(__name__)
+
+F32 = np.float32
+Y_BOUND = 2 ** 24  # an integer conv's output magnitude bound (qfa_deploy.nn.integer_conv): float32-exact
+# the integer convs' PrimFuncs (integer.py, arm/pairwise.py): their outputs are integers in float32
+_INTEGER_CONV = re.compile(r"conv2d_(int8|pairwise|codes)\d*$")
+
+
+@dataclass(frozen=True)
+class Epilogue:
+    """The graph's per-channel epilogue after an integer conv (arrays of the conv's channels)."""
+
+    multiplier: np.ndarray
+    bias: np.ndarray
+    relu: bool
+    shift: np.ndarray
+    clip: tuple[float, float]
+    scale: float
+    zero_point: np.ndarray
+    code_range: tuple[int, int]  # the quantize's saturation: (0, 255) uint8, (-128, 127) int8
+
+    def codes(self, y: np.ndarray, channel: slice | np.ndarray = slice(None)) -> np.ndarray:
+        """The graph's codes of integer conv outputs ``y`` [channels, k] (float64 holding integers)."""
+        t = y.astype(F32) * self.multiplier[channel, None]
+        t = t + self.bias[channel, None]
+        if self.relu:
+            t = np.maximum(t, F32(0))
+        t = t + self.shift[channel, None]
+        t = np.minimum(np.maximum(t, F32(self.clip[0])), F32(self.clip[1]))
+        q = np.rint(t / F32(self.scale)) + self.zero_point[channel, None]
+        return np.clip(q, *self.code_range)
+
+
+@dataclass(frozen=True)
+class AffineCodes:
+    """``clamp(rint(fma(y, a, b)), low, high)`` per channel: float32 a, b; low, high integers."""
+
+    a: np.ndarray
+    b: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+    def codes(self, y: np.ndarray, channel: slice | np.ndarray = slice(None)) -> np.ndarray:
+        value = _fma_float32(y, self.a[channel, None], self.b[channel, None])
+        return np.clip(np.rint(value), self.low[channel, None], self.high[channel, None])
+
+
+def affine_codes(epilogue: Epilogue) -> tuple[AffineCodes, np.ndarray]:
+    """(the FMA form of ``epilogue``, which channels it is proven equal on)."""
+    channels = epilogue.multiplier.size
+    ends = epilogue.codes(np.tile([[-Y_BOUND, Y_BOUND]], (channels, 1)).astype(np.float64))
+    low, high = ends[:, 0], ends[:, 1]
+    scale = np.float64(epilogue.scale)
+    a = (epilogue.multiplier.astype(np.float64) / scale).astype(F32)
+    b = ((epilogue.bias.astype(np.float64) + epilogue.shift) / scale + epilogue.zero_point).astype(F32)
+    form = AffineCodes(a, b, low, high)
+    # the proof needs both sides monotone non-decreasing: m >= 0 (then A >= 0 too)
+    provable = (epilogue.multiplier >= 0) & np.isfinite(a) & np.isfinite(b)
+    steps = _steps(epilogue, low, high)  # [channels, levels]: first y of each code above low
+    points = np.concatenate([steps - 1, steps, np.tile([[-Y_BOUND, Y_BOUND]], (channels, 1))], axis=1)
+    points = np.clip(points, -Y_BOUND, Y_BOUND)
+    return form, provable & np.all(epilogue.codes(points) == form.codes(points), axis=1)
+
+
+def _steps(epilogue: Epilogue, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """[channels, levels]: for each code v in low+1 .. low+levels, the least y in [-2^24, 2^24] whose code
+    is >= v (2^24 + 1 where none: clipped later); bisection, vectorised over channels and codes."""
+    levels = max(int((high - low).max()), 1)
+    targets = low[:, None] + np.arange(1, levels + 1)[None, :]
+    below = np.full(targets.shape, -Y_BOUND - 1, np.float64)  # code(below) < target (or out of range)
+    above = np.full(targets.shape, Y_BOUND + 1, np.float64)  # code(above) >= target (or out of range)
+    rows = np.repeat(np.arange(targets.shape[0])[:, None], levels, axis=1)
+    while np.any(above - below > 1):
+        mid = np.floor((below + above) / 2)
+        reached = epilogue.codes(mid.reshape(-1, 1), rows.reshape(-1)).reshape(mid.shape) >= targets
+        above, below = np.where(reached, mid, above), np.where(reached, below, mid)
+    return above
+
+
+def _fma_float32(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """float32 fma(x, y, z), correctly rounded: x an integer below 2^25, y, z float32 (so x*y is exact in
+    float64); the sum exact as TwoSum's (high, low), rounded once to float32."""
+    product = x.astype(np.float64) * y.astype(np.float64)
+    addend = np.broadcast_to(z.astype(np.float64), product.shape)
+    high = product + addend
+    virtual = high - product
+    low = (product - (high - virtual)) + (addend - virtual)
+    rounded = high.astype(F32)
+    # a double that lies exactly halfway between two float32s is where `low` decides the direction
+    gap = high - rounded.astype(np.float64)
+    other = np.nextafter(rounded, np.where(gap > 0, F32(np.inf), F32(-np.inf)).astype(F32))
+    halfway = (gap != 0) & (2 * gap == other.astype(np.float64) - rounded.astype(np.float64))
+    # elsewhere the double rounding cannot cross a midpoint: |low| is below half a double's ulp
+    towards_other = halfway & (np.sign(low) == np.sign(gap))
+    return np.where(towards_other, other, rounded)
+
+
+def fold_affine_epilogues(mod):
+    """``mod`` (imported, integer convs lowered, not yet legalized) with each quantize that ends an
+    integer conv's epilogue of the form above computed as ``AffineCodes``, where proven equal."""
+    from tvm import relax
+
+    from qfa_deploy.deploy.targets.cpu.conv_rewrite import ELEMWISE, rewrite_calls
+
+    mod = relax.transform.FoldConstant()(mod)  # the clip bounds, computed from initializers at run time
+    uses = _use_counts(mod)
+    refused = {"channels differ": 0}
+
+    def rewrite(builder, call, lookup_binding):
+        found = _match(call, lookup_binding, uses)
+        if found is None:
+            return None
+        conv, epilogue, out_dtype = found
+        form, proven = affine_codes(epilogue)
+        if not proven.all():
+            refused["channels differ"] += 1
+            log.debug("affine epilogue refused: %d of %d channels differ", int((~proven).sum()), proven.size)
+            return None
+        return "affine", builder.call_te(_affine_te, conv, relax.const(form.a), relax.const(form.b),
+                                         _bounds(form.low), _bounds(form.high), out_dtype,
+                                         primfunc_name_hint="affine_codes")
+
+    mod, counts = rewrite_calls(mod, rewrite, ("relax.quantize",), ELEMWISE)
+    log.info("affine epilogues: %d integer convs quantize by one FMA (%d refused: a channel differs)",
+             counts["affine"], refused["channels differ"])
+    return mod
+
+
+def _bounds(values: np.ndarray):
+    """One immediate if every channel has the same bound, else the per-channel constant."""
+    from tvm import relax
+
+    return float(values[0]) if np.all(values == values[0]) else relax.const(values.astype(F32))
+
+
+def _affine_te(y, a, b, low, high, out_dtype: str):
+    from tvm import te, tirx
+
+    def bound(value, c):
+        return tirx.const(value, "float32") if isinstance(value, float) else value[c]
+
+    def one(n, c, h, w):
+        value = tirx.call_llvm_pure_intrin("float32", "llvm.fma", y[n, c, h, w], a[c], b[c])
+        clamped = te.max(te.min(te.round(value), bound(high, c)), bound(low, c))
+        return clamped.astype(out_dtype)
+
+    return te.compute(y.shape, one, name="affine_codes")
+
+
+def _use_counts(mod) -> dict:
+    """How many bindings (and results) of each function read each variable."""
+    from tvm import relax
+
+    uses: dict = {}
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            for value in (*relax.analysis.get_var2val(func).values(), func.body.body):
+                for var in relax.analysis.free_vars(value):
+                    uses[var] = uses.get(var, 0) + 1
+    return uses
+
+
+def _match(call, lookup_binding, uses: dict):
+    """(integer conv output var, its Epilogue, out dtype) if ``call`` (a quantize) ends
+    ``multiply -> add -> [relu] -> [add] -> [maximum] -> [minimum]`` of an integer conv's output, all
+    by constants, every step read by the next only (else the conv's epilogue is needed anyway), else None."""
+    data, scale, zero_point = call.args
+    out_dtype = str(call.attrs.out_dtype)
+    s, z = _value(scale, lookup_binding), _value(zero_point, lookup_binding)
+    channels = _channels(data)
+    if (out_dtype not in ("uint8", "int8") or s is None or s.size != 1 or not s.item() > 0 or z is None
+            or z.size not in (1, channels or 0) or channels is None):
+        return None
+    steps, x = [], data  # (kind, constant operand), walking from the quantize back to the conv
+    while len(steps) < 6 and not (steps and steps[-1][0] == "multiplier"):
+        kind, operand, x_in = _producer(x, lookup_binding)
+        if kind is None or uses.get(x_in, 0) != 1:
+            return None
+        steps.append((kind, operand))
+        x = x_in
+    clip = {kind: operand for kind, operand in steps if kind in ("maximum", "minimum")}
+    kinds = [kind for kind, _ in steps[len(clip):]]
+    names = _CHAINS.get(tuple(kinds))
+    if names is None or not _is_integer_conv(lookup_binding(x)):
+        return None
+    operands = dict(zip(names, (operand for _, operand in steps[len(clip):]), strict=True))
+    per_channel = {name: _per_channel(operand, channels, lookup_binding)
+                   for name, operand in {**operands, **clip}.items() if name != "relu"}
+    if any(v is None for v in per_channel.values()):
+        return None
+    low, high = per_channel.get("maximum", [-np.inf]), per_channel.get("minimum", [np.inf])
+    if not (np.all(low == low[0]) and np.all(high == high[0])):
+        return None
+    epilogue = Epilogue(
+        per_channel["multiplier"], per_channel["bias"], "relu" in operands,
+        per_channel.get("shift", np.zeros(channels, F32)), (float(low[0]), float(high[0])), float(s.item()),
+        np.broadcast_to(z.astype(F32).reshape(-1), (channels,)), (0, 255) if out_dtype == "uint8" else (-128, 127),
+    )
+    return x, epilogue, out_dtype
+
+
+# the kinds met walking back from the clip to the conv -> what each add is
+_CHAINS = {
+    ("bias", "multiplier"): ("bias", "multiplier"),
+    ("bias", "bias", "multiplier"): ("shift", "bias", "multiplier"),
+    ("relu", "bias", "multiplier"): ("relu", "bias", "multiplier"),
+    ("bias", "relu", "bias", "multiplier"): ("shift", "relu", "bias", "multiplier"),
+}
+
+
+_ELEMENTWISE_OPS = {"relax.multiply": "multiplier", "relax.add": "bias", "relax.nn.relu": "relu"}
+
+
+def _producer(x, lookup_binding):
+    """(kind, constant operand, the other input) of the binding of ``x``: kind "multiplier" (multiply),
+    "bias" (add), "relu", "maximum" / "minimum" (the clip's PrimFuncs, raw or as immediates); else
+    (None, None, None)."""
+    from tvm import ir
+
+    if not isinstance(x, ir.expr.Var):
+        return None, None, None
+    value = lookup_binding(x)
+    if not isinstance(value, ir.expr.Call):
+        return None, None, None
+    name = getattr(value.op, "name", None)
+    if name in _ELEMENTWISE_OPS:
+        kind = _ELEMENTWISE_OPS[name]
+        if kind == "relu":
+            return kind, None, value.args[0]
+        first, second = value.args
+        if _value(second, lookup_binding) is not None:
+            return kind, second, first
+        if _value(first, lookup_binding) is not None:
+            return kind, first, second
+        return None, None, None
+    if name == "relax.call_tir":
+        callee, args = value.args[0], value.args[1]
+        kind = re.sub(r"\d+$", "", getattr(callee, "name_hint", ""))
+        if kind in ("maximum", "minimum") and isinstance(args, ir.expr.Tuple) and len(args.fields) == 2:
+            data, bound = args.fields
+            if _value(bound, lookup_binding) is not None:
+                return kind, bound, data
+    return None, None, None
+
+
+def _is_integer_conv(value) -> bool:
+    from tvm import ir
+
+    return (isinstance(value, ir.expr.Call) and getattr(value.op, "name", None) == "relax.call_tir"
+            and bool(_INTEGER_CONV.match(getattr(value.args[0], "name_hint", ""))))
+
+
+def _channels(data) -> int | None:
+    from tvm import tirx
+
+    ty = data.ty
+    if getattr(ty, "dtype", None) != "float32" or getattr(ty, "ndim", 0) != 4 or ty.shape is None:
+        return None
+    dim = ty.shape[1]
+    return int(dim) if isinstance(dim, tirx.IntImm) else None
+
+
+def _value(expr, lookup_binding) -> np.ndarray | None:
+    from tvm import ir
+
+    if isinstance(expr, ir.expr.Var):
+        expr = lookup_binding(expr)
+    return expr.value.numpy() if isinstance(expr, ir.expr.Constant) else None
+
+
+def _per_channel(expr, channels: int, lookup_binding) -> np.ndarray | None:
+    """A float32 constant that is one value, or one per channel ([C], [C, 1, 1], [1, C, 1, 1]), as [C]."""
+    value = _value(expr, lookup_binding)
+    if value is None or value.dtype != np.float32:
+        return None
+    if value.size == 1:
+        return np.full(channels, value.reshape(-1)[0], F32)
+    squeezed = value.reshape(-1)
+    if squeezed.size != channels or value.ndim > 4 or (value.ndim >= 3 and value.shape[-2:] != (1, 1)):
+        return None
+    if value.ndim == 4 and value.shape[0] != 1:
+        return None
+    return squeezed.astype(F32)
