@@ -143,3 +143,22 @@ def test_compiled_fma_epilogue_equals_onnxruntime_on_every_code(tmp_path, caplog
     np.testing.assert_array_equal(got, want)
     y = (np.arange(256) - 7).astype(np.float64)
     assert np.array_equal(want[0, 0].reshape(-1), np.clip(np.rint(y * 0.5 + 0.0625), 0, 15))  # ties at odd y
+
+
+def test_position_dependent_bias_is_proven_per_distinct_unit():
+    """A border bias map (few distinct values per channel over many positions): the form proven on the
+    distinct units and spread back equals the form proven unit by unit."""
+    from qfa_deploy.deploy.targets.cpu.affine_epilogue import _proven_form
+
+    rng = np.random.default_rng(7)
+    per_channel = _random_epilogue(rng, 6, True, True)
+    positions = 64
+    border = rng.standard_normal((6, 3)).astype(F32)[:, rng.integers(0, 3, positions)]  # 3 values a channel
+    units = Epilogue(np.repeat(per_channel.multiplier, positions), border.reshape(-1), True,
+                     np.repeat(per_channel.shift, positions), per_channel.clip, per_channel.scale,
+                     np.repeat(per_channel.zero_point, positions), per_channel.code_range)
+    spread, proven = _proven_form(units)
+    direct, proven_direct = affine_codes(units)
+    np.testing.assert_array_equal(proven, proven_direct)
+    for field in ("a", "b", "low", "high"):
+        np.testing.assert_array_equal(getattr(spread, field), getattr(direct, field))

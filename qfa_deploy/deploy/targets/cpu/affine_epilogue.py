@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -142,14 +142,15 @@ def fold_affine_epilogues(mod):
         found = _match(call, lookup_binding, uses)
         if found is None:
             return None
-        conv, epilogue, out_dtype = found
-        form, proven = affine_codes(epilogue)
+        conv, epilogue, out_dtype, unit_shape = found
+        form, proven = _proven_form(epilogue)
         if not proven.all():
             refused["channels differ"] += 1
-            log.debug("affine epilogue refused: %d of %d channels differ", int((~proven).sum()), proven.size)
+            log.debug("affine epilogue refused: %d of %d units differ", int((~proven).sum()), proven.size)
             return None
-        return "affine", builder.call_te(_affine_te, conv, relax.const(form.a), relax.const(form.b),
-                                         _bounds(form.low), _bounds(form.high), out_dtype,
+        a = form.a.reshape(unit_shape[0], -1)[:, 0]  # the multiplier does not vary over positions
+        return "affine", builder.call_te(_affine_te, conv, relax.const(a), relax.const(form.b.reshape(unit_shape)),
+                                         _bounds(form.low, unit_shape), _bounds(form.high, unit_shape), out_dtype,
                                          primfunc_name_hint="affine_codes")
 
     mod, counts = rewrite_calls(mod, rewrite, ("relax.quantize",), ELEMWISE)
@@ -158,22 +159,36 @@ def fold_affine_epilogues(mod):
     return mod
 
 
-def _bounds(values: np.ndarray):
-    """One immediate if every channel has the same bound, else the per-channel constant."""
+def _proven_form(epilogue: Epilogue) -> tuple[AffineCodes, np.ndarray]:
+    """``affine_codes`` over the distinct units of ``epilogue`` only (a border bias map has a few
+    values per channel over thousands of positions), spread back to every unit."""
+    rows = np.stack([epilogue.multiplier, epilogue.bias, epilogue.shift, epilogue.zero_point], axis=1)
+    distinct, inverse = np.unique(rows, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    form, proven = affine_codes(replace(epilogue, multiplier=distinct[:, 0], bias=distinct[:, 1],
+                                        shift=distinct[:, 2], zero_point=distinct[:, 3]))
+    return AffineCodes(*(v[inverse] for v in (form.a, form.b, form.low, form.high))), proven[inverse]
+
+
+def _bounds(values: np.ndarray, unit_shape: tuple[int, ...]):
+    """One immediate if every unit has the same bound, else the constant of ``unit_shape``."""
     from tvm import relax
 
-    return float(values[0]) if np.all(values == values[0]) else relax.const(values.astype(F32))
+    return float(values[0]) if np.all(values == values[0]) else relax.const(values.reshape(unit_shape).astype(F32))
 
 
 def _affine_te(y, a, b, low, high, out_dtype: str):
+    """TE: codes = clamp(rint(fma(y, a[c], b)), low, high); b, low, high per channel [C] or position [C, H, W]."""
     from tvm import te, tirx
 
-    def bound(value, c):
-        return tirx.const(value, "float32") if isinstance(value, float) else value[c]
+    def at(value, c, h, w):
+        if isinstance(value, float):
+            return tirx.const(value, "float32")
+        return value[c] if len(value.shape) == 1 else value[c, h, w]
 
     def one(n, c, h, w):
-        value = tirx.call_llvm_pure_intrin("float32", "llvm.fma", y[n, c, h, w], a[c], b[c])
-        clamped = te.max(te.min(te.round(value), bound(high, c)), bound(low, c))
+        value = tirx.call_llvm_pure_intrin("float32", "llvm.fma", y[n, c, h, w], a[c], at(b, c, h, w))
+        clamped = te.max(te.min(te.round(value), at(high, c, h, w)), at(low, c, h, w))
         return clamped.astype(out_dtype)
 
     return te.compute(y.shape, one, name="affine_codes")
@@ -193,15 +208,16 @@ def _use_counts(mod) -> dict:
 
 
 def _match(call, lookup_binding, uses: dict):
-    """(integer conv output var, its Epilogue, out dtype) if ``call`` (a quantize) ends
+    """(integer conv output var, its Epilogue, out dtype, the shape of its units: [C] or [C, H, W] where a
+    constant varies over positions) if ``call`` (a quantize) ends
     ``multiply -> add -> [relu] -> [add] -> [maximum] -> [minimum]`` of an integer conv's output, all
     by constants, every step read by the next only (else the conv's epilogue is needed anyway), else None."""
     data, scale, zero_point = call.args
     out_dtype = str(call.attrs.out_dtype)
     s, z = _value(scale, lookup_binding), _value(zero_point, lookup_binding)
-    channels = _channels(data)
+    shape = _feature_shape(data)
     if (out_dtype not in ("uint8", "int8") or s is None or s.size != 1 or not s.item() > 0 or z is None
-            or z.size not in (1, channels or 0) or channels is None):
+            or shape is None or z.size not in (1, shape[0])):
         return None
     steps, x = [], data  # (kind, constant operand), walking from the quantize back to the conv
     while len(steps) < 6 and not (steps and steps[-1][0] == "multiplier"):
@@ -216,19 +232,31 @@ def _match(call, lookup_binding, uses: dict):
     if names is None or not _is_integer_conv(lookup_binding(x)):
         return None
     operands = dict(zip(names, (operand for _, operand in steps[len(clip):]), strict=True))
-    per_channel = {name: _per_channel(operand, channels, lookup_binding)
-                   for name, operand in {**operands, **clip}.items() if name != "relu"}
-    if any(v is None for v in per_channel.values()):
+    # every constant as [C, H*W] (ONNX broadcasting); the bias may vary over positions (a depthwise
+    # conv's border correction), the multiplier may not (A is one value per channel)
+    units = {name: _broadcast(operand, shape, lookup_binding)
+             for name, operand in {**operands, **clip}.items() if name != "relu"}
+    if any(v is None for v in units.values()):
         return None
-    low, high = per_channel.get("maximum", [-np.inf]), per_channel.get("minimum", [np.inf])
-    if not (np.all(low == low[0]) and np.all(high == high[0])):
+    low, high = units.get("maximum", np.array([[-np.inf]])), units.get("minimum", np.array([[np.inf]]))
+    if not (np.all(low == low.flat[0]) and np.all(high == high.flat[0])):
         return None
+    varying = {name for name, v in units.items() if not np.all(v == v[:, :1])}
+    if "multiplier" in varying:
+        return None
+    channels = shape[0]
+    zero = np.broadcast_to(z.astype(F32).reshape(-1, 1), (channels, units["multiplier"].shape[1]))
+
+    def per_unit(v):
+        return np.ascontiguousarray(v).reshape(-1) if varying else np.ascontiguousarray(v[:, 0])
+
     epilogue = Epilogue(
-        per_channel["multiplier"], per_channel["bias"], "relu" in operands,
-        per_channel.get("shift", np.zeros(channels, F32)), (float(low[0]), float(high[0])), float(s.item()),
-        np.broadcast_to(z.astype(F32).reshape(-1), (channels,)), (0, 255) if out_dtype == "uint8" else (-128, 127),
+        per_unit(units["multiplier"]), per_unit(units["bias"]), "relu" in operands,
+        per_unit(units.get("shift", np.zeros((channels, 1), F32)) * np.ones_like(units["multiplier"])),
+        (float(low.flat[0]), float(high.flat[0])), float(s.item()), per_unit(zero),
+        (0, 255) if out_dtype == "uint8" else (-128, 127),
     )
-    return x, epilogue, out_dtype
+    return x, epilogue, out_dtype, (shape if varying else shape[:1])
 
 
 # the kinds met walking back from the clip to the conv -> what each add is
@@ -282,14 +310,17 @@ def _is_integer_conv(value) -> bool:
             and bool(_INTEGER_CONV.match(getattr(value.args[0], "name_hint", ""))))
 
 
-def _channels(data) -> int | None:
+def _feature_shape(data) -> tuple[int, int, int] | None:
+    """(C, H, W) of a static float32 NCHW tensor of batch 1, else None."""
     from tvm import tirx
 
     ty = data.ty
     if getattr(ty, "dtype", None) != "float32" or getattr(ty, "ndim", 0) != 4 or ty.shape is None:
         return None
-    dim = ty.shape[1]
-    return int(dim) if isinstance(dim, tirx.IntImm) else None
+    dims = list(ty.shape)
+    if not all(isinstance(d, tirx.IntImm) for d in dims) or int(dims[0]) != 1:
+        return None
+    return tuple(int(d) for d in dims[1:])
 
 
 def _value(expr, lookup_binding) -> np.ndarray | None:
@@ -300,16 +331,14 @@ def _value(expr, lookup_binding) -> np.ndarray | None:
     return expr.value.numpy() if isinstance(expr, ir.expr.Constant) else None
 
 
-def _per_channel(expr, channels: int, lookup_binding) -> np.ndarray | None:
-    """A float32 constant that is one value, or one per channel ([C], [C, 1, 1], [1, C, 1, 1]), as [C]."""
+def _broadcast(expr, shape: tuple[int, int, int], lookup_binding) -> np.ndarray | None:
+    """A float32 constant broadcast (as ONNX does) onto [1, C, H, W], as [C, H*W]; None if it is not one."""
     value = _value(expr, lookup_binding)
     if value is None or value.dtype != np.float32:
         return None
-    if value.size == 1:
-        return np.full(channels, value.reshape(-1)[0], F32)
-    squeezed = value.reshape(-1)
-    if squeezed.size != channels or value.ndim > 4 or (value.ndim >= 3 and value.shape[-2:] != (1, 1)):
+    channels, height, width = shape
+    try:
+        full = np.broadcast_to(value, (1, channels, height, width))
+    except ValueError:
         return None
-    if value.ndim == 4 and value.shape[0] != 1:
-        return None
-    return squeezed.astype(F32)
+    return full[0].reshape(channels, height * width)
