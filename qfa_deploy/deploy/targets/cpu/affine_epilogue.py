@@ -132,10 +132,10 @@ def fold_affine_epilogues(mod):
     integer conv's epilogue of the form above computed as ``AffineCodes``, where proven equal."""
     from tvm import relax
 
-    from qfa_deploy.deploy.targets.cpu.conv_rewrite import ELEMWISE, rewrite_calls
+    from qfa_deploy.deploy.targets.cpu.conv_rewrite import ELEMWISE, rewrite_calls, use_counts
 
     mod = relax.transform.FoldConstant()(mod)  # the clip bounds, computed from initializers at run time
-    uses = _use_counts(mod)
+    uses = use_counts(mod["main"])
     refused = {"channels differ": 0}
 
     def rewrite(builder, call, lookup_binding):
@@ -194,19 +194,6 @@ def _affine_te(y, a, b, low, high, out_dtype: str):
     return te.compute(y.shape, one, name="affine_codes")
 
 
-def _use_counts(mod) -> dict:
-    """How many bindings (and results) of each function read each variable."""
-    from tvm import relax
-
-    uses: dict = {}
-    for func in mod.functions.values():
-        if isinstance(func, relax.Function):
-            for value in (*relax.analysis.get_var2val(func).values(), func.body.body):
-                for var in relax.analysis.free_vars(value):
-                    uses[var] = uses.get(var, 0) + 1
-    return uses
-
-
 def _match(call, lookup_binding, uses: dict):
     """(integer conv output var, its Epilogue, out dtype, the shape of its units: [C] or [C, H, W] where a
     constant varies over positions) if ``call`` (a quantize) ends
@@ -219,7 +206,7 @@ def _match(call, lookup_binding, uses: dict):
     if (out_dtype not in ("uint8", "int8") or s is None or s.size != 1 or not s.item() > 0 or z is None
             or shape is None or z.size not in (1, shape[0])):
         return None
-    steps, x = [], data  # (kind, constant operand), walking from the quantize back to the conv
+    steps, x = [], data  # (kind, constant operand's value), walking from the quantize back to the conv
     while len(steps) < 6 and not (steps and steps[-1][0] == "multiplier"):
         kind, operand, x_in = _producer(x, lookup_binding)
         if kind is None or uses.get(x_in, 0) != 1:
@@ -234,8 +221,7 @@ def _match(call, lookup_binding, uses: dict):
     operands = dict(zip(names, (operand for _, operand in steps[len(clip):]), strict=True))
     # every constant as [C, H*W] (ONNX broadcasting); the bias may vary over positions (a depthwise
     # conv's border correction), the multiplier may not (A is one value per channel)
-    units = {name: _broadcast(operand, shape, lookup_binding)
-             for name, operand in {**operands, **clip}.items() if name != "relu"}
+    units = {name: _broadcast(operand, shape) for name, operand in {**operands, **clip}.items() if name != "relu"}
     if any(v is None for v in units.values()):
         return None
     low, high = units.get("maximum", np.array([[-np.inf]])), units.get("minimum", np.array([[np.inf]]))
@@ -272,10 +258,11 @@ _ELEMENTWISE_OPS = {"relax.multiply": "multiplier", "relax.add": "bias", "relax.
 
 
 def _producer(x, lookup_binding):
-    """(kind, constant operand, the other input) of the binding of ``x``: kind "multiplier" (multiply),
-    "bias" (add), "relu", "maximum" / "minimum" (the clip's PrimFuncs, raw or as immediates); else
-    (None, None, None)."""
+    """(kind, constant operand's value, the other input) of the binding of ``x``: kind "multiplier"
+    (multiply), "bias" (add), "relu", "maximum" / "minimum" (the clip's PrimFuncs); else (None, None, None)."""
     from tvm import ir
+
+    from qfa_deploy.deploy.targets.cpu.clip_immediates import clip_bound
 
     if not isinstance(x, ir.expr.Var):
         return None, None, None
@@ -283,23 +270,18 @@ def _producer(x, lookup_binding):
     if not isinstance(value, ir.expr.Call):
         return None, None, None
     name = getattr(value.op, "name", None)
-    if name in _ELEMENTWISE_OPS:
-        kind = _ELEMENTWISE_OPS[name]
-        if kind == "relu":
-            return kind, None, value.args[0]
-        first, second = value.args
-        if _value(second, lookup_binding) is not None:
-            return kind, second, first
-        if _value(first, lookup_binding) is not None:
-            return kind, first, second
-        return None, None, None
     if name == "relax.call_tir":
-        callee, args = value.args[0], value.args[1]
-        kind = re.sub(r"\d+$", "", getattr(callee, "name_hint", ""))
-        if kind in ("maximum", "minimum") and isinstance(args, ir.expr.Tuple) and len(args.fields) == 2:
-            data, bound = args.fields
-            if _value(bound, lookup_binding) is not None:
-                return kind, bound, data
+        clip = clip_bound(value)
+        return (None, None, None) if clip is None else (clip[0], np.float32(clip[2]), clip[1])
+    kind = _ELEMENTWISE_OPS.get(name)
+    if kind == "relu":
+        return kind, None, value.args[0]
+    if kind is not None:
+        first, second = value.args
+        for constant, other in ((second, first), (first, second)):
+            constant_value = _value(constant, lookup_binding)
+            if constant_value is not None:
+                return kind, constant_value, other
     return None, None, None
 
 
@@ -331,10 +313,9 @@ def _value(expr, lookup_binding) -> np.ndarray | None:
     return expr.value.numpy() if isinstance(expr, ir.expr.Constant) else None
 
 
-def _broadcast(expr, shape: tuple[int, int, int], lookup_binding) -> np.ndarray | None:
+def _broadcast(value: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray | None:
     """A float32 constant broadcast (as ONNX does) onto [1, C, H, W], as [C, H*W]; None if it is not one."""
-    value = _value(expr, lookup_binding)
-    if value is None or value.dtype != np.float32:
+    if value.dtype != np.float32:
         return None
     channels, height, width = shape
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from qfa_deploy.deploy.targets.cpu.conv_rewrite import use_counts
 from qfa_deploy.deploy.targets.cpu.integer import DEPTHWISE_BLOCKS, INT8_BLOCKS
 
 __all__ = ["keep_codes_blocked"]
@@ -27,22 +28,11 @@ def keep_codes_blocked(mod, name: str = "integer"):
 
     main = mod["main"]
     var2val = relax.analysis.get_var2val(main)
-    edges = _blocked_edges(mod, var2val, _use_counts(main, var2val))
+    edges = _blocked_edges(mod, var2val, use_counts(main))
     relayout = _relayout_mutator(mod, edges)
     relayout.builder_.update_func(mod.get_global_var("main"), relayout.visit_expr(main))
     log.info("%s: %d integer conv -> integer conv edges hand their codes over channel-blocked", name, len(edges))
     return relax.transform.DeadCodeElimination()(relayout.builder_.get())
-
-
-def _use_counts(main, var2val) -> dict:
-    """How many bindings (and the function's result) read each variable of ``main``."""
-    from tvm import relax
-
-    uses: dict = {}
-    for value in (*var2val.values(), main.body.body):
-        for var in relax.analysis.free_vars(value):
-            uses[var] = uses.get(var, 0) + 1
-    return uses
 
 
 class _CalleeStages:

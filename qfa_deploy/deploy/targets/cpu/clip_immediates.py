@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import re
 
-__all__ = ["clip_bounds_as_immediates"]
+__all__ = ["clip_bound", "clip_bounds_as_immediates"]
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def clip_bounds_as_immediates(mod):
     mod = relax.transform.FoldConstant()(mod)
 
     def rewrite(builder, call, lookup_binding):
-        made = _clip(call)
+        made = clip_bound(call)
         if made is None:
             return None
         kind, data, bound = made
@@ -45,7 +45,7 @@ def clip_bounds_as_immediates(mod):
     return mod  # rewrite_calls dropped the folded bounds' dead bindings
 
 
-def _clip(call):
+def clip_bound(call):
     """(kind, tensor, bound) if ``call`` is ``call_tir(maximum|minimum, (float32 tensor, 0-d constant))``."""
     from tvm import ir
 

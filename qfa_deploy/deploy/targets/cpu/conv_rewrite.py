@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-__all__ = ["ELEMWISE", "rewrite_calls", "rewrite_convs"]
+__all__ = ["ELEMWISE", "rewrite_calls", "rewrite_convs", "use_counts"]
 
 ELEMWISE = 0  # Relax op pattern: fuses with its producer and consumers
 _OUT_EWISE_FUSABLE = 4  # Relax op pattern: elementwise consumers may fuse onto the output
@@ -60,3 +60,14 @@ def rewrite_calls(mod, rewrite, op_names: tuple[str, ...], op_pattern: int):
 
     rewriter = Rewriter(mod)
     return relax.transform.DeadCodeElimination()(rewriter.run()), rewriter.counts
+
+
+def use_counts(func) -> dict:
+    """How many bindings (and the result) of the Relax function ``func`` read each variable."""
+    from tvm import relax
+
+    uses: dict = {}
+    for value in (*relax.analysis.get_var2val(func).values(), func.body.body):
+        for var in relax.analysis.free_vars(value):
+            uses[var] = uses.get(var, 0) + 1
+    return uses
