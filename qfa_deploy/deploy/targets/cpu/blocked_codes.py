@@ -85,9 +85,11 @@ def _blocked_edges(mod, var2val, uses: dict) -> list[tuple]:
             continue
         lanes = stages(producer)[next(iter(writer))]
         # a depthwise conv reads its blocks out of any multiple of their width (a 16-channel sdot tile
-        # holds four 4-channel blocks side by side); a 1x1 conv any multiple of its 4-byte words
-        block = stages(value)[DEPTHWISE_BLOCKS[1]] if reader == DEPTHWISE_BLOCKS[0] else lanes
-        if int(codes.ty.shape[1]) % lanes == 0 and block and lanes % block == 0:
+        # holds four 4-channel blocks side by side), and gathers a wider block (8 int16 lanes) out of
+        # narrower tiles in its padding stage; a 1x1 conv reads any multiple of its 4-byte words
+        depthwise = reader == DEPTHWISE_BLOCKS[0]
+        block = stages(value)[DEPTHWISE_BLOCKS[1]] if depthwise else lanes
+        if int(codes.ty.shape[1]) % lanes == 0 and block and (lanes % block == 0 or depthwise and block % lanes == 0):
             edges.append((producer, value, reader, lanes))
     return edges
 

@@ -68,6 +68,10 @@ class IntegerPlan:
     # how the depthwise weights (integers on the b-bit grid) are stored: "int8", converted to float32 where
     # the conv reads them (exact), or "float32" (the float weights themselves: no conversion per tap)
     depthwise_weight: str = "float32"
+    # int16 lanes of a depthwise block whose every sum is proven to fit an int16 (``depthwise_int16_sums``):
+    # taps as int16 multiply-accumulates, twice the channels of a float32 block per load and instruction
+    # (NEON: 8 lanes, one q register); () keeps float32 sums
+    depthwise_int16_lanes: tuple[int, ...] = ()
     # a target's own 1x1 lowering, tried first: (builder, codes, weight [O, C], zero points) -> call or None
     pointwise_lowering: Callable | None = None
     pointwise_schedule: Callable | None = None  # (schedule, root's blocks) -> bool: schedules what it lowered
@@ -80,10 +84,10 @@ class IntegerPlan:
         """Channels per depthwise block: the first choice dividing ``channels``; None: left to the float path."""
         return next((lanes for lanes in self.depthwise_lanes if channels % lanes == 0), None)
 
-    def tile_columns(self, lanes: int, share: int = 1) -> int:
+    def tile_columns(self, lanes: int, share: int = 1, element_bits: int = 32) -> int:
         """Pixels of a row per tile: as many accumulators as the register file allows (``share``: the
         tiles keep as many other registers live per accumulator, e.g. a depthwise tap's input)."""
-        return max(1, self.unit.accumulators // share // self.unit.registers_for(lanes))
+        return max(1, self.unit.accumulators // share // self.unit.registers_for(lanes, element_bits))
 
 
 def lower_integer_convs(mod, plan: IntegerPlan):
@@ -91,6 +95,7 @@ def lower_integer_convs(mod, plan: IntegerPlan):
     1x1 convs as int8 dot products, depthwise convs dequantizing inside their padding stage."""
     from tvm import ir, relax
 
+    from qfa_deploy.deploy.targets.cpu.code_range import code_range
     from qfa_deploy.deploy.targets.cpu.conv_rewrite import rewrite_convs
 
     dequantize = ir.Op.get("relax.dequantize")
@@ -112,21 +117,30 @@ def lower_integer_convs(mod, plan: IntegerPlan):
                 _pointwise_int8, codes, relax.const(packed), relax.const(comp), int(weight.shape[0]),
                 plan.code_offset, primfunc_name_hint="conv2d_int8",
             )
-        lanes = plan.depthwise_block(int(weight.shape[0]))
-        if int(attrs.groups) == weight.shape[0] == codes.ty.shape[1] and weight.shape[1] == 1 and lanes:
-            # depthwise: no channel sum for a dot product to take, but reading the uint8 codes (not
-            # their float copy) lets the producer write a quarter of the bytes
-            return "depthwise", builder.call_te(
-                _depthwise_from_codes, codes, relax.const(pack_depthwise_weight(weight, lanes, plan.depthwise_weight)),
-                relax.const(zero_point.astype(np.float32)), strides, padding,
-                primfunc_name_hint="conv2d_codes",
-            )
-        return None
+        if int(attrs.groups) != weight.shape[0] or weight.shape[0] != codes.ty.shape[1] or weight.shape[1] != 1:
+            return None
+        # depthwise: no channel sum for a dot product to take, but reading the uint8 codes (not their
+        # float copy) lets the producer write a quarter of the bytes
+        channels = int(weight.shape[0])
+        lanes16 = next((n for n in plan.depthwise_int16_lanes if channels % n == 0), None)
+        if lanes16 and depthwise_int16_sums(weight, zero_point, code_range(codes, lookup_binding, channels)):
+            lanes, dtype = lanes16, "int16"
+        else:
+            lanes, dtype = plan.depthwise_block(channels), plan.depthwise_weight
+        if not lanes:
+            return None
+        kind = "depthwise_int16" if dtype == "int16" else "depthwise"
+        return kind, builder.call_te(
+            _depthwise_from_codes, codes, relax.const(pack_depthwise_weight(weight, lanes, dtype)),
+            relax.const(zero_point.astype(np.int16 if dtype == "int16" else np.float32)), strides, padding,
+            primfunc_name_hint="conv2d_codes",
+        )
 
     mod, counts = rewrite_convs(mod, rewrite)
     log.info("integer convs (%s): %d 1x1 convs lowered to uint8 x int8 dot products (%d more by the target's "
-             "own lowering), %d depthwise convs read codes", plan.name, counts["pointwise"], counts["own"],
-             counts["depthwise"])
+             "own lowering), %d depthwise convs read codes (%d of them summing in int16)", plan.name,
+             counts["pointwise"], counts["own"], counts["depthwise"] + counts["depthwise_int16"],
+             counts["depthwise_int16"])
     return mod
 
 
@@ -246,6 +260,17 @@ def pack_depthwise_weight(w: np.ndarray, lanes: int, dtype: str = "float32") -> 
     return np.ascontiguousarray(blocked)
 
 
+def depthwise_int16_sums(weight: np.ndarray, zero_point: np.ndarray, codes: tuple[np.ndarray, np.ndarray]) -> bool:
+    """True if every sum of a depthwise conv of (q - Z) by ``weight`` [C, 1, kh, kw] fits an int16 for
+    codes q per channel in ``codes`` = (lowest, highest): sum over taps |w| * max|q - Z| <= 32767.
+
+    The same bound holds for every partial sum (a sum over fewer taps), so no lane ever overflows."""
+    lowest, highest = codes
+    deviation = np.maximum(highest - zero_point, zero_point - lowest).astype(np.int64)
+    bound = np.abs(weight.astype(np.int64)).reshape(weight.shape[0], -1).sum(axis=1) * np.maximum(deviation, 0)
+    return bool(bound.max(initial=0) <= np.iinfo(np.int16).max)
+
+
 def _depthwise_from_codes(codes, weight, zero_point, strides, padding):
     """TE: a depthwise conv of (codes - Z) [N, C, H, W], zero padded, computed channel-blocked.
 
@@ -253,26 +278,30 @@ def _depthwise_from_codes(codes, weight, zero_point, strides, padding):
     ([N, C/lanes, Hp, Wp, lanes]), so every tap of the kernel is one contiguous vector load and one FMA
     against the tap's weight vector whatever the stride or width; the sum runs over (kh, kw) in order,
     as TOPI's conv sums it. The last stage writes NCHW floats, onto which the conv's epilogue fuses.
+
+    With int16 weights (``depthwise_int16_sums`` proved the sums fit) the planes, products and sums are
+    int16, converted to float32 once per output: the same integers.
     """
     from tvm import te, tirx
 
     n, channels, height, width = codes.shape
     blocks, kh, kw, lanes = (int(d) for d in weight.shape)
+    plane = "int16" if weight.dtype == "int16" else "float32"
     top, left, bottom, right = padding
     sh, sw = strides
 
     def pad(i, cb, y, x, lane):
         inside = tirx.all(y >= top, y < height + top, x >= left, x < width + left)
         c = cb * lanes + lane
-        value = codes[i, c, y - top, x - left].astype("float32") - zero_point[c]
-        return tirx.if_then_else(inside, value, tirx.const(0.0, "float32"))
+        value = codes[i, c, y - top, x - left].astype(plane) - zero_point[c]
+        return tirx.if_then_else(inside, value, tirx.const(0, plane))
 
     padded = te.compute((n, blocks, height + top + bottom, width + left + right, lanes), pad,
                         name=DEPTHWISE_BLOCKS[0])
 
     def tap(cb, ry, rx, lane):  # an integer weight (int8 storage) as float32: exact
         w = weight[cb, ry, rx, lane]
-        return w if weight.dtype == "float32" else w.astype("float32")
+        return w if weight.dtype == plane else w.astype(plane)
 
     ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
     out_h = (height + top + bottom - kh) // sh + 1
@@ -286,6 +315,6 @@ def _depthwise_from_codes(codes, weight, zero_point, strides, padding):
     )
     return te.compute(
         (n, channels, out_h, out_w),
-        lambda i, c, y, x: acc[i, c // lanes, y, x, c % lanes],
+        lambda i, c, y, x: acc[i, c // lanes, y, x, c % lanes].astype("float32"),
         name=DEPTHWISE_BLOCKS[2],
     )

@@ -119,8 +119,9 @@ def schedule_depthwise_blocked(sch, blocks, plan: IntegerPlan) -> bool:
 
     n, cb, y, x, lane, ry, rx = sch.get_loops(conv)
     width = int(sch.get(x).extent)
+    bits = 16 if str(sch.get(conv).writes[0].source.dtype) == "int16" else 32  # int16 sums: 8 NEON lanes a register
     # each accumulator's tap input is loaded into a register too: half the register file for sums
-    cols_max = plan.tile_columns(int(sch.get(lane).extent), share=2)
+    cols_max = plan.tile_columns(int(sch.get(lane).extent), share=2, element_bits=bits)
     cols = max(d for d in range(1, min(width, cols_max) + 1) if width % d == 0)
     xo, xi = sch.split(x, [None, cols])
     sch.reorder(n, cb, y, xo, ry, rx, xi, lane)
