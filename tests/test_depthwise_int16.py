@@ -29,8 +29,10 @@ def test_the_bound_is_the_sum_of_tap_magnitudes_times_the_widest_code_deviation(
     assert depthwise_int16_sums(exact, np.array([0]), (np.array([0]), np.array([992])))  # 32736
 
 
-def test_int16_sums_at_the_bound_equal_the_exact_conv():
-    """Codes and weights chosen so that every output sits at the proven bound (+-32767 or near it)."""
+@pytest.mark.parametrize("plane", ["int16", "int8"])
+def test_int16_sums_at_the_bound_equal_the_exact_conv(plane):
+    """Codes and weights chosen so that every output sits at the proven bound (+-32767 or near it), the
+    planes int16 (``|q - Z|`` up to 255) or int8 (``|q - Z| <= 127``, NEON's ``smlal``)."""
     import tvm
     from tvm import te
 
@@ -39,8 +41,11 @@ def test_int16_sums_at_the_bound_equal_the_exact_conv():
     w = rng.integers(-127, 128, (channels, 1, 3, 3)).astype(np.int8)
     w[:, 0, 1, 1] = 127
     zero_point = rng.integers(0, 256, channels)
-    # the widest code range the bound allows for each channel's weights
+    # the widest code range the bound allows for each channel's weights (and an int8 plane)
     deviation = 32767 // np.abs(w.astype(np.int64)).reshape(channels, -1).sum(axis=1)
+    if plane == "int8":
+        w[:, 0, 0, :] = 127  # a larger sum of |w|: the bound holds with |q - Z| <= 127
+        deviation = np.minimum(32767 // np.abs(w.astype(np.int64)).reshape(channels, -1).sum(axis=1), 127)
     lowest, highest = np.maximum(zero_point - deviation, 0), np.minimum(zero_point + deviation, 255)
     assert depthwise_int16_sums(w, zero_point, (lowest, highest))
     # each tap's code at the end of the range that adds |w| * deviation
@@ -50,12 +55,12 @@ def test_int16_sums_at_the_bound_equal_the_exact_conv():
     codes[0] = np.where(rng.random((channels, size, size)) < 0.2, inside, codes[0])  # and some codes in between
 
     data = te.placeholder(codes.shape, "uint8", "codes")
-    weight = te.placeholder((channels // lanes, 3, 3, lanes), "int16", "weight")
+    weight = te.placeholder((channels // lanes, 3, 3, lanes), plane, "weight")
     zp = te.placeholder((channels,), "int16", "zero_point")
-    out = _depthwise_from_codes(data, weight, zp, (1, 1), (1, 1, 1, 1))
+    out = _depthwise_from_codes(data, weight, zp, (1, 1), (1, 1, 1, 1), "int16")
     lib = tvm.compile(te.create_prim_func([data, weight, zp, out]), target="llvm")
     dev = tvm.cpu()
-    args = [tvm.runtime.tensor(a, dev) for a in (codes, pack_depthwise_weight(w, lanes, "int16"),
+    args = [tvm.runtime.tensor(a, dev) for a in (codes, pack_depthwise_weight(w, lanes, plane),
                                                  zero_point.astype(np.int16))]
     result = tvm.runtime.tensor(np.zeros((1, channels, size, size), np.float32), dev)
     lib(*args, result)
@@ -64,6 +69,7 @@ def test_int16_sums_at_the_bound_equal_the_exact_conv():
     expected = sum(w[:, 0, dy, dx, None, None].astype(np.int64) * shifted[:, dy:dy + size, dx:dx + size]
                    for dy in range(3) for dx in range(3))
     assert np.abs(expected).max() > 30000  # the test reaches the bound
+    assert np.abs(codes[0].astype(np.int64) - zero_point[:, None, None]).max() <= (127 if plane == "int8" else 255)
     np.testing.assert_array_equal(result.numpy()[0], expected.astype(np.float32))
 
 
@@ -81,7 +87,7 @@ def smallest_w2a2(tmp_path_factory):
 def test_int16_depthwise_subnet_is_bit_identical_to_float_sums(smallest_w2a2, tmp_path, monkeypatch, caplog):
     """The trained smallest W2A2 subnet on this host (``tiled-vnni``): every depthwise conv proven to sum in
     int16 (the codes' range from the clip before each quantize), the logits bit-identical to the same
-    build with float32 sums."""
+    build with float32 sums and to one with int8 planes (as the ARM schedules have them)."""
     import json
 
     from test_artifact_size import _logits
@@ -92,9 +98,11 @@ def test_int16_depthwise_subnet_is_bit_identical_to_float_sums(smallest_w2a2, tm
     meta = json.loads((smallest_w2a2 / "meta.json").read_text())
     if meta["compile"]["schedule"] != "tiled-vnni":
         pytest.skip(f"this host compiles x86 with {meta['compile']['schedule']}")
-    counts = {}
-    for name, lanes in (("int16", vnni.VNNI.depthwise_int16_lanes), ("float", ())):
-        monkeypatch.setattr(vnni, "VNNI", dataclasses.replace(vnni.VNNI, depthwise_int16_lanes=lanes))
+    counts, default = {}, vnni.VNNI
+    variants = {"int16": default, "float": dataclasses.replace(default, depthwise_int16_lanes=()),
+                "int8": dataclasses.replace(default, depthwise_int8_planes=True)}  # the ARM schedules' planes
+    for name, plan in variants.items():
+        monkeypatch.setattr(vnni, "VNNI", plan)
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="qfa_deploy.deploy.targets.cpu.integer"):
             compile_artifact(smallest_w2a2 / "model.onnx", "x86", tmp_path / name, schedule="tiled-vnni")
@@ -102,7 +110,9 @@ def test_int16_depthwise_subnet_is_bit_identical_to_float_sums(smallest_w2a2, tm
         found = re.search(r"(\d+) depthwise convs read codes \((\d+) of them", message).groups()
         counts[name] = tuple(int(n) for n in found)
     assert counts["int16"][0] == counts["int16"][1] > 0 and counts["float"] == (counts["int16"][0], 0), counts
+    assert counts["int8"] == counts["int16"], counts
     images = np.random.default_rng(4).standard_normal((6, 3, 24, 24)).astype(np.float32)
     narrow = _logits(tmp_path / "int16" / "model.so", images)
     np.testing.assert_array_equal(narrow, _logits(tmp_path / "float" / "model.so", images))
+    np.testing.assert_array_equal(narrow, _logits(tmp_path / "int8" / "model.so", images))
     np.testing.assert_array_equal(narrow, _logits(smallest_w2a2 / "model.so", images))  # the default is int16

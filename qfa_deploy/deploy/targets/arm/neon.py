@@ -33,16 +33,17 @@ def _sdot_name(lanes: int) -> str:
     return f"qfa_sdot_{lanes}x4"
 
 
-# Depthwise sums in int16 where proven to fit (8 channels a q register, half the loads): the A76 multiplies
-# int16 lanes on one pipe at 8 a cycle, as fast as its two FMA pipes' 4 + 4 floats, and the loads halve
-# (simulated CIFAR-10 largest: -10.5% cycles); the A72's one multiply pipe takes 2 cycles per 8 int16
-# products, so its float taps stay (simulated: +1.3% with int16)
+# Depthwise sums in int16 where proven to fit, on int8 planes where every |q - Z| fits one (8 channels a
+# tap; ``smlal`` multiplies 8 int8 pairs into the int16 sums at the multiply pipe's full rate, where a Q-form
+# int16 ``mla`` takes the A72's one pipe for two cycles). Simulated on CIFAR-10 largest: A72 15.17 -> 13.27 M
+# cycles (int16 planes and ``mla``: +1.3%), A76 15.11 -> 12.02 M
 _INT16_LANES = (NEON.lanes(16),)
 NEON_INT8 = IntegerPlan(name="tiled-neon", unit=NEON, pointwise_lanes=(8, 4), depthwise_lanes=(4,), group=1,
+                        depthwise_int16_lanes=_INT16_LANES, depthwise_int8_planes=True,
                         pointwise_lowering=lower_pairwise, pointwise_schedule=schedule_pairwise_pointwise)
 DOTPROD = IntegerPlan(
     name="tiled-dotprod", unit=NEON, pointwise_lanes=(16, 8, 4), depthwise_lanes=(4,), group=4, code_offset=128,
-    dot=_sdot_name, dot_lanes=_SDOT_LANES, depthwise_int16_lanes=_INT16_LANES,
+    dot=_sdot_name, dot_lanes=_SDOT_LANES, depthwise_int16_lanes=_INT16_LANES, depthwise_int8_planes=True,
 )
 
 

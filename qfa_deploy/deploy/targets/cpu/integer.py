@@ -72,6 +72,9 @@ class IntegerPlan:
     # taps as int16 multiply-accumulates, twice the channels of a float32 block per load and instruction
     # (NEON: 8 lanes, one q register); () keeps float32 sums
     depthwise_int16_lanes: tuple[int, ...] = ()
+    # with int16 sums, the planes and weights as int8 where every |q - Z| fits one (NEON: int8 x int8
+    # products added into int16 lanes, ``smlal``, at the multiply pipe's full rate; 8 bytes a tap)
+    depthwise_int8_planes: bool = False
     # a target's own 1x1 lowering, tried first: (builder, codes, weight [O, C], zero points) -> call or None
     pointwise_lowering: Callable | None = None
     pointwise_schedule: Callable | None = None  # (schedule, root's blocks) -> bool: schedules what it lowered
@@ -123,16 +126,19 @@ def lower_integer_convs(mod, plan: IntegerPlan):
         # float copy) lets the producer write a quarter of the bytes
         channels = int(weight.shape[0])
         lanes16 = next((n for n in plan.depthwise_int16_lanes if channels % n == 0), None)
-        if lanes16 and depthwise_int16_sums(weight, zero_point, code_range(codes, lookup_binding, channels)):
-            lanes, dtype = lanes16, "int16"
+        codes_range = code_range(codes, lookup_binding, channels) if lanes16 else None
+        if lanes16 and depthwise_int16_sums(weight, zero_point, codes_range):
+            lanes, sums = lanes16, "int16"
+            narrow = plan.depthwise_int8_planes and _deviation(zero_point, codes_range).max(initial=0) <= 127
+            dtype = "int8" if narrow else "int16"
         else:
-            lanes, dtype = plan.depthwise_block(channels), plan.depthwise_weight
+            lanes, sums, dtype = plan.depthwise_block(channels), "float32", plan.depthwise_weight
         if not lanes:
             return None
-        kind = "depthwise_int16" if dtype == "int16" else "depthwise"
+        kind = "depthwise_int16" if sums == "int16" else "depthwise"
         return kind, builder.call_te(
             _depthwise_from_codes, codes, relax.const(pack_depthwise_weight(weight, lanes, dtype)),
-            relax.const(zero_point.astype(np.int16 if dtype == "int16" else np.float32)), strides, padding,
+            relax.const(zero_point.astype(np.int16 if sums == "int16" else np.float32)), strides, padding, sums,
             primfunc_name_hint="conv2d_codes",
         )
 
@@ -265,13 +271,17 @@ def depthwise_int16_sums(weight: np.ndarray, zero_point: np.ndarray, codes: tupl
     codes q per channel in ``codes`` = (lowest, highest): sum over taps |w| * max|q - Z| <= 32767.
 
     The same bound holds for every partial sum (a sum over fewer taps), so no lane ever overflows."""
-    lowest, highest = codes
-    deviation = np.maximum(highest - zero_point, zero_point - lowest).astype(np.int64)
-    bound = np.abs(weight.astype(np.int64)).reshape(weight.shape[0], -1).sum(axis=1) * np.maximum(deviation, 0)
+    bound = np.abs(weight.astype(np.int64)).reshape(weight.shape[0], -1).sum(axis=1) * _deviation(zero_point, codes)
     return bool(bound.max(initial=0) <= np.iinfo(np.int16).max)
 
 
-def _depthwise_from_codes(codes, weight, zero_point, strides, padding):
+def _deviation(zero_point: np.ndarray, codes: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """max |q - Z| per channel for codes q in ``codes`` = (lowest, highest)."""
+    lowest, highest = codes
+    return np.maximum(np.maximum(highest - zero_point, zero_point - lowest), 0).astype(np.int64)
+
+
+def _depthwise_from_codes(codes, weight, zero_point, strides, padding, sums: str = "float32"):
     """TE: a depthwise conv of (codes - Z) [N, C, H, W], zero padded, computed channel-blocked.
 
     The padding stage dequantizes the uint8 codes into planes of ``lanes`` channels side by side
@@ -279,29 +289,31 @@ def _depthwise_from_codes(codes, weight, zero_point, strides, padding):
     against the tap's weight vector whatever the stride or width; the sum runs over (kh, kw) in order,
     as TOPI's conv sums it. The last stage writes NCHW floats, onto which the conv's epilogue fuses.
 
-    With int16 weights (``depthwise_int16_sums`` proved the sums fit) the planes, products and sums are
+    With ``sums="int16"`` (``depthwise_int16_sums`` proved they fit) the planes hold ``q - Z`` in the
+    weights' integer type (int16, or int8 where every ``|q - Z| <= 127``), the products and sums are
     int16, converted to float32 once per output: the same integers.
     """
     from tvm import te, tirx
 
     n, channels, height, width = codes.shape
     blocks, kh, kw, lanes = (int(d) for d in weight.shape)
-    plane = "int16" if weight.dtype == "int16" else "float32"
+    plane = str(weight.dtype) if sums == "int16" else "float32"
     top, left, bottom, right = padding
     sh, sw = strides
 
     def pad(i, cb, y, x, lane):
         inside = tirx.all(y >= top, y < height + top, x >= left, x < width + left)
         c = cb * lanes + lane
-        value = codes[i, c, y - top, x - left].astype(plane) - zero_point[c]
-        return tirx.if_then_else(inside, value, tirx.const(0, plane))
+        value = codes[i, c, y - top, x - left].astype(zero_point.dtype) - zero_point[c]
+        return tirx.if_then_else(inside, value.astype(plane), tirx.const(0, plane))
 
     padded = te.compute((n, blocks, height + top + bottom, width + left + right, lanes), pad,
                         name=DEPTHWISE_BLOCKS[0])
 
-    def tap(cb, ry, rx, lane):  # an integer weight (int8 storage) as float32: exact
-        w = weight[cb, ry, rx, lane]
-        return w if weight.dtype == plane else w.astype(plane)
+    product = "int16" if sums == "int16" else "float32"
+
+    def tap(cb, ry, rx, lane):  # an integer weight (int8 storage) as float32 or int16: exact
+        return weight[cb, ry, rx, lane].astype(product)
 
     ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
     out_h = (height + top + bottom - kh) // sh + 1
@@ -309,7 +321,7 @@ def _depthwise_from_codes(codes, weight, zero_point, strides, padding):
     acc = te.compute(
         (n, blocks, out_h, out_w, lanes),
         lambda i, cb, y, x, lane: te.sum(
-            padded[i, cb, y * sh + ry, x * sw + rx, lane] * tap(cb, ry, rx, lane), axis=[ry, rx]
+            padded[i, cb, y * sh + ry, x * sw + rx, lane].astype(product) * tap(cb, ry, rx, lane), axis=[ry, rx]
         ),
         name=DEPTHWISE_BLOCKS[1],
     )
