@@ -25,7 +25,9 @@ Pi 5 on ``sdot``, the Pi 4 brings its own lowering (``targets.arm.pairwise``: ``
 - depthwise (channels a multiple of the smallest block): the same float sums, but dequantizing the
   codes in its own padding stage, so that the tensor between the producer and the conv is uint8
   instead of float (a quarter of the bytes), into planes of ``lanes`` channels side by side: every
-  tap is then one contiguous vector load and FMA whatever the stride or the width.
+  tap is then one contiguous vector load and FMA whatever the stride or the width. Where the plan
+  allows it and ``depthwise_int16_sums`` proves every sum fits, the planes hold ``q - Z`` as int16
+  (or int8) and the sums are int16: half (a quarter) of the bytes per tap, the same integers.
 
 With every reader of a dequantized tensor rewritten, the dequantize is dead and the producing
 function ends at its quantize. ``targets.cpu.integer_schedule`` schedules both;
