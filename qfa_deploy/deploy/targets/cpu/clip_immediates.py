@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import re
 
-__all__ = ["clip_bound", "clip_bounds_as_immediates"]
+__all__ = ["clip_bound", "clip_bounds_as_immediates", "clip_operands"]
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +45,28 @@ def clip_bounds_as_immediates(mod):
     return mod  # rewrite_calls dropped the folded bounds' dead bindings
 
 
+def clip_operands(call):
+    """(kind, tensor, bound expression) if ``call`` is ``call_tir(maximum|minimum, (tensor, bound))``, the
+    frontend's PrimFuncs of a clip (whatever the bound is: a constant once folded, else a var)."""
+    from tvm import ir
+
+    if len(call.args) < 2 or not isinstance(call.args[0], ir.GlobalVar):
+        return None
+    callee, args = call.args[0], call.args[1]
+    kind = re.sub(r"\d+$", "", callee.name_hint)  # one PrimFunc per shape: maximum, maximum1, ...
+    if kind not in _BOUNDS or not isinstance(args, ir.expr.Tuple) or len(args.fields) != 2:
+        return None
+    return kind, *args.fields
+
+
 def clip_bound(call):
     """(kind, tensor, bound) if ``call`` is ``call_tir(maximum|minimum, (float32 tensor, 0-d constant))``."""
     from tvm import ir
 
-    callee, args = call.args[0], call.args[1]
-    kind = re.sub(r"\d+$", "", getattr(callee, "name_hint", ""))  # one PrimFunc per shape: maximum, maximum1, ...
-    if kind not in _BOUNDS or not isinstance(args, ir.expr.Tuple) or len(args.fields) != 2:
+    operands = clip_operands(call)
+    if operands is None:
         return None
-    data, bound = args.fields
+    kind, data, bound = operands
     if not isinstance(bound, ir.expr.Constant) or bound.value.dtype != "float32" or bound.value.numpy().ndim != 0:
         return None
     if getattr(data.ty, "dtype", None) != "float32":

@@ -11,8 +11,6 @@ code of margin on each side keeps the bound safe whatever the rounding of the bo
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
 __all__ = ["code_range"]
@@ -44,15 +42,12 @@ def code_range(codes, lookup_binding, channels: int) -> tuple[np.ndarray, np.nda
 
 def _clip_bounds(expr, lookup_binding) -> tuple[float | None, float | None]:
     """(lo, hi) of the ``maximum``/``minimum`` calls producing ``expr`` (None where there is none)."""
-    from tvm import ir
+    from qfa_deploy.deploy.targets.cpu.clip_immediates import clip_operands
 
     lo = hi = None
     call = _bound_call(expr, lookup_binding)
-    while call is not None and isinstance(call.args[0], ir.GlobalVar) and isinstance(call.args[1], ir.expr.Tuple):
-        kind = re.sub(r"\d+$", "", call.args[0].name_hint)  # the frontend's PrimFuncs: maximum, maximum1, ...
-        if kind not in ("maximum", "minimum") or len(call.args[1].fields) != 2:
-            break
-        data, bound = call.args[1].fields
+    while call is not None and (operands := clip_operands(call)) is not None:
+        kind, data, bound = operands
         value = _scalar_value(bound, lookup_binding)
         if value is None or value.ndim != 0 or not np.isfinite(value):
             break
