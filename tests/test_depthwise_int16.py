@@ -10,7 +10,12 @@ import re
 import numpy as np
 import pytest
 
-from qfa_deploy.deploy.targets.cpu.integer import _depthwise_from_codes, depthwise_int16_sums, pack_depthwise_weight
+from qfa_deploy.deploy.targets.cpu.integer import (
+    _depthwise_from_codes,
+    code_deviation,
+    depthwise_int16_sums,
+    pack_depthwise_weight,
+)
 
 
 def test_the_bound_is_the_sum_of_tap_magnitudes_times_the_widest_code_deviation():
@@ -19,14 +24,14 @@ def test_the_bound_is_the_sum_of_tap_magnitudes_times_the_widest_code_deviation(
     zero_point = np.array([3, 0])
     lowest, highest = np.array([0, 0]), np.array([255, 15])
     # channel 0: |q - Z| up to 252 -> 16 * 252 = 4032; channel 1 has no weights
-    assert depthwise_int16_sums(w, zero_point, (lowest, highest))
+    assert depthwise_int16_sums(w, code_deviation(zero_point, (lowest, highest)))
     w[1] = 127  # 9 taps * 127 * 15 = 17145 <= 32767
-    assert depthwise_int16_sums(w, zero_point, (lowest, highest))
-    assert not depthwise_int16_sums(w, zero_point, (lowest, np.array([255, 255])))  # 9 * 127 * 255
+    assert depthwise_int16_sums(w, code_deviation(zero_point, (lowest, highest)))
+    assert not depthwise_int16_sums(w, code_deviation(zero_point, (lowest, np.array([255, 255]))))  # 9 * 127 * 255
     exact = np.zeros((1, 1, 7, 7), np.int8)
     exact.reshape(-1)[:33] = 1  # 33 taps * 993 = 32769: one over
-    assert not depthwise_int16_sums(exact, np.array([0]), (np.array([0]), np.array([993])))
-    assert depthwise_int16_sums(exact, np.array([0]), (np.array([0]), np.array([992])))  # 32736
+    assert not depthwise_int16_sums(exact, code_deviation(np.array([0]), (np.array([0]), np.array([993]))))
+    assert depthwise_int16_sums(exact, code_deviation(np.array([0]), (np.array([0]), np.array([992]))))  # 32736
 
 
 @pytest.mark.parametrize("plane", ["int16", "int8"])
@@ -47,7 +52,7 @@ def test_int16_sums_at_the_bound_equal_the_exact_conv(plane):
         w[:, 0, 0, :] = 127  # a larger sum of |w|: the bound holds with |q - Z| <= 127
         deviation = np.minimum(32767 // np.abs(w.astype(np.int64)).reshape(channels, -1).sum(axis=1), 127)
     lowest, highest = np.maximum(zero_point - deviation, 0), np.minimum(zero_point + deviation, 255)
-    assert depthwise_int16_sums(w, zero_point, (lowest, highest))
+    assert depthwise_int16_sums(w, code_deviation(zero_point, (lowest, highest)))
     # each tap's code at the end of the range that adds |w| * deviation
     extreme = np.where(w[:, 0] > 0, highest[:, None, None], lowest[:, None, None])
     codes = np.tile(extreme, (1, 3, 3))[None].astype(np.uint8)  # period 3: the centre of each 3x3 at the bound

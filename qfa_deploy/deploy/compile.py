@@ -105,8 +105,7 @@ def compile_artifact(
     lib_path, cuda_meta = _write_library(executable, dev, target, Path(out_dir), cuda_kernels, debug_symbols)
     seconds = time.perf_counter() - start
     log.info("compiled %s for %s in %.1f s -> %s", onnx_path, dev.name, seconds, lib_path)
-    meta = _metadata(dev, target, (applied, db_hash), lib_path, inputs, seconds, cuda_meta)
-    return {**meta, "debug_symbols": debug_symbols}
+    return _metadata(dev, target, (applied, db_hash), lib_path, inputs, seconds, cuda_meta, debug_symbols)
 
 
 def _check_tools(dev: Device, cuda_kernels: str | None) -> str | None:
@@ -191,7 +190,7 @@ def _write_library(executable, dev: Device, target, out_dir: Path, cuda_kernels:
 
 
 def _metadata(dev: Device, target, schedule: tuple[str, str | None], lib_path: Path, inputs: list[dict],
-              seconds: float, cuda_meta: dict | None) -> dict:
+              seconds: float, cuda_meta: dict | None, debug_symbols: bool) -> dict:
     """compile_artifact's JSON-ready result; ``schedule``: (the label applied, the database's sha256)."""
     import tvm
 
@@ -207,6 +206,7 @@ def _metadata(dev: Device, target, schedule: tuple[str, str | None], lib_path: P
         "library_sha256": file_sha256(lib_path),
         "constant_bytes": sum(sections.values()),
         "constant_sections": sections,
+        "debug_symbols": debug_symbols,
         "inputs": inputs,
         "compile_seconds": round(seconds, 3),
     }

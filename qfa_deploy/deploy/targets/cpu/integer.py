@@ -45,8 +45,8 @@ import numpy as np
 from qfa_deploy.deploy.registry import VectorUnit
 
 __all__ = [
-    "DEPTHWISE_BLOCKS", "INT8_BLOCKS", "IntegerPlan", "integer_rewrite", "lower_integer_convs", "pack_codes",
-    "pack_depthwise_weight", "pack_weight",
+    "DEPTHWISE_BLOCKS", "INT8_BLOCKS", "IntegerPlan", "code_deviation", "depthwise_int16_sums", "integer_rewrite",
+    "lower_integer_convs", "pack_codes", "pack_depthwise_weight", "pack_weight",
 ]
 
 log = logging.getLogger(__name__)
@@ -128,10 +128,10 @@ def lower_integer_convs(mod, plan: IntegerPlan):
         # float copy) lets the producer write a quarter of the bytes
         channels = int(weight.shape[0])
         lanes16 = next((n for n in plan.depthwise_int16_lanes if channels % n == 0), None)
-        codes_range = code_range(codes, lookup_binding, channels) if lanes16 else None
-        if lanes16 and depthwise_int16_sums(weight, zero_point, codes_range):
+        deviation = code_deviation(zero_point, code_range(codes, lookup_binding, channels)) if lanes16 else None
+        if lanes16 and depthwise_int16_sums(weight, deviation):
             lanes, sums = lanes16, "int16"
-            narrow = plan.depthwise_int8_planes and _deviation(zero_point, codes_range).max(initial=0) <= 127
+            narrow = plan.depthwise_int8_planes and deviation.max(initial=0) <= 127
             dtype = "int8" if narrow else "int16"
         else:
             lanes, sums, dtype = plan.depthwise_block(channels), "float32", plan.depthwise_weight
@@ -268,16 +268,16 @@ def pack_depthwise_weight(w: np.ndarray, lanes: int, dtype: str = "float32") -> 
     return np.ascontiguousarray(blocked)
 
 
-def depthwise_int16_sums(weight: np.ndarray, zero_point: np.ndarray, codes: tuple[np.ndarray, np.ndarray]) -> bool:
-    """True if every sum of a depthwise conv of (q - Z) by ``weight`` [C, 1, kh, kw] fits an int16 for
-    codes q per channel in ``codes`` = (lowest, highest): sum over taps |w| * max|q - Z| <= 32767.
+def depthwise_int16_sums(weight: np.ndarray, deviation: np.ndarray) -> bool:
+    """True if every sum of a depthwise conv of (q - Z) by ``weight`` [C, 1, kh, kw] fits an int16, where
+    ``deviation`` [C] is max |q - Z| per channel (``code_deviation``): sum over taps |w| * max|q - Z| <= 32767.
 
     The same bound holds for every partial sum (a sum over fewer taps), so no lane ever overflows."""
-    bound = np.abs(weight.astype(np.int64)).reshape(weight.shape[0], -1).sum(axis=1) * _deviation(zero_point, codes)
+    bound = np.abs(weight.astype(np.int64)).reshape(weight.shape[0], -1).sum(axis=1) * deviation
     return bool(bound.max(initial=0) <= np.iinfo(np.int16).max)
 
 
-def _deviation(zero_point: np.ndarray, codes: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+def code_deviation(zero_point: np.ndarray, codes: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """max |q - Z| per channel for codes q in ``codes`` = (lowest, highest)."""
     lowest, highest = codes
     return np.maximum(np.maximum(highest - zero_point, zero_point - lowest), 0).astype(np.int64)
