@@ -48,7 +48,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from deploy_latency import SPACE, _export_float, _full_precision, _ort_int8, _qdq_model  # noqa: E402
+from deploy_latency import SPACE, _export_float, _full_precision, _ort_int8, _qdq_model, geomean  # noqa: E402
 
 from qfa_deploy.atomic import atomic_write_bytes  # noqa: E402
 from qfa_deploy.deploy.sim.estimate import CPUS, SIM_VERSION, host_python_env, simulate  # noqa: E402
@@ -181,11 +181,6 @@ def native_ms(runtime: str, path: Path, shape: list[int], repeat: int = 20) -> f
     return float(done.stdout.strip().splitlines()[-1])
 
 
-def _geomean(values) -> float:
-    values = list(values)
-    return math.exp(statistics.mean(math.log(v) for v in values))
-
-
 def _spearman(a: list[float], b: list[float]) -> float:
     def ranks(v):
         order = sorted(range(len(v)), key=v.__getitem__)
@@ -308,7 +303,7 @@ def _report(rows: list[dict], validation: list[dict], args) -> dict:
             cyc = row["cycles"][cpu]
             print(f"  {row['subnet']:<22} " + " ".join(f"{cyc[n] / 1e6:9.2f}" for n in names)
                   + f"   {row['ratio_to_best_peer'][cpu]:.2f}x ({row['best_peer'][cpu]})")
-        geo = {n: _geomean(r["cycles"][cpu][n] for r in rows) for n in names}
+        geo = {n: geomean(r["cycles"][cpu][n] for r in rows) for n in names}
         best = min((n for n in names if n != "artifact"), key=geo.get)
         ms = {n: geo[n] / (CPUS[cpu].ghz * 1e6) for n in names}
         report.setdefault("geomean_cycles", {})[cpu] = geo

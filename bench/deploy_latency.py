@@ -69,6 +69,11 @@ except ImportError:
 SPACE = "qfa-mbv3-w1.2"
 
 
+def geomean(values) -> float:
+    values = list(values)
+    return math.exp(statistics.mean(math.log(v) for v in values))
+
+
 def _median_ms(fn, warmup: int, repeat: int) -> float:
     for _ in range(warmup):
         fn()
@@ -313,7 +318,7 @@ def main(argv=None) -> int:
                      "schedules": {c: m["schedule"] for c, m in metas.items()}})
         print(f"{i:<8} " + " ".join(f"{ms[c]:20.2f}" for c in columns) + "   "
               + " ".join(f"{v:.2f}x" for v in ratios.values()), flush=True)
-    geo = {k: math.exp(statistics.mean(math.log(r["ms"][k]) for r in rows)) for k in columns}
+    geo = {k: geomean(r["ms"][k] for r in rows) for k in columns}
     best = min(geo[p] for p in best_of)
     print("geomean  " + " ".join(f"{geo[c]:20.2f}" for c in columns) + "   "
           + " ".join(f"{geo[c] / best:.2f}x" for c in artifacts))

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import random
 import statistics
 import sys
@@ -43,7 +42,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from deploy_latency import SPACE, _in_rounds, _isolated, _tvm_ms  # noqa: E402
+from deploy_latency import SPACE, _in_rounds, _isolated, _tvm_ms, geomean  # noqa: E402
 
 from qfa_deploy.atomic import atomic_write_bytes  # noqa: E402
 from qfa_deploy.deploy.compile import DEFAULT_SCHEDULE, SCHEDULES  # noqa: E402
@@ -143,11 +142,6 @@ def _export(cfg, bits: int, seed: int, path: Path) -> None:
     save_onnx(export_onnx(fold(subnet.eval()), batch=1), path)
 
 
-def _geomean(values) -> float:
-    values = list(values)
-    return math.exp(statistics.mean(math.log(v) for v in values))
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subnets", type=int, default=5, help="Random qfa-mbv3-w1.2 subnets (default 5).")
@@ -169,6 +163,7 @@ def main(argv=None) -> int:
         parser.error(f"--bits must include {REFERENCE_BITS}: every ratio is to W{REFERENCE_BITS}A{REFERENCE_BITS}")
 
     from qfa_deploy.deploy import compile_artifact, load_device
+    from qfa_deploy.deploy.device import host_cpu
 
     host = load_device("x86")
     labels = [f"W{b}A{b}" for b in args.bits]
@@ -209,25 +204,18 @@ def main(argv=None) -> int:
                                ("cifar10", [r for r in rows if r["subnet"] == "cifar10-largest"])):
             if members:
                 summary[f"{group}/{threads}T"] = {
-                    label: _geomean(r["threads"][threads]["ratio_to_w4a4"][label] for r in members) for label in labels}
+                    label: geomean(r["threads"][threads]["ratio_to_w4a4"][label] for r in members) for label in labels}
     for key, ratios in summary.items():
         print(f"geomean {key:<12} " + "  ".join(f"{lb} {v:.3f}x" for lb, v in ratios.items()))
-    bytes_ratio = {label: _geomean(r["constant_bytes"][label] / r["constant_bytes"]["W4A4"] for r in rows)
+    bytes_ratio = {label: geomean(r["constant_bytes"][label] / r["constant_bytes"]["W4A4"] for r in rows)
                    for label in labels}
     print("constant bytes / W4A4 (geomean): " + "  ".join(f"{lb} {v:.3f}x" for lb, v in bytes_ratio.items()))
     if args.json:
         payload = {"schedule": args.schedule, "bits": args.bits, "threads": args.threads, "rounds": args.rounds,
                    "repeat": args.repeat, "geomean_ratio_to_w4a4": summary, "constant_bytes_ratio_to_w4a4": bytes_ratio,
-                   "cpu": _cpu_name(), "torch": torch.__version__, "rows": rows}
+                   "cpu": host_cpu(), "torch": torch.__version__, "rows": rows}
         atomic_write_bytes(args.json, lambda f: f.write(json.dumps(payload, indent=1).encode()))
     return 0
-
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return ""
 
 
 if __name__ == "__main__":
