@@ -19,12 +19,16 @@ For each subnet and bit width, the artifact is compiled by ``compile_artifact`` 
   figures, not in the whole-subnet ones), median over ``--repeat`` runs, grouped by kind: 1x1 convs
   (integer dot products), depthwise convs, and the rest (stem, squeeze-excite, pooling, classifier,
   quantizes, residual adds);
-- constant bytes: ``meta["constant_bytes"]``, the library's constant sections (what ``size -A`` shows).
+- constant bytes: ``meta["constant_bytes"]``, the library's constant sections (what ``size -A`` shows);
+- with ``--simulate cortex-a72 [cortex-a76]``: the same subnets compiled for the Pi 4 / Pi 5 profile
+  (``tiled-neon`` / ``tiled-dotprod``) and their cycles of one inference estimated by the ARM speed
+  instrument (docs/simulation.md): simulated, not measured; deterministic, so one round.
 
 Prints per subnet the ms at each bit width and its ratio to W4A4, then geometric means; the JSON keeps
 every round, the per-layer medians and the constant bytes.
 
     python bench/lowbit.py --subnets 5 --cifar10 --threads 1 2 --json docs/results/lowbit.json
+    python bench/lowbit.py --subnets 3 --cifar10 --threads --simulate cortex-a72 --json J   # ARM only
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from arm64 import ARM_DEVICES  # noqa: E402
 from deploy_latency import SPACE, _in_rounds, _isolated, _tvm_ms, geomean  # noqa: E402
 
 from qfa_deploy.atomic import atomic_write_bytes  # noqa: E402
@@ -142,13 +147,31 @@ def _export(cfg, bits: int, seed: int, path: Path) -> None:
     save_onnx(export_onnx(fold(subnet.eval()), batch=1), path)
 
 
+def _simulated_cycles(cfg, bits: int, seed: int, cpu: str, folder: Path) -> float:
+    """Estimated cycles of one inference of ``cfg`` at uniform ``bits`` on ``cpu`` (the ARM instrument)."""
+    from qfa_deploy.deploy import compile_artifact
+    from qfa_deploy.deploy.emulated_pi import build_emulated_pi
+    from qfa_deploy.deploy.sim.estimate import CPUS, simulate
+
+    _export(cfg, bits, seed, folder.with_suffix(".onnx"))
+    meta = compile_artifact(folder.with_suffix(".onnx"), ARM_DEVICES[cpu], folder)
+    image = build_emulated_pi()
+    env = image.environment() | {"TVM_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(image.site)}
+    shape = [1, 3, cfg.resolution, cfg.resolution]
+    return simulate("tvm", folder / meta["library"], CPUS[cpu], python=[str(image.python)], env=env,
+                    rootfs=image.cpu_root(cpu), shape=shape).cycles
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subnets", type=int, default=5, help="Random qfa-mbv3-w1.2 subnets (default 5).")
     parser.add_argument("--cifar10", action="store_true", help="Also the CIFAR-10 preset's largest subnet @32.")
     parser.add_argument("--resolution", type=int, default=224)
     parser.add_argument("--bits", type=int, nargs="+", default=list(BITS), choices=BITS)
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--threads", type=int, nargs="*", default=[1, 2], help="Thread counts timed here "
+                        "(none: only --simulate).")
+    parser.add_argument("--simulate", nargs="*", default=[], choices=list(ARM_DEVICES),
+                        help="Also estimate the ARM cycles of each bit width on these cores (simulated).")
     parser.add_argument("--schedule", default=DEFAULT_SCHEDULE, choices=SCHEDULES)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--warmup", type=int, default=3)
@@ -157,7 +180,7 @@ def main(argv=None) -> int:
                         help="Measure every bit width this many times, interleaved; report the median.")
     parser.add_argument("--json", type=Path, default=None, help="Also write the results here.")
     args = parser.parse_args(argv)
-    if args.rounds < 1 or args.repeat < 1 or min(args.threads) < 1:
+    if args.rounds < 1 or args.repeat < 1 or min(args.threads, default=1) < 1:
         parser.error("--rounds, --repeat and --threads must be at least 1")
     if REFERENCE_BITS not in args.bits:
         parser.error(f"--bits must include {REFERENCE_BITS}: every ratio is to W{REFERENCE_BITS}A{REFERENCE_BITS}")
@@ -195,6 +218,13 @@ def main(argv=None) -> int:
                 ratios = row["threads"][str(threads)]["ratio_to_w4a4"]
                 print(f"{name:<16} {threads}T " + "  ".join(f"{lb} {ms[lb]:8.3f} ({ratios[lb]:.2f}x)" for lb in labels),
                       flush=True)
+            for cpu in args.simulate:
+                cycles = {label: _simulated_cycles(cfg, bits, args.seed + m, cpu, Path(tmp) / f"{m}-{label}-{cpu}")
+                          for bits, label in zip(args.bits, labels, strict=True)}
+                row.setdefault("simulated_cycles", {})[cpu] = cycles
+                print(f"{name:<16} {cpu} (simulated) " + "  ".join(
+                    f"{lb} {cycles[lb] / 1e6:8.2f} M ({cycles[lb] / cycles['W4A4']:.3f}x)" for lb in labels),
+                    flush=True)
             print(f"{name:<16} constant bytes " + "  ".join(
                 f"{lb} {constant_bytes[lb]} ({constant_bytes[lb] / constant_bytes['W4A4']:.2f}x)" for lb in labels))
             rows.append(row)
@@ -205,6 +235,13 @@ def main(argv=None) -> int:
             if members:
                 summary[f"{group}/{threads}T"] = {
                     label: geomean(r["threads"][threads]["ratio_to_w4a4"][label] for r in members) for label in labels}
+    for cpu in args.simulate:
+        for group, members in (("w1.2", [r for r in rows if r["subnet"].startswith("w1.2")]),
+                               ("cifar10", [r for r in rows if r["subnet"] == "cifar10-largest"])):
+            if members:
+                summary[f"{group}/{cpu} (simulated)"] = {label: geomean(
+                    r["simulated_cycles"][cpu][label] / r["simulated_cycles"][cpu]["W4A4"] for r in members)
+                    for label in labels}
     for key, ratios in summary.items():
         print(f"geomean {key:<12} " + "  ".join(f"{lb} {v:.3f}x" for lb, v in ratios.items()))
     bytes_ratio = {label: geomean(r["constant_bytes"][label] / r["constant_bytes"]["W4A4"] for r in rows)

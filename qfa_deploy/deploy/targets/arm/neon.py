@@ -20,6 +20,7 @@ integer conv to the next channel-blocked.
 from __future__ import annotations
 
 from qfa_deploy.deploy.registry import VectorUnit
+from qfa_deploy.deploy.targets.arm.bitserial import lower_bitserial, schedule_bitserial_pointwise
 from qfa_deploy.deploy.targets.arm.pairwise import lower_pairwise, schedule_pairwise_pointwise
 from qfa_deploy.deploy.targets.cpu.integer import IntegerPlan, integer_rewrite
 
@@ -38,9 +39,21 @@ def _sdot_name(lanes: int) -> str:
 # int16 ``mla`` takes the A72's one pipe for two cycles). Simulated on CIFAR-10 largest: A72 15.17 -> 13.27 M
 # cycles (int16 planes and ``mla``: +1.3%), A76 15.11 -> 12.02 M
 _INT16_LANES = (NEON.lanes(16),)
+
+
+def _lower_pointwise_a72(builder, codes, weight, zero_point, code_bits):
+    """Bit-serial popcounts where the bits make them cheaper, else the pairwise widening multiplies."""
+    call = lower_bitserial(builder, codes, weight, zero_point, code_bits)
+    return call if call is not None else lower_pairwise(builder, codes, weight, zero_point)
+
+
+def _schedule_pointwise_a72(sch, blocks) -> bool:
+    return schedule_bitserial_pointwise(sch, blocks) or schedule_pairwise_pointwise(sch, blocks)
+
+
 NEON_INT8 = IntegerPlan(name="tiled-neon", unit=NEON, pointwise_lanes=(8, 4), depthwise_lanes=(4,), group=1,
                         depthwise_int16_lanes=_INT16_LANES, depthwise_int8_planes=True,
-                        pointwise_lowering=lower_pairwise, pointwise_schedule=schedule_pairwise_pointwise)
+                        pointwise_lowering=_lower_pointwise_a72, pointwise_schedule=_schedule_pointwise_a72)
 DOTPROD = IntegerPlan(
     name="tiled-dotprod", unit=NEON, pointwise_lanes=(16, 8, 4), depthwise_lanes=(4,), group=4, code_offset=128,
     dot=_sdot_name, dot_lanes=_SDOT_LANES, depthwise_int16_lanes=_INT16_LANES, depthwise_int8_planes=True,

@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 
 F32 = np.float32
 Y_BOUND = 2 ** 24  # an integer conv's output magnitude bound (qfa_deploy.nn.integer_conv): float32-exact
-# the integer convs' PrimFuncs (integer.py, arm/pairwise.py): their outputs are integers in float32
-_INTEGER_CONV = re.compile(r"conv2d_(int8|pairwise|codes)\d*$")
+# the integer convs' PrimFuncs (integer.py, arm/pairwise.py, arm/bitserial.py): their outputs are integers in float32
+_INTEGER_CONV = re.compile(r"conv2d_(int8|pairwise|bitserial|codes)\d*$")
 
 
 @dataclass(frozen=True)

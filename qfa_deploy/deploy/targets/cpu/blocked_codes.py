@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from qfa_deploy.deploy.targets.cpu.conv_rewrite import use_counts
-from qfa_deploy.deploy.targets.cpu.integer import DEPTHWISE_BLOCKS, INT8_BLOCKS
+from qfa_deploy.deploy.targets.cpu.integer import BITSERIAL_BLOCKS, DEPTHWISE_BLOCKS, INT8_BLOCKS
 
 __all__ = ["keep_codes_blocked"]
 
@@ -36,11 +36,13 @@ def keep_codes_blocked(mod, name: str = "integer"):
 
 
 class _CalleeStages:
-    """The stages of the PrimFuncs ``call_tir`` calls, by name: for a writer, its output buffer's last
-    axis (the channels it keeps side by side); for a reader, its input codes buffer's; else 0."""
+    """The stages of the PrimFuncs ``call_tir`` calls, by name: for a writer, the tile axis of its output
+    buffer [N, C/tile, H, W, tile, ...] (the channels it keeps side by side); for a reader, its input
+    codes buffer's last axis; else 0."""
 
-    readers = frozenset({DEPTHWISE_BLOCKS[0], INT8_BLOCKS[0]})  # the stages that read the codes
-    writers = frozenset({DEPTHWISE_BLOCKS[1], INT8_BLOCKS[1]})  # the convs whose tiles hold a pixel's channels
+    # the stages that read the codes, and the convs whose tiles hold a pixel's channels
+    readers = frozenset({DEPTHWISE_BLOCKS[0], INT8_BLOCKS[0], BITSERIAL_BLOCKS[0]})
+    writers = frozenset({DEPTHWISE_BLOCKS[1], INT8_BLOCKS[1], BITSERIAL_BLOCKS[1]})
 
     def __init__(self, mod):
         from tvm import ir
@@ -62,9 +64,10 @@ class _CalleeStages:
                 sch = Schedule(self.mod[gvar])
                 for block in (sch.get(b) for b in sch.get_child_blocks(sch.get_sblock("root"))):
                     name = block.name_hint
-                    region = (block.writes[0] if name in self.writers
-                              else block.reads[0] if name in self.readers else None)
-                    self.cache[gvar][name] = int(region.source.shape[-1]) if region is not None else 0
+                    if name in self.writers:
+                        self.cache[gvar][name] = int(block.writes[0].source.shape[4])
+                    else:
+                        self.cache[gvar][name] = int(block.reads[0].source.shape[-1]) if name in self.readers else 0
         return self.cache[gvar]
 
 

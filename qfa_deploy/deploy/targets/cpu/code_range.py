@@ -5,8 +5,13 @@ in a range of 2^b values, far inside [0, 255]. A conv that proves its sums fit a
 (``integer``'s int16 depthwise sums) bounds ``|q - Z|`` with this range. TVM's ONNX frontend imports
 the clip as ``maximum(x, lo)`` and ``minimum(x, hi)`` PrimFunc calls whose bounds are
 ``where(isnan(c), -+inf, c)`` of a constant; ``code_range`` follows the codes back through those and
-applies the quantize to the bounds. Anything it does not recognise leaves the uint8 range, and one
-code of margin on each side keeps the bound safe whatever the rounding of the bound itself.
+applies the quantize to the bounds. Anything it does not recognise leaves the uint8 range.
+
+The quantize divides by its scale (correctly rounded, ``exact_division``) and rounds to an integer:
+both monotone, so the codes of ``x`` in [lo, hi] lie between the codes of lo and hi. Only the tie rule
+of that rounding and a quotient an ulp away are left open, so the bounds round ties outwards with a
+thousandth of a code of margin: exact wherever the bound's quotient is not within a thousandth of a
+half (a b-bit clip's bounds sit on whole codes: its range is exactly 2^b codes).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import numpy as np
 __all__ = ["code_range"]
 
 _FULL = (0, 255)
+_TIE_MARGIN = 1e-3  # of a code: a quotient this close to a half may round either way
 
 
 def code_range(codes, lookup_binding, channels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -30,14 +36,16 @@ def code_range(codes, lookup_binding, channels: int) -> tuple[np.ndarray, np.nda
         return full
     lo, hi = _clip_bounds(quantize.args[0], lookup_binding)
 
-    def code(value, default):
+    def code(value, default, to_code):
         if value is None:
             return np.full(channels, default, np.int64)
-        scaled = np.rint(np.float32(value) / scale.astype(np.float32)).astype(np.int64) + zero_point.astype(np.int64)
+        quotient = (np.float32(value) / scale.astype(np.float32)).astype(np.float64)
+        scaled = to_code(quotient).astype(np.int64) + zero_point.astype(np.int64)
         return np.broadcast_to(np.clip(scaled, *_FULL), (channels,)).astype(np.int64)
 
-    lowest, highest = code(lo, _FULL[0]), code(hi, _FULL[1])
-    return np.maximum(lowest - 1, _FULL[0]), np.minimum(highest + 1, _FULL[1])
+    lowest = code(lo, _FULL[0], lambda v: np.ceil(v - 0.5 - _TIE_MARGIN))  # ties (and near ties) down
+    highest = code(hi, _FULL[1], lambda v: np.floor(v + 0.5 + _TIE_MARGIN))  # and up
+    return lowest, highest
 
 
 def _clip_bounds(expr, lookup_binding) -> tuple[float | None, float | None]:

@@ -45,14 +45,16 @@ import numpy as np
 from qfa_deploy.deploy.registry import VectorUnit
 
 __all__ = [
-    "DEPTHWISE_BLOCKS", "INT8_BLOCKS", "IntegerPlan", "code_deviation", "depthwise_int16_sums", "integer_rewrite",
-    "lower_integer_convs", "pack_codes", "pack_depthwise_weight", "pack_weight",
+    "BITSERIAL_BLOCKS", "DEPTHWISE_BLOCKS", "INT8_BLOCKS", "IntegerPlan", "code_deviation", "depthwise_int16_sums",
+    "integer_rewrite", "lower_integer_convs", "pack_codes", "pack_depthwise_weight", "pack_weight",
 ]
 
 log = logging.getLogger(__name__)
 
 INT8_BLOCKS = ("int8_pack", "int8_dot", "int8_out")  # the stages' block names, found again by the schedule
 DEPTHWISE_BLOCKS = ("dw_pad", "dw_conv", "dw_out")
+# a target's bit-serial 1x1 conv (``targets.arm.bitserial``): its codes reader and its tiled writer first
+BITSERIAL_BLOCKS = ("bitserial_planes", "bitserial_dot", "bitserial_pairs", "bitserial_widen", "bitserial_total")
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,8 @@ class IntegerPlan:
     # with int16 sums, the planes and weights as int8 where every |q - Z| fits one (NEON: int8 x int8
     # products added into int16 lanes, ``smlal``, at the multiply pipe's full rate; 8 bytes a tap)
     depthwise_int8_planes: bool = False
-    # a target's own 1x1 lowering, tried first: (builder, codes, weight [O, C], zero points) -> call or None
+    # a target's own 1x1 lowering, tried first: (builder, codes, weight [O, C], zero points, bits of the
+    # highest code) -> call or None
     pointwise_lowering: Callable | None = None
     pointwise_schedule: Callable | None = None  # (schedule, root's blocks) -> bool: schedules what it lowered
 
@@ -113,7 +116,10 @@ def lower_integer_convs(mod, plan: IntegerPlan):
         attrs = call.attrs
         strides, padding = [int(v) for v in attrs.strides], [int(v) for v in attrs.padding]
         if int(attrs.groups) == 1 and weight.shape[2:] == (1, 1) and strides == [1, 1] and not any(padding):
-            own = plan.pointwise_lowering and plan.pointwise_lowering(builder, codes, weight[:, :, 0, 0], zero_point)
+            own = None
+            if plan.pointwise_lowering is not None:
+                code_bits = int(code_range(codes, lookup_binding, int(weight.shape[1]))[1].max()).bit_length()
+                own = plan.pointwise_lowering(builder, codes, weight[:, :, 0, 0], zero_point, code_bits)
             if own is not None:
                 return "own", own
             packed, comp = pack_weight(weight[:, :, 0, 0], zero_point, plan.tile_lanes(int(weight.shape[0])),
