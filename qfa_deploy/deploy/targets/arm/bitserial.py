@@ -61,8 +61,10 @@ def prefers_bitserial(channels: int, code_bits: int, weight_bits: int) -> bool:
     """Whether the bit planes cost fewer cycles than the multiply path for a conv's input channels,
     counted per (pixel, output channel): 3 instructions per bit pair and group of 128 channels on two
     pipes, and about one group's worth more to weigh and add the pairs' lanes, against 2 multiply-pipe
-    cycles per 16 channels; the bit planes must win by a fifth (their packing is extra). Simulated on
-    the A72 (w1.2 @224, W2A2): 0.5-0.8x the cycles of the multiply path from 192 channels up."""
+    cycles per 16 channels; the bit planes must win by a fifth (their packing is extra): W2A2 from 128
+    input channels, W2A3 / W3A2 from 384. Simulated on the A72 (w1.2 @224, W2A2): 0.5-0.8x the
+    multiply path's cycles on the wide projection convs; a conv padded to one group (72 channels)
+    took 1.3x."""
     planes = 1.5 * code_bits * weight_bits * (math.ceil(channels / GROUP_CHANNELS) + 1)
     multiplies = 2 * math.ceil(channels / 16)
     return planes <= 0.8 * multiplies
@@ -74,9 +76,9 @@ def pack_weight_planes(w: np.ndarray, bits: int, tile: int) -> np.ndarray:
     out_ch, in_ch = w.shape
     groups = -(-in_ch // GROUP_CHANNELS)
     o_pad = -(-out_ch // tile) * tile
-    shifted = np.zeros((o_pad, groups * GROUP_CHANNELS), np.uint8)
-    shifted[:out_ch, :in_ch] = w.astype(np.uint8) & np.uint8((1 << bits) - 1)
-    by_bit = shifted.reshape(o_pad, groups, 8, GROUP_BYTES)  # [O, G, bit r of a byte, byte m]: channel 16 r + m
+    twos = np.zeros((o_pad, groups * GROUP_CHANNELS), np.uint8)
+    twos[:out_ch, :in_ch] = w.astype(np.uint8) & np.uint8((1 << bits) - 1)
+    by_bit = twos.reshape(o_pad, groups, 8, GROUP_BYTES)  # [O, G, bit r of a byte, byte m]: channel 16 r + m
     weights = (1 << np.arange(8, dtype=np.uint8))[None, None, :, None]
     planes = np.stack([(((by_bit >> j) & 1) * weights).sum(axis=2, dtype=np.uint8) for j in range(bits)], axis=2)
     planes = planes.reshape(o_pad // tile, tile, groups, bits, GROUP_BYTES).transpose(0, 2, 1, 3, 4)
@@ -100,7 +102,7 @@ def lower_bitserial(builder, codes, weight: np.ndarray, zero_point: np.ndarray, 
     from tvm import relax
 
     out_ch, in_ch = weight.shape
-    weight_bits = bits_of_weights(weight)
+    code_bits, weight_bits = max(1, code_bits), bits_of_weights(weight)
     if not prefers_bitserial(in_ch, code_bits, weight_bits) or int16_bound(in_ch, code_bits, weight_bits) > 32767:
         return None
     tile = tile_outputs(code_bits, weight_bits)
@@ -135,8 +137,6 @@ def _pointwise_bitserial(codes, weight_planes, comp, out_channels: int, code_bit
         ),
         name=BLOCKS[1],
     )
-    bi, bj, lane = (te.reduce_axis((0, e), name) for e, name in
-                    ((code_bits, "bi"), (weight_bits, "bj"), (_SUM_LANES, "lane")))
     pair_i, pair_j = te.reduce_axis((0, code_bits), "bi"), te.reduce_axis((0, weight_bits), "bj")
 
     def weighted(i, ob, y, x, o, lane):
@@ -157,8 +157,9 @@ def _pointwise_bitserial(codes, weight_planes, comp, out_channels: int, code_bit
 
 
 def int16_bound(channels: int, code_bits: int, weight_bits: int) -> int:
-    """The largest |sum over the bit pairs| an int16 lane of ``bitserial_pairs`` can hold: each of the
-    8 lanes adds 2 popcounts of at most 8 per group, times sum_{i,j} 2^(i+j) = (2^a - 1)(2^b - 1)."""
+    """A bound on |the weighted sum over the bit pairs| in an int16 lane of ``bitserial_pairs`` (it
+    must stay below 2^15): each lane adds 2 popcounts of at most 8 per group, weighted by at most
+    sum_{i,j} 2^(i+j) = (2^a - 1)(2^b - 1)."""
     groups = -(-channels // GROUP_CHANNELS)
     return 16 * groups * ((1 << code_bits) - 1) * ((1 << weight_bits) - 1)
 

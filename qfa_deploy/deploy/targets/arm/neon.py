@@ -10,7 +10,10 @@ integer conv to the next channel-blocked.
   channels (``targets.arm.pairwise``: 8 products per cycle of the A72's multiply pipe). A conv with a
   -128 weight (none of the b-bit grids has one) keeps the widening multiply-accumulate path: a tile
   of 8 (or 4) output channels x up to 14 pixels of a row, each step one code (broadcast) times 8
-  weights into int32 by ``smlal``/``smlal2`` (4 products per cycle).
+  weights into int32 by ``smlal``/``smlal2`` (4 products per cycle). Where the codes' and weights' bits
+  are few and the channels many (``bitserial.prefers_bitserial``: W2A2 from 128 input channels, W2A3/W3A2
+  from 384), the 1x1 conv runs on bit planes instead (``targets.arm.bitserial``: ``and`` + ``cnt`` +
+  ``uadalp``, on both NEON pipes): the Pi 4's only kernel whose cost follows the bits.
 - ``tiled-dotprod`` (ARMv8.2 dot product): ``sdot`` sums 4 int8 x int8 products into each int32 lane,
   16 per instruction. Codes are unsigned, weights signed and ``usdot`` needs the i8mm extension the
   A76 lacks, so the codes are shifted to ``q - 128`` (an int8, exact) and the compensation takes
