@@ -57,7 +57,7 @@ BITS = (2, 3, 4, 8)
 REFERENCE_BITS = 4
 CIFAR10_SPACE = "qfa-mbv3-cifar10"
 # compiled function name fragments -> the kind of layer (first match wins)
-KINDS = (("1x1 conv", ("conv2d_int8", "conv2d_pairwise", "conv2d_dot")), ("depthwise", ("conv2d_codes",)))
+KINDS = (("1x1 conv", ("conv2d_int8", "conv2d_pairwise", "conv2d_bitserial")), ("depthwise", ("conv2d_codes",)))
 
 
 def with_8_bits(name: str) -> str:
