@@ -147,17 +147,17 @@ def _export(cfg, bits: int, seed: int, path: Path) -> None:
     save_onnx(export_onnx(fold(subnet.eval()), batch=1), path)
 
 
-def _simulated_cycles(cfg, bits: int, seed: int, cpu: str, folder: Path) -> float:
-    """Estimated cycles of one inference of ``cfg`` at uniform ``bits`` on ``cpu`` (the ARM instrument)."""
+def _simulated_cycles(onnx_path: Path, resolution: int, cpu: str, folder: Path) -> float:
+    """Estimated cycles of one inference of the QDQ model ``onnx_path`` on ``cpu`` (the ARM instrument),
+    compiled for its Pi profile into ``folder``."""
     from qfa_deploy.deploy import compile_artifact
     from qfa_deploy.deploy.emulated_pi import build_emulated_pi
     from qfa_deploy.deploy.sim.estimate import CPUS, simulate
 
-    _export(cfg, bits, seed, folder.with_suffix(".onnx"))
-    meta = compile_artifact(folder.with_suffix(".onnx"), ARM_DEVICES[cpu], folder)
+    meta = compile_artifact(onnx_path, ARM_DEVICES[cpu], folder)
     image = build_emulated_pi()
     env = image.environment() | {"TVM_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(image.site)}
-    shape = [1, 3, cfg.resolution, cfg.resolution]
+    shape = [1, 3, resolution, resolution]
     return simulate("tvm", folder / meta["library"], CPUS[cpu], python=[str(image.python)], env=env,
                     rootfs=image.cpu_root(cpu), shape=shape).cycles
 
@@ -219,8 +219,9 @@ def main(argv=None) -> int:
                 print(f"{name:<16} {threads}T " + "  ".join(f"{lb} {ms[lb]:8.3f} ({ratios[lb]:.2f}x)" for lb in labels),
                       flush=True)
             for cpu in args.simulate:
-                cycles = {label: _simulated_cycles(cfg, bits, args.seed + m, cpu, Path(tmp) / f"{m}-{label}-{cpu}")
-                          for bits, label in zip(args.bits, labels, strict=True)}
+                # the x86 artifact's own QDQ model (same weights), compiled for the Pi
+                cycles = {label: _simulated_cycles(folders[label].with_suffix(".onnx"), resolution, cpu,
+                                                   Path(tmp) / f"{m}-{label}-{cpu}") for label in labels}
                 row.setdefault("simulated_cycles", {})[cpu] = cycles
                 print(f"{name:<16} {cpu} (simulated) " + "  ".join(
                     f"{lb} {cycles[lb] / 1e6:8.2f} M ({cycles[lb] / cycles['W4A4']:.3f}x)" for lb in labels),
