@@ -214,8 +214,7 @@ def main(argv=None) -> int:
 
     image = build_emulated_pi()
     peer_site = build_peer_site(image)
-    arm_env = image.environment() | {"TVM_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
-                                     "PYTHONPATH": os.pathsep.join([str(peer_site), str(image.site)])}
+    arm_env = image.one_thread_environment(peer_site)
     x86_python, x86_env = host_python_env()
     args.work.mkdir(parents=True, exist_ok=True)
     journal = Journal(args.work / "journal.json")

@@ -156,10 +156,9 @@ def _simulated_cycles(onnx_path: Path, resolution: int, cpu: str, folder: Path) 
 
     meta = compile_artifact(onnx_path, ARM_DEVICES[cpu], folder)
     image = build_emulated_pi()
-    env = image.environment() | {"TVM_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(image.site)}
     shape = [1, 3, resolution, resolution]
-    return simulate("tvm", folder / meta["library"], CPUS[cpu], python=[str(image.python)], env=env,
-                    rootfs=image.cpu_root(cpu), shape=shape).cycles
+    return simulate("tvm", folder / meta["library"], CPUS[cpu], python=[str(image.python)],
+                    env=image.one_thread_environment(), rootfs=image.cpu_root(cpu), shape=shape).cycles
 
 
 def main(argv=None) -> int:

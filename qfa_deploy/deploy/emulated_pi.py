@@ -130,6 +130,12 @@ class PiImage:
         env.update(PYTHONPATH=str(self.site), TVM_USE_RUNTIME_LIB="1", PYTHONDONTWRITEBYTECODE="1")
         return env
 
+    def one_thread_environment(self, *sites: Path) -> dict:
+        """``environment()`` for a simulated run (``deploy.sim``, one core: every runtime on one
+        thread), with ``sites`` (e.g. the peers' site) ahead of the image's own on PYTHONPATH."""
+        path = os.pathsep.join(str(site) for site in (*sites, self.site))
+        return self.environment() | {"TVM_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+
 
 def cache_dir() -> Path:
     return cache_root() / "emulated-pi"

@@ -18,7 +18,7 @@ from functools import partial
 from qfa_deploy.deploy._text import one_line
 
 __all__ = [
-    "SCHEDULED_ATTR", "generic_cpu_schedule", "inline", "is_scheduled", "iter_kinds", "parallel_rows",
+    "SCHEDULED_ATTR", "generic_cpu_schedule", "inline", "inline_all_but", "is_scheduled", "iter_kinds", "parallel_rows",
     "schedule_each", "try_primitive",
 ]
 
@@ -105,6 +105,21 @@ def schedule_each(mod, schedule_one) -> int:
 def inline(sch, block) -> None:
     if not try_primitive(sch.compute_inline, block):
         try_primitive(sch.reverse_compute_inline, block)
+
+
+def inline_all_but(sch, blocks, keep, *, forward_only: bool = False) -> None:
+    """Inline each of ``blocks`` (a root's child blocks) that is not one of ``keep`` (the stages a
+    kernel's schedule tiles), so that the conversions, compensation and epilogue around them become
+    one stage writing the output. ``forward_only``: no reverse inlining (a stage a kernel keeps of
+    its own, such as lane sums, must not absorb its consumers)."""
+    kept = [sch.get(b) for b in keep]
+    for block in blocks:
+        if any(sch.get(block).same_as(k) for k in kept):
+            continue
+        if forward_only:
+            try_primitive(sch.compute_inline, block)
+        else:
+            inline(sch, block)
 
 
 def try_primitive(primitive, *args) -> bool:

@@ -25,8 +25,8 @@ class SimulatedSession:
             from qfa_deploy.deploy.emulated_pi import build_emulated_pi
 
             image = build_emulated_pi()
-            self.python, self.env, self.rootfs = [str(image.python)], image.environment(), image.cpu_root(self.cpu.name)
-            self.env |= {"TVM_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+            self.python, self.rootfs = [str(image.python)], image.cpu_root(self.cpu.name)
+            self.env = image.one_thread_environment()
         else:
             (self.python, self.env), self.rootfs = host_python_env(), None
 

@@ -38,7 +38,7 @@ from qfa_deploy.deploy.targets.arm.pairwise import SUM_LANES, TILE_OUT, register
 from qfa_deploy.deploy.targets.cpu.integer import BITSERIAL_BLOCKS, INT8_BLOCKS
 
 __all__ = [
-    "BLOCKS", "GROUP_BYTES", "GROUP_CHANNELS", "bits_of_weights", "channel_of", "lower_bitserial",
+    "GROUP_BYTES", "GROUP_CHANNELS", "bits_of_weights", "channel_of", "lower_bitserial",
     "pack_weight_planes", "prefers_bitserial", "register_bitserial_intrinsic", "schedule_bitserial_pointwise",
 ]
 
@@ -46,7 +46,6 @@ GROUP_BYTES = 16  # a q register: 128 channels of one bit plane
 GROUP_CHANNELS = 8 * GROUP_BYTES
 _SUM_LANES = 8  # uint16 lanes of one uadalp
 _INTRINSIC = "qfa_and_cnt_uadalp_16"
-BLOCKS = BITSERIAL_BLOCKS
 _TILE_PIXELS = 3
 _ACCUMULATORS = 16  # uint16x8 sums a tile keeps in registers (of 32: the rest hold the operand planes)
 
@@ -126,7 +125,7 @@ def _pointwise_bitserial(codes, weight_planes, comp, out_channels: int, code_bit
         code = tirx.if_then_else(c < channels, codes[i, tirx.min(c, channels - 1), y, x], tirx.const(0, "uint8"))
         return te.sum(((code >> bit.astype("uint8")) & tirx.const(1, "uint8")) << r.astype("uint8"), axis=r)
 
-    planes = te.compute((n, height, width, groups, code_bits, GROUP_BYTES), plane_byte, name=BLOCKS[0])
+    planes = te.compute((n, height, width, groups, code_bits, GROUP_BYTES), plane_byte, name=BITSERIAL_BLOCKS[0])
     g, t = te.reduce_axis((0, groups), "g"), te.reduce_axis((0, 2), "t")
     dot = te.compute(
         (n, o_blocks, height, width, tile, code_bits, weight_bits, _SUM_LANES),
@@ -135,7 +134,7 @@ def _pointwise_bitserial(codes, weight_planes, comp, out_channels: int, code_bit
             .astype("uint16"),
             axis=[g, t],
         ),
-        name=BLOCKS[1],
+        name=BITSERIAL_BLOCKS[1],
     )
     pair_i, pair_j = te.reduce_axis((0, code_bits), "bi"), te.reduce_axis((0, weight_bits), "bj")
 
@@ -143,15 +142,15 @@ def _pointwise_bitserial(codes, weight_planes, comp, out_channels: int, code_bit
         value = dot[i, ob, y, x, o, pair_i, pair_j, lane].astype("int16") << (pair_i + pair_j).astype("int16")
         return te.sum(tirx.if_then_else(pair_j == weight_bits - 1, -value, value), axis=[pair_i, pair_j])  # sign bit
 
-    pairs = te.compute((n, o_blocks, height, width, tile, _SUM_LANES), weighted, name=BLOCKS[2])
+    pairs = te.compute((n, o_blocks, height, width, tile, _SUM_LANES), weighted, name=BITSERIAL_BLOCKS[2])
     widened = te.compute(
         (n, o_blocks, height, width, tile, SUM_LANES),
         lambda i, ob, y, x, o, k: pairs[i, ob, y, x, o, 2 * k].astype("int32") + pairs[i, ob, y, x, o, 2 * k + 1],
-        name=BLOCKS[3])
+        name=BITSERIAL_BLOCKS[3])
     k = te.reduce_axis((0, SUM_LANES), "k")
     out_shape = (n, out_channels, height, width)
     total = te.compute(out_shape, lambda i, o, y, x: te.sum(widened[i, o // tile, y, x, o % tile, k], axis=k),
-                       name=BLOCKS[4])
+                       name=BITSERIAL_BLOCKS[4])
     return te.compute(out_shape, lambda i, o, y, x: (total[i, o, y, x] - comp[o]).astype("float32"),
                       name=INT8_BLOCKS[2])
 
@@ -213,16 +212,15 @@ def register_bitserial_intrinsic() -> str:
 def schedule_bitserial_pointwise(sch, blocks) -> bool:
     """Tile and tensorize the bit-serial 1x1 conv of ``sch`` (a fused PrimFunc made from
     ``_pointwise_bitserial``); False if it has none. ``blocks`` are the root's child blocks."""
-    from qfa_deploy.deploy.schedule import try_primitive
+    from qfa_deploy.deploy.schedule import inline_all_but, try_primitive
     from qfa_deploy.deploy.targets.cpu.integer_schedule import iterate_blocked, vectorize_output
 
     named = {sch.get(b).name_hint: b for b in blocks}
-    if not all(name in named for name in BLOCKS):
+    if not all(name in named for name in BITSERIAL_BLOCKS):
         return False
-    planes, dot, pairs, widened, total = (named[name] for name in BLOCKS)
-    for block in blocks:  # the compensation and the conv's epilogue: one stage writing the output
-        if not any(sch.get(block).same_as(sch.get(b)) for b in (planes, dot, pairs, widened, total)):
-            try_primitive(sch.compute_inline, block)
+    planes, dot, pairs, widened, total = (named[name] for name in BITSERIAL_BLOCKS)
+    # the compensation and the conv's epilogue: one stage writing the output
+    inline_all_but(sch, blocks, (planes, dot, pairs, widened, total), forward_only=True)
     (out,) = sch.get_consumers(total)
     blocked = iterate_blocked(sch, out)
 

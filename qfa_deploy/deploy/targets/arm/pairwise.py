@@ -189,7 +189,7 @@ def register_lane_sum_intrinsic() -> str:
 def schedule_pairwise_pointwise(sch, blocks) -> bool:
     """Tile and tensorize the pairwise 1x1 conv of ``sch`` (a fused PrimFunc made from
     ``_pointwise_pairwise``); False if it has none. ``blocks`` are the root's child blocks."""
-    from qfa_deploy.deploy.schedule import try_primitive
+    from qfa_deploy.deploy.schedule import inline_all_but, try_primitive
     from qfa_deploy.deploy.targets.cpu.integer_schedule import iterate_blocked, vectorize_output
 
     named = {sch.get(b).name_hint: b for b in blocks}
@@ -198,9 +198,8 @@ def schedule_pairwise_pointwise(sch, blocks) -> bool:
     if _LANES_BLOCK not in named:
         return False
     pack, dot, lanes = named[INT8_BLOCKS[0]], named[INT8_BLOCKS[1]], named[_LANES_BLOCK]
-    for block in blocks:  # the compensation and the conv's epilogue: one stage writing the output
-        if not any(sch.get(block).same_as(sch.get(b)) for b in (pack, dot, lanes)):
-            try_primitive(sch.compute_inline, block)  # forward only: the lane sums stay a stage of their own
+    # the compensation and the conv's epilogue: one stage writing the output; the lane sums stay their own
+    inline_all_but(sch, blocks, (pack, dot, lanes), forward_only=True)
     (out,) = sch.get_consumers(lanes)
     blocked = iterate_blocked(sch, out)
 

@@ -14,7 +14,7 @@ import logging
 from functools import partial
 
 from qfa_deploy.deploy._text import one_line
-from qfa_deploy.deploy.schedule import inline, schedule_each
+from qfa_deploy.deploy.schedule import inline_all_but, schedule_each
 from qfa_deploy.deploy.targets.cpu.blocked_codes import keep_codes_blocked
 from qfa_deploy.deploy.targets.cpu.blocked_constants import block_position_constants
 from qfa_deploy.deploy.targets.cpu.integer import DEPTHWISE_BLOCKS, INT8_BLOCKS, IntegerPlan
@@ -63,9 +63,7 @@ def schedule_int8_pointwise(sch, blocks, plan: IntegerPlan) -> bool:
     if not all(name in named for name in INT8_BLOCKS):
         return False
     pack, dot = named[INT8_BLOCKS[0]], named[INT8_BLOCKS[1]]
-    for block in blocks:  # the conversion and the conv's epilogue: one stage writing the output
-        if not any(sch.get(block).same_as(sch.get(b)) for b in (pack, dot)):
-            inline(sch, block)
+    inline_all_but(sch, blocks, (pack, dot))  # the conversion and the conv's epilogue: one stage writing the output
     (out,) = sch.get_consumers(dot)
     blocked = iterate_blocked(sch, out)
     # blocked codes hold a group's channels side by side, and a group of one is the codes themselves:
@@ -111,9 +109,7 @@ def schedule_depthwise_blocked(sch, blocks, plan: IntegerPlan) -> bool:
     if not all(name in named for name in DEPTHWISE_BLOCKS):
         return False
     pad, conv = named[DEPTHWISE_BLOCKS[0]], named[DEPTHWISE_BLOCKS[1]]
-    for block in blocks:  # the NCHW write and the conv's epilogue: one stage
-        if not any(sch.get(block).same_as(sch.get(b)) for b in (pad, conv)):
-            inline(sch, block)
+    inline_all_but(sch, blocks, (pad, conv))  # the NCHW write and the conv's epilogue: one stage
     (out,) = sch.get_consumers(conv)
     blocked = iterate_blocked(sch, out)
 
