@@ -112,3 +112,32 @@ def test_cache_model_counts_misses_of_a_stream(size, l1_misses, l2_misses, tmp_p
     assert abs(measured.misses[0] - l1_misses) <= 8, measured
     assert abs(measured.misses[1] - l2_misses) <= 8, measured
     assert measured.accesses >= 4 * size // 64
+
+
+def _encode(triple: str, assembly: list[str]) -> str:
+    """A block's code as the plugin records it: each instruction's bytes in hex, '.'-separated."""
+    done = subprocess.run(["llvm-mc-16", f"-triple={triple}", "--show-encoding"], input="\n".join(assembly) + "\n",
+                          capture_output=True, text=True, check=True)
+    encodings = [line.split("encoding: [")[1].split("]")[0] for line in done.stdout.splitlines() if "encoding:" in line]
+    return ".".join("".join(byte[2:] for byte in enc.split(",")) for enc in encodings)
+
+
+@pytest.mark.parametrize("arch", list(ARCHES))
+def test_only_a_loop_body_pays_its_chain_back_to_back(arch):
+    """A 24-multiply dependent chain through one register: as a loop body (branching to its own start)
+    each run waits for the last, so it costs the chain's latency; as the end of a larger loop (a tile's
+    epilogue, branching further back) the program re-initializes the register in between and the
+    out-of-order window hides part of the chain, so it must cost less, and no less than its issue."""
+    _needs("llvm-mca-16", "llvm-mc-16")
+    _, _, model, _ = ARCHES[arch]
+    if arch == "aarch64":
+        chain = ["fmul v0.4s, v0.4s, v1.4s"] * 24 + ["subs x0, x0, #1"]
+        loop, tile_end = (_encode(model.triple, [*chain, f"b.ne #{offset}"]) for offset in (-4 * 25, -4 * 60))
+    else:
+        chain = ["vmulps %ymm1, %ymm0, %ymm0"] * 24 + ["decq %rax"]
+        body = _encode(model.triple, chain)
+        size = sum(len(insn) // 2 for insn in body.split(".")) + 2  # and a 2-byte jne
+        loop, tile_end = (f"{body}.75{(256 - size - extra) % 256:02x}" for extra in (0, 40))
+    costs, _ = block_cycles({loop: 1000, tile_end: 1000}, model)
+    assert costs[loop] >= 24 * 3, costs  # each multiply waits for the one before: 3+ cycles of latency
+    assert 24 / 2 <= costs[tile_end] <= costs[loop] - model.reorder_window / 2, costs

@@ -1,9 +1,15 @@
 """Steady-state cycles of each block on a CPU model: LLVM's disassembler, then llvm-mca.
 
-A block's cost is llvm-mca's total cycles for ``ITERATIONS`` back-to-back runs of it, divided by
-``ITERATIONS``: the throughput of a hot loop body, which is what inference time is made of. Memory
-is modelled as hitting L1 (llvm-mca has no caches); that is the instrument's main blind spot, and why
-it is validated against measured x86 times before its ARM figures are read.
+A block that branches back to its own start is a loop body: its cost is llvm-mca's total cycles for
+``ITERATIONS`` back-to-back runs of it, divided by ``ITERATIONS`` (its steady state, loop-carried
+dependencies included). Any other block runs between other blocks, and repeating it back to back
+would chain each run's results into the next one's inputs (a tile's epilogue re-reading accumulator
+registers it overwrote: 148 cycles a run for 60 instructions) where the program re-initializes them
+in between. Such a block costs the larger of its resource bound (llvm-mca's block reciprocal
+throughput: issue width and pipes) and what remains of its single-run latency once the out-of-order
+window has filled with the work that follows (``CostModel.reorder_window``), and never more than the
+back-to-back price. Memory is modelled as hitting L1 (llvm-mca has no caches; ``estimate`` adds a
+cache model); the instrument is validated against measured x86 times before its ARM figures are read.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from qfa_deploy.deploy.sim.blocks import cache_dir
 from qfa_deploy.errors import QfaError
 
 ITERATIONS = 50
+PRICING_VERSION = 2  # 2: blocks that are not loop bodies priced in context (module docstring)
 LLVM_VERSIONS = ("16", "15", "14")
 # Of all executed instructions, price exactly the blocks that cover this share; the rest are
 # charged the cycles per instruction of the priced ones (their share is reported as coverage).
@@ -33,10 +40,14 @@ class CostModel:
     triple: str  # x86_64-linux-gnu, aarch64-linux-gnu
     mcpu: str  # znver4, cortex-a72, ...
     mattr: str = ""  # e.g. +dotprod
+    # Cycles of following work the core dispatches while a block's dependency chain drains: its
+    # reorder buffer over its dispatch width (the core's own figures, not LLVM's model of it).
+    reorder_window: float = 40.0
 
     @property
     def key(self) -> str:
-        return f"{self.triple}-{self.mcpu}{self.mattr}-llvm{_llvm_version()}"
+        window = f"-w{self.reorder_window:g}"
+        return f"{self.triple}-{self.mcpu}{self.mattr}-llvm{_llvm_version()}-p{PRICING_VERSION}{window}"
 
 
 def llvm_tool(name: str) -> str:
@@ -79,8 +90,17 @@ def _price(blocks: list[str], model: CostModel) -> dict[str, float]:
     for i, code in enumerate(blocks):
         body = "\n".join(text.get(insn, "nop") for insn in code.split("."))
         regions.append(f"# LLVM-MCA-BEGIN b{i}\n{body}\n# LLVM-MCA-END b{i}")
-    cycles = _mca("\n".join(regions) + "\n", model)
-    priced = {code: cycles[f"b{i}"] for i, code in enumerate(blocks)}
+    source = "\n".join(regions) + "\n"
+    looped, single = _mca(source, model, ITERATIONS), _mca(source, model, 1)
+    priced = {}
+    for i, code in enumerate(blocks):
+        repeated = looped[f"b{i}"]["TotalCycles"] / ITERATIONS
+        if is_loop_body(code, text, model.triple):
+            priced[code] = repeated
+            continue
+        alone = single[f"b{i}"]
+        in_context = max(alone["BlockRThroughput"], alone["TotalCycles"] - model.reorder_window)
+        priced[code] = min(repeated, in_context)
     for code in blocks:
         string_op = _REP_STRING.fullmatch(text.get(code, ""))
         if string_op:
@@ -140,18 +160,37 @@ def _disassemble(insns: set[str], model: CostModel) -> dict[str, str]:
 _UNSUPPORTED = re.compile(r"note: instruction:\s*(.+)")
 
 
-def _mca(source: str, model: CostModel) -> dict[str, float]:
-    """{region: cycles per iteration}; instructions the CPU model cannot schedule become nops."""
+def is_loop_body(code: str, text: dict[str, str], triple: str) -> bool:
+    """Whether the block ``code`` (its instructions' hex, '.'-separated) ends in a branch back to its
+    own first instruction. ``text``: each instruction's assembly (``_disassemble``). The branch's
+    offset is relative to the branch itself on aarch64 and to the end of it on x86."""
+    insns = code.split(".")
+    match = _BRANCH_OFFSET.search(text.get(insns[-1], "").splitlines()[-1] if text.get(insns[-1]) else "")
+    if match is None:
+        return False
+    offset = int(match.group(1))
+    if triple.startswith("aarch64"):
+        return offset == -4 * (len(insns) - 1)
+    return offset == -sum(len(insn) // 2 for insn in insns)
+
+
+# The last operand of a direct branch as llvm-mc prints it: aarch64 "b.ne #-116", "cbnz x0, #-12",
+# "tbnz w0, #3, #-32"; x86 "jne -118", "jmp -2".
+_BRANCH_OFFSET = re.compile(r"^(?:b(?:\.\w+)?|cbn?z|tbn?z|j[a-z]+|loop\w*)\s+(?:.*,\s*)?#?(-?\d+)$")
+
+
+def _mca(source: str, model: CostModel, iterations: int) -> dict[str, dict]:
+    """{region: llvm-mca's summary (TotalCycles, BlockRThroughput, ...)} for ``iterations`` back-to-back
+    runs of each region; instructions the CPU model cannot schedule become nops."""
     dropped: set[str] = set()
     for _ in range(10000):
         done = subprocess.run([llvm_tool("llvm-mca"), f"-mtriple={model.triple}", f"-mcpu={model.mcpu}",
                                *([f"-mattr={model.mattr}"] if model.mattr else []),
-                               f"-iterations={ITERATIONS}", "--json", "-"],
+                               f"-iterations={iterations}", "--json", "-"],
                               input=source, capture_output=True, text=True)
         match = _UNSUPPORTED.search(done.stderr)
         if done.returncode == 0:
-            regions = json.loads(done.stdout)["CodeRegions"]
-            return {r["Name"]: r["SummaryView"]["TotalCycles"] / ITERATIONS for r in regions}
+            return {r["Name"]: r["SummaryView"] for r in json.loads(done.stdout)["CodeRegions"]}
         if match is None or match.group(1).strip() in dropped:
             tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
             raise QfaError(f"llvm-mca -mcpu={model.mcpu} failed: {tail}")

@@ -24,7 +24,7 @@ RPC_SITE = Path(__file__).parents[1] / "_rpc_site"  # hides torch: the runner ne
 # hardware prefetchers hide the rest (streaming tensors are prefetched well). One number for every
 # CPU, set on this host's x86 measurements (docs/simulation.md), not per ARM core.
 MISS_EXPOSURE = 0.25
-SIM_VERSION = 2  # bumped when what an estimate means changes (2: the cache model)
+SIM_VERSION = 3  # bumped when what an estimate means changes (2: the cache model; 3: blocks priced in context)
 
 
 @dataclass(frozen=True)
@@ -49,16 +49,19 @@ CPUS = {
     cpu.name: cpu
     for cpu in (
         # BCM2711: 32 KB 2-way L1D, 1 MB 16-way shared L2, LPDDR4 (~120 ns)
-        SimCpu("cortex-a72", "aarch64", "cortex-a72", CostModel("aarch64-linux-gnu", "cortex-a72"), 1.8,
+        # reorder windows (CostModel.reorder_window): reorder-buffer entries / dispatch width, A72 128 / 3,
+        # A76 128 / 4, Zen 4 320 / 6
+        SimCpu("cortex-a72", "aarch64", "cortex-a72", CostModel("aarch64-linux-gnu", "cortex-a72", "", 128 / 3), 1.8,
                "Raspberry Pi 4 (ARMv8.0-A, NEON); LLVM's Cortex-A57-family scheduling model",
                ((32 << 10, 2), (1 << 20, 16)), (18.0, 216.0)),
         # BCM2712: 64 KB 4-way L1D, 512 KB 8-way private L2, 2 MB 16-way L3, LPDDR4X (~100 ns)
-        SimCpu("cortex-a76", "aarch64", "cortex-a76", CostModel("aarch64-linux-gnu", "cortex-a76", "+dotprod"), 2.4,
+        SimCpu("cortex-a76", "aarch64", "cortex-a76",
+               CostModel("aarch64-linux-gnu", "cortex-a76", "+dotprod", 128 / 4), 2.4,
                "Raspberry Pi 5 (ARMv8.2-A, NEON + dot product); LLVM <= 16 prices it with the same "
                "Cortex-A57-family model as the A72, so only its instructions and caches differ, not its pipeline",
                ((64 << 10, 4), (512 << 10, 8), (2 << 20, 16)), (11.0, 40.0, 240.0)),
         # this host: 32 KB 8-way L1D, 1 MB 8-way L2, 32 MB 16-way L3 (one CCX), DDR5 (~110 ns)
-        SimCpu("znver4", "x86_64", "max", CostModel("x86_64-linux-gnu", "znver4"), 3.7,
+        SimCpu("znver4", "x86_64", "max", CostModel("x86_64-linux-gnu", "znver4", "", 320 / 6), 3.7,
                "this host's x86 (AMD Zen 4, 3.7 GHz nominal) for validation, which compares ratios; qemu runs "
                "AVX2 code only (no AVX-512 in TCG)",
                ((32 << 10, 8), (1 << 20, 8), (32 << 20, 16)), (14.0, 50.0, 380.0)),
@@ -128,7 +131,7 @@ def simulation_provenance(cpu_name: str) -> dict:
     return {"instrument": "qemu-user block counts x llvm-mca steady-state cycles + data-cache misses "
             "(qfa_deploy.deploy.sim)", "sim_version": SIM_VERSION, "miss_exposure": MISS_EXPOSURE,
             "caches": [list(c) for c in cpu.caches], "miss_cycles": list(cpu.miss_cycles), "cpu": cpu.name,
-            "llvm_mcpu": cpu.model.mcpu, "llvm_mattr": cpu.model.mattr,
+            "llvm_mcpu": cpu.model.mcpu, "llvm_mattr": cpu.model.mattr, "reorder_window": cpu.model.reorder_window,
             "llvm_mca": Path(llvm_tool("llvm-mca")).name, "mca_iterations": ITERATIONS,
             "qemu_cpu": cpu.qemu_cpu, "nominal_ghz": cpu.ghz, "note": cpu.note}
 
