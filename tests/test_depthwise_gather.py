@@ -1,0 +1,59 @@
+"""A depthwise conv reading channel-blocked codes out of a writer's narrower tiles (the A72: 1x1 convs
+in 4-channel tiles, depthwise convs on 8-channel int8 planes): its padding stage gathers each block
+with one contiguous load per tile, not byte by byte, and still computes the exact integer sums."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from qfa_deploy.deploy.targets.arm.neon import NEON_INT8
+from qfa_deploy.deploy.targets.cpu.blocked_codes import _relaid
+from qfa_deploy.deploy.targets.cpu.integer import DEPTHWISE_BLOCKS, _depthwise_from_codes
+from qfa_deploy.deploy.targets.cpu.integer_schedule import schedule_depthwise_blocked
+
+A72 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"]}
+TILE = 4  # the writer's tile: the codes arrive as [N, C/4, H, W, 4]
+
+
+def _scheduled(channels=16, size=9, seed=0):
+    """(scheduled module, blocked codes, weights [C/8, 3, 3, 8], zero points, the exact sums NCHW)."""
+    from tvm import te
+    from tvm.s_tir import Schedule
+
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, 16, (1, channels, size, size)).astype(np.uint8)
+    zero_point = rng.integers(0, 16, channels).astype(np.int16)
+    weight = rng.integers(-8, 8, (channels // 8, 3, 3, 8)).astype(np.int8)
+    q = te.placeholder(codes.shape, "uint8", "codes")
+    w, z = te.placeholder(weight.shape, "int8", "weight"), te.placeholder(zero_point.shape, "int16", "zero_point")
+    out = _depthwise_from_codes(q, w, z, (1, 1), (1, 1, 1, 1), sums="int16")
+    func = _relaid(te.create_prim_func([q, w, z, out]), DEPTHWISE_BLOCKS[0], TILE)
+    sch = Schedule(func)
+    assert schedule_depthwise_blocked(sch, sch.get_child_blocks(sch.get_sblock("root")), NEON_INT8)
+    blocked = np.ascontiguousarray(codes.reshape(1, channels // TILE, TILE, size, size).transpose(0, 1, 3, 4, 2))
+    taps = weight.transpose(0, 3, 1, 2).reshape(channels, 3, 3).astype(np.int64)
+    padded = np.pad(codes.astype(np.int64) - zero_point[None, :, None, None], ((0, 0), (0, 0), (1, 1), (1, 1)))
+    exact = sum(padded[:, :, i:i + size, j:j + size] * taps[None, :, i, j, None, None]
+                for i in range(3) for j in range(3))
+    return sch.mod, blocked, weight, zero_point, exact
+
+
+def test_the_gather_from_narrower_tiles_is_exact():
+    import tvm
+
+    mod, blocked, weight, zero_point, exact = _scheduled()
+    lib = tvm.tirx.build(mod, target="llvm")
+    out = tvm.runtime.tensor(np.zeros(exact.shape, np.float32))
+    lib(*(tvm.runtime.tensor(a) for a in (blocked, weight, zero_point)), out)
+    assert np.array_equal(out.numpy(), exact.astype(np.float32))
+
+
+def test_the_a72_gathers_whole_tiles_not_bytes():
+    import tvm
+
+    mod, *_ = _scheduled()
+    asm = tvm.tirx.build(mod, target=tvm.target.Target(A72)).inspect_source("asm")
+    byte_lanes = re.findall(r"ld1\s+\{\s*v\d+\.b\s*\}\[\d+\]", asm)
+    assert not byte_lanes, f"{len(byte_lanes)} byte-lane loads in the padding stage"
