@@ -190,7 +190,7 @@ def schedule_pairwise_pointwise(sch, blocks) -> bool:
     """Tile and tensorize the pairwise 1x1 conv of ``sch`` (a fused PrimFunc made from
     ``_pointwise_pairwise``); False if it has none. ``blocks`` are the root's child blocks."""
     from qfa_deploy.deploy.schedule import inline_all_but, try_primitive
-    from qfa_deploy.deploy.targets.cpu.integer_schedule import iterate_blocked, vectorize_output
+    from qfa_deploy.deploy.targets.cpu.integer_schedule import iterate_blocked, vectorize_gather, vectorize_output
 
     named = {sch.get(b).name_hint: b for b in blocks}
     if not all(name in named for name in INT8_BLOCKS[:2]):
@@ -225,6 +225,6 @@ def schedule_pairwise_pointwise(sch, blocks) -> bool:
     sch.unroll(o)
     vectorize_output(sch, out, blocked)
     pack_loops = sch.get_loops(pack)
-    sch.vectorize(pack_loops[-1])
     sch.parallel(sch.fuse(*pack_loops[:3]))
+    vectorize_gather(sch, pack)
     return True

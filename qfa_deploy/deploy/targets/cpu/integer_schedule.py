@@ -21,7 +21,8 @@ from qfa_deploy.deploy.targets.cpu.integer import DEPTHWISE_BLOCKS, INT8_BLOCKS,
 from qfa_deploy.deploy.targets.cpu.tiled import tiled_cpu_schedule
 
 __all__ = [
-    "integer_schedule", "iterate_blocked", "schedule_depthwise_blocked", "schedule_int8_pointwise", "vectorize_output",
+    "integer_schedule", "iterate_blocked", "schedule_depthwise_blocked", "schedule_int8_pointwise", "vectorize_gather",
+    "vectorize_output",
 ]
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ def schedule_depthwise_blocked(sch, blocks, plan: IntegerPlan) -> bool:
     sch.compute_at(pad, outer, preserve_unit_loops=True)
     fill = sch.decompose_padding(pad, sch.get_loops(pad)[-3])
     sch.vectorize(sch.get_loops(fill)[-1])
-    _vectorize_gather(sch, pad)
+    vectorize_gather(sch, pad)
     sch.parallel(outer)
     sch.unroll(xi)
     sch.vectorize(lane)
@@ -136,15 +137,16 @@ def schedule_depthwise_blocked(sch, blocks, plan: IntegerPlan) -> bool:
     return True
 
 
-def _vectorize_gather(sch, pad) -> None:
-    """The padding stage's copy of a pixel's block of channels, vectorized. Where the codes' writer
-    keeps narrower tiles than the block (the A72's 4-channel 1x1 tiles, 8-channel depthwise blocks),
-    the block is gathered out of several tiles: one vector per tile, so that each is a contiguous load
-    (vectorized as one, the copy loaded the block byte by byte at computed addresses: 5x the conv's
-    own cycles on the simulated A72)."""
-    lane = sch.get_loops(pad)[-1]
+def vectorize_gather(sch, block) -> None:
+    """The innermost loop of ``block`` (a stage copying a pixel's block of channels out of the codes:
+    a depthwise conv's padding stage, a 1x1 conv's packing of 16-channel groups), vectorized. Where
+    the codes' writer keeps narrower tiles than the block (the A72's 4-channel 1x1 tiles and 8-channel
+    depthwise blocks), the block is gathered out of several tiles: one vector per tile, so that each
+    is a contiguous load (vectorized as one, the copy loaded the block byte by byte at computed
+    addresses: 5x the depthwise conv's own cycles on the simulated A72)."""
+    lane = sch.get_loops(block)[-1]
     width = int(sch.get(lane).extent)
-    source = sch.get(pad).reads[0].source.shape
+    source = sch.get(block).reads[0].source.shape
     tile = int(source[4]) if len(source) == 5 else width
     if tile >= width or width % tile:
         sch.vectorize(lane)

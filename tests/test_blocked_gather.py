@@ -1,6 +1,7 @@
-"""A depthwise conv reading channel-blocked codes out of a writer's narrower tiles (the A72: 1x1 convs
-in 4-channel tiles, depthwise convs on 8-channel int8 planes): its padding stage gathers each block
-with one contiguous load per tile, not byte by byte, and still computes the exact integer sums."""
+"""Integer convs reading channel-blocked codes out of a writer's narrower tiles (the A72: 1x1 convs in
+4-channel tiles, depthwise convs on 8-channel int8 planes, 1x1 convs packing 16-channel groups): the
+stage copying a block gathers it with one contiguous load per tile, not byte by byte
+(``integer_schedule.vectorize_gather``), and the depthwise conv still computes the exact sums."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import re
 
 import numpy as np
 
+from qfa_deploy.deploy.targets.arm import pairwise
 from qfa_deploy.deploy.targets.arm.neon import NEON_INT8
 from qfa_deploy.deploy.targets.cpu.blocked_codes import _relaid
-from qfa_deploy.deploy.targets.cpu.integer import DEPTHWISE_BLOCKS, _depthwise_from_codes
+from qfa_deploy.deploy.targets.cpu.integer import DEPTHWISE_BLOCKS, INT8_BLOCKS, _depthwise_from_codes
 from qfa_deploy.deploy.targets.cpu.integer_schedule import schedule_depthwise_blocked
 
 A72 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"]}
@@ -50,10 +52,29 @@ def test_the_gather_from_narrower_tiles_is_exact():
     assert np.array_equal(out.numpy(), exact.astype(np.float32))
 
 
-def test_the_a72_gathers_whole_tiles_not_bytes():
+def _byte_lane_loads(mod) -> int:
     import tvm
 
-    mod, *_ = _scheduled()
     asm = tvm.tirx.build(mod, target=tvm.target.Target(A72)).inspect_source("asm")
-    byte_lanes = re.findall(r"ld1\s+\{\s*v\d+\.b\s*\}\[\d+\]", asm)
-    assert not byte_lanes, f"{len(byte_lanes)} byte-lane loads in the padding stage"
+    return len(re.findall(r"ld1\s+\{\s*v\d+\.b\s*\}\[\d+\]", asm))
+
+
+def test_the_a72_depthwise_gathers_whole_tiles_not_bytes():
+    mod, *_ = _scheduled()
+    assert _byte_lane_loads(mod) == 0
+
+
+def test_the_a72_pairwise_packing_gathers_whole_tiles_not_bytes():
+    """A 1x1 conv after a depthwise conv: 16-channel groups out of 8-channel blocks."""
+    from tvm import te
+    from tvm.s_tir import Schedule
+
+    channels, out_channels, size = 48, 16, 6
+    w = np.random.default_rng(0).integers(-8, 8, (out_channels, channels)).astype(np.int8)
+    packed, comp = pairwise.pack_weight_pairwise(w, np.zeros(channels, np.int64))
+    q = te.placeholder((1, channels, size, size), "uint8", "codes")
+    pk, cp = te.placeholder(packed.shape, "int8", "packed"), te.placeholder(comp.shape, "int32", "comp")
+    out = pairwise._pointwise_pairwise(q, pk, cp, out_channels, INT8_BLOCKS)
+    sch = Schedule(_relaid(te.create_prim_func([q, pk, cp, out]), INT8_BLOCKS[0], 8))
+    assert pairwise.schedule_pairwise_pointwise(sch, sch.get_child_blocks(sch.get_sblock("root")))
+    assert _byte_lane_loads(sch.mod) == 0
