@@ -90,17 +90,15 @@ def _price(blocks: list[str], model: CostModel) -> dict[str, float]:
     for i, code in enumerate(blocks):
         body = "\n".join(text.get(insn, "nop") for insn in code.split("."))
         regions.append(f"# LLVM-MCA-BEGIN b{i}\n{body}\n# LLVM-MCA-END b{i}")
-    source = "\n".join(regions) + "\n"
-    looped, single = _mca(source, model, ITERATIONS), _mca(source, model, 1)
-    priced = {}
-    for i, code in enumerate(blocks):
-        repeated = looped[f"b{i}"]["TotalCycles"] / ITERATIONS
-        if is_loop_body(code, text, model.triple):
-            priced[code] = repeated
-            continue
-        alone = single[f"b{i}"]
-        in_context = max(alone["BlockRThroughput"], alone["TotalCycles"] - model.reorder_window)
-        priced[code] = min(repeated, in_context)
+    looped = _mca("\n".join(regions) + "\n", model, ITERATIONS)
+    priced = {code: looped[f"b{i}"]["TotalCycles"] / ITERATIONS for i, code in enumerate(blocks)}
+    between = [i for i, code in enumerate(blocks) if not is_loop_body(code, text, model.triple)]
+    if between:  # one run each of the blocks that are not loop bodies, priced in context
+        single = _mca("\n".join(regions[i] for i in between) + "\n", model, 1)
+        for i in between:
+            alone = single[f"b{i}"]
+            in_context = max(alone["BlockRThroughput"], alone["TotalCycles"] - model.reorder_window)
+            priced[blocks[i]] = min(priced[blocks[i]], in_context)
     for code in blocks:
         string_op = _REP_STRING.fullmatch(text.get(code, ""))
         if string_op:
@@ -165,7 +163,8 @@ def is_loop_body(code: str, text: dict[str, str], triple: str) -> bool:
     own first instruction. ``text``: each instruction's assembly (``_disassemble``). The branch's
     offset is relative to the branch itself on aarch64 and to the end of it on x86."""
     insns = code.split(".")
-    match = _BRANCH_OFFSET.search(text.get(insns[-1], "").splitlines()[-1] if text.get(insns[-1]) else "")
+    last_lines = text.get(insns[-1], "").splitlines()
+    match = _BRANCH_OFFSET.search(last_lines[-1]) if last_lines else None
     if match is None:
         return False
     offset = int(match.group(1))
