@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 
 from qfa_deploy.deploy.sim.blocks import count_phases
@@ -112,6 +113,12 @@ def test_cache_model_counts_misses_of_a_stream(size, l1_misses, l2_misses, tmp_p
     assert abs(measured.misses[0] - l1_misses) <= 8, measured
     assert abs(measured.misses[1] - l2_misses) <= 8, measured
     assert measured.accesses >= 4 * size // 64
+    # every miss is charged to the block whose access missed: the blocks' misses add up to the phase's,
+    # and the stream's loop holds nearly all of them
+    per_block = np.array(list(measured.block_misses.values())).sum(axis=0)
+    np.testing.assert_array_equal(per_block, measured.misses)
+    loop = max(measured.block_misses.values(), key=lambda m: m[0])
+    assert loop[0] >= l1_misses - 8 and loop[1] >= l2_misses - 8, measured.block_misses
 
 
 def _encode(triple: str, assembly: list[str]) -> str:

@@ -13,7 +13,9 @@
  *
  * With cache=L1BYTES:L1WAYS:L2BYTES:L2WAYS[:L3BYTES:L3WAYS] every data access also goes through a
  * model of the data caches (64-byte lines, LRU, inclusive, no prefetcher): each phase header then
- * reads "# phase <k> <accesses> <L1 misses> <L2 misses> <L3 misses>" (0 for an absent level).
+ * reads "# phase <k> <accesses> <L1 misses> <L2 misses> <L3 misses>" (0 for an absent level), and
+ * each block line gains the misses of that block's own accesses before its bytes:
+ *     <vaddr hex> <count> <L1 misses>,<L2 misses>,<L3 misses> <insn bytes ...>
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -62,6 +64,7 @@ struct block {
     uint64_t seen;   /* count at the last phase boundary */
     uint64_t vaddr;
     char *hex;
+    uint64_t misses[3], misses_seen[3];  /* this block's accesses that missed each level */
 };
 
 static struct block **blocks;
@@ -101,12 +104,13 @@ static int cache_hit(struct cache *c, uint64_t line)  /* looks up and installs *
     return hit;
 }
 
-static void touch(uint64_t line)
+static void touch(uint64_t line, struct block *b)
 {
     for (int i = 0; i < n_levels; i++) {
         if (cache_hit(&levels[i], line))
             return;
         levels[i].misses++;
+        b->misses[i]++;
     }
 }
 
@@ -114,9 +118,9 @@ static void on_access(unsigned int vcpu, qemu_plugin_meminfo_t info, uint64_t va
 {
     uint64_t size = 1ull << qemu_plugin_mem_size_shift(info);
     accesses++;
-    touch(vaddr >> 6);
+    touch(vaddr >> 6, userdata);
     if ((vaddr >> 6) != ((vaddr + size - 1) >> 6))
-        touch((vaddr + size - 1) >> 6);
+        touch((vaddr + size - 1) >> 6, userdata);
 }
 
 static void end_phase(void)
@@ -131,10 +135,16 @@ static void end_phase(void)
     fprintf(out, "\n");
     for (size_t i = 0; i < n_blocks; i++) {
         struct block *b = blocks[i];
-        if (b->count != b->seen)
-            fprintf(out, "%llx %llu %s\n", (unsigned long long)b->vaddr,
-                    (unsigned long long)(b->count - b->seen), b->hex);
+        if (b->count != b->seen) {
+            fprintf(out, "%llx %llu ", (unsigned long long)b->vaddr, (unsigned long long)(b->count - b->seen));
+            if (n_levels)
+                fprintf(out, "%llu,%llu,%llu ", (unsigned long long)(b->misses[0] - b->misses_seen[0]),
+                        (unsigned long long)(b->misses[1] - b->misses_seen[1]),
+                        (unsigned long long)(b->misses[2] - b->misses_seen[2]));
+            fprintf(out, "%s\n", b->hex);
+        }
         b->seen = b->count;
+        memcpy(b->misses_seen, b->misses, sizeof b->misses);
     }
 }
 
@@ -173,7 +183,7 @@ static void on_translate(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
     if (n_levels)
         for (size_t i = 0; i < n; i++)
             qemu_plugin_register_vcpu_mem_cb(qemu_plugin_tb_get_insn(tb, i), on_access, QEMU_PLUGIN_CB_NO_REGS,
-                                             QEMU_PLUGIN_MEM_RW, NULL);
+                                             QEMU_PLUGIN_MEM_RW, b);
 }
 
 static void write_counts(qemu_plugin_id_t id, void *userdata)

@@ -13,7 +13,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from qfa_deploy.atomic import atomic_write_bytes
@@ -59,6 +59,7 @@ class Phase:
     blocks: collections.Counter  # block hex (or (address, hex)) -> executions
     accesses: int = 0
     misses: tuple[int, ...] = ()  # L1, L2, L3 (0 where the level is absent or caches are off)
+    block_misses: dict = field(default_factory=dict)  # block key -> its own accesses' misses (caches on)
 
 
 def count_phases(argv: list[str], *, arch: str, qemu_cpu: str, rootfs: Path | None = None,
@@ -85,13 +86,26 @@ def count_phases(argv: list[str], *, arch: str, qemu_cpu: str, rootfs: Path | No
         if done.returncode != 0 or not out.is_file():
             tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
             raise QfaError(f"the emulated run failed (exit {done.returncode}): {tail}")
-        headers, blocks = [], []
-        with open(out) as lines:
-            for line in lines:
-                if line.startswith("# phase"):
-                    headers.append([int(v) for v in line.split()[3:]])
-                    blocks.append(collections.Counter())
-                    continue
-                vaddr, count, code = line.split(" ", 2)
-                blocks[-1][(int(vaddr, 16), code.strip()) if by_address else code.strip()] += int(count)
-        return [Phase(b, h[0] if h else 0, tuple(h[1:1 + len(caches)])) for b, h in zip(blocks, headers, strict=True)]
+        return _read_phases(out, by_address, len(caches))
+
+
+def _read_phases(path: Path, by_address: bool, levels: int) -> list[Phase]:
+    """The plugin's output: per phase its header and block lines (with per-block misses if ``levels``)."""
+    headers, phases = [], []
+    with open(path) as lines:
+        for line in lines:
+            if line.startswith("# phase"):
+                headers.append([int(v) for v in line.split()[3:]])
+                phases.append((collections.Counter(), {}))
+                continue
+            vaddr, count, rest = line.split(" ", 2)
+            misses = None
+            if levels:
+                missed, rest = rest.split(" ", 1)
+                misses = [int(m) for m in missed.split(",")][:levels]
+            key = (int(vaddr, 16), rest.strip()) if by_address else rest.strip()
+            blocks, block_misses = phases[-1]
+            blocks[key] += int(count)
+            if misses is not None:
+                block_misses[key] = [a + b for a, b in zip(block_misses.get(key, [0] * levels), misses, strict=True)]
+    return [Phase(b, h[0] if h else 0, tuple(h[1:1 + levels]), m) for (b, m), h in zip(phases, headers, strict=True)]

@@ -1,5 +1,6 @@
-"""Where the simulated cycles go: the priced blocks attributed to the functions of the libraries they
-belong to (the runner's /proc/self/maps at the phase mark, symbols from llvm-nm)."""
+"""Where the simulated cycles go: the priced blocks, and the cache misses of their own accesses,
+attributed to the functions of the libraries they belong to (the runner's /proc/self/maps at the
+phase mark, symbols from llvm-nm)."""
 
 from __future__ import annotations
 
@@ -18,27 +19,32 @@ from qfa_deploy.deploy.sim.estimate import SimCpu, runner_argv
 def function_profile(runtime: str, model_path: Path, cpu: SimCpu, *, python: list[str], env: dict,
                      rootfs: Path | None = None, runs: int = 2, shape: list[int] | None = None,
                      top: int = 25) -> list[dict]:
-    """The ``top`` functions by simulated cycles per inference: library, symbol, cycles, instructions."""
+    """The ``top`` functions by simulated cycles per inference: library, symbol, cycles (core + memory,
+    as ``estimate.price`` sums them), core and memory cycles, instructions."""
     with tempfile.TemporaryDirectory(prefix="qfa-simprof-") as tmp:
         maps_file = Path(tmp) / "maps"
         argv = runner_argv(python, runtime, model_path, runs, shape)
         phases = count_phases(argv, arch=cpu.arch, qemu_cpu=cpu.qemu_cpu, rootfs=rootfs,
-                              env=env | {"QFA_SIM_MAPS": str(maps_file)}, by_address=True)
+                              env=env | {"QFA_SIM_MAPS": str(maps_file)}, by_address=True, caches=cpu.caches)
         maps = maps_file.read_text()
-    blocks = phases[1].blocks
+    blocks, block_misses = phases[1].blocks, phases[1].block_misses
     by_code: collections.Counter = collections.Counter()
     for (_addr, code), n in blocks.items():
         by_code[code] += n
     costs, _ = block_cycles(by_code, cpu.model)
     where = _Symbolizer(maps, rootfs)
-    cycles: collections.Counter = collections.Counter()
+    core: collections.Counter = collections.Counter()
+    memory: collections.Counter = collections.Counter()
     insns: collections.Counter = collections.Counter()
     for (addr, code), n in blocks.items():
         name = where(addr)
-        cycles[name] += n * costs.get(code, 0.0) / runs
+        core[name] += n * costs.get(code, 0.0) / runs
+        memory[name] += cpu.memory_cycles(block_misses.get((addr, code), ())) / runs
         insns[name] += n * (code.count(".") + 1) / runs
+    cycles = core + memory
     total = sum(cycles.values()) or 1.0
-    return [{"function": name, "cycles": c, "share": c / total, "instructions": round(insns[name])}
+    return [{"function": name, "cycles": c, "share": c / total, "core_cycles": core[name],
+             "memory_cycles": memory[name], "instructions": round(insns[name])}
             for name, c in cycles.most_common(top)]
 
 
