@@ -271,7 +271,8 @@ def _profile(files: dict[str, Path], shape: list[int], cpus: list[str], image, e
         print(f"  where the artifact's cycles go on {cpu} (simulated):")
         for f in out[cpu]:
             print(f"    {100 * f['share']:5.1f}%  {f['cycles'] / 1e6:8.2f} M cycles (core {f['core_cycles'] / 1e6:6.2f}"
-                  f" + memory {f['memory_cycles'] / 1e6:6.2f})  {f['instructions'] / 1e6:8.2f} M instr  {f['function']}")
+                  f" + memory {f['memory_cycles'] / 1e6:6.2f})  {f['instructions'] / 1e6:8.2f} M instr"
+                  f"  {f['function']}")
     return out
 
 

@@ -9,8 +9,9 @@ from fractions import Fraction
 import numpy as np
 import pytest
 from deploy_helpers import FAST_PROTOCOL, artifact_dir, device_file
+from epilogue_models import one_conv_model
 
-from qfa_deploy.deploy.targets.cpu.affine_epilogue import Epilogue, _fma_float32, affine_codes
+from qfa_deploy.deploy.targets.cpu.affine_epilogue import Epilogue, affine_codes, fma_float32
 
 F32 = np.float32
 
@@ -32,7 +33,7 @@ def test_fma_is_correctly_rounded_halfway_cases_included():
     x = np.concatenate([x, [2**24 + 1] * 3, [2**24 + 3] * 3])
     y = np.concatenate([y, [F32(0.5)] * 6])
     z = np.concatenate([z, [F32(2.0**-30), F32(-(2.0**-30)), F32(0)] * 2])
-    got = _fma_float32(x, y, z)
+    got = fma_float32(x, y, z)
     want = np.array([_exact_fma(int(a), b, c) for a, b, c in zip(x, y, z, strict=True)], F32)
     np.testing.assert_array_equal(got, want)
     assert got[-6] == F32(2**23 + 1) and got[-5] == F32(2**23) and got[-4] == F32(2**23)  # up, down, tie to even
@@ -74,51 +75,6 @@ def test_a_negative_multiplier_is_not_proven():
     assert not proven[3] and proven[np.arange(8) != 3].all()
 
 
-def _one_conv_model(path):
-    """input -> the exporter's quantize (shift, clip, Q, DQ) -> 1x1 conv of one channel (so its output y is
-    (code - Z) x w: every code of 0..255 is a pixel of the 16 x 16 input) -> Mul, Add, Relu, Add, Clip, Q ->
-    DQ. Output channel 0 rounds y / 2: odd y are ties."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(2)
-    out_ch, z_in, s_in = 16, 7, F32(0.1)
-    inits = []
-
-    def const(name, value):
-        inits.append(numpy_helper.from_array(np.asarray(value), name))
-        return name
-
-    weight = np.array([1, -1, 2, -3, 5, -8, 7, 1, 3, -2, 4, 6, -5, 2, -7, 1], np.int8).reshape(out_ch, 1, 1, 1)
-    multiplier = rng.uniform(0.002, 0.05, out_ch).astype(F32)
-    multiplier[0] = 0.5
-    bias = (0.3 * rng.standard_normal(out_ch)).astype(F32)
-    bias[0] = 0.0
-    nodes = [
-        helper.make_node("Clip", ["input", const("lo", F32(-z_in * s_in)), const("hi", F32((255 - z_in) * s_in))],
-                         ["clip0"]),
-        helper.make_node("QuantizeLinear", ["clip0", const("s0", s_in), const("z0", np.uint8(z_in))], ["q0"]),
-        helper.make_node("DequantizeLinear", ["q0", const("one", F32(1)), "z0"], ["dq0"]),
-        helper.make_node("DequantizeLinear", [const("w", weight), "one", const("wz", np.int8(0))], ["wdq"]),
-        helper.make_node("Conv", ["dq0", "wdq"], ["conv"]),
-        helper.make_node("Mul", ["conv", const("m", multiplier.reshape(1, out_ch, 1, 1))], ["rescale"]),
-        helper.make_node("Add", ["rescale", const("b", bias.reshape(1, out_ch, 1, 1))], ["add_bias"]),
-        helper.make_node("Relu", ["add_bias"], ["relu"]),
-        helper.make_node("Add", ["relu", const("shift", F32(0.0625))], ["shifted"]),
-        helper.make_node("Clip", ["shifted", const("lo1", F32(0)), const("hi1", F32(15))], ["clip1"]),
-        helper.make_node("QuantizeLinear", ["clip1", const("s1", F32(1)), const("z1", np.uint8(0))], ["q1"]),
-        helper.make_node("DequantizeLinear", ["q1", "s1", "z1"], ["output"]),
-    ]
-    graph = helper.make_graph(
-        nodes, "affine", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 1, 16, 16])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, out_ch, 16, 16])], initializer=inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path, (np.arange(256, dtype=F32).reshape(1, 1, 16, 16) - z_in) * s_in
-
-
 def test_compiled_fma_epilogue_equals_onnxruntime_on_every_code(tmp_path, caplog):
     """The integer schedule folds the epilogue (log) and its codes equal onnxruntime's for every input
     code, ties of round-half-to-even included."""
@@ -127,7 +83,7 @@ def test_compiled_fma_epilogue_equals_onnxruntime_on_every_code(tmp_path, caplog
     from qfa_deploy.deploy import compile_artifact, load_device
     from qfa_deploy.deploy.runner import open_session
 
-    onnx_path, image = _one_conv_model(tmp_path / "affine.onnx")
+    onnx_path, image = one_conv_model(tmp_path / "affine.onnx", "relu")
     fast_x86 = device_file(tmp_path, "x86", name="x86-fast", protocol=FAST_PROTOCOL)
     folder = artifact_dir(tmp_path / "art", onnx_path)
     with caplog.at_level(logging.INFO, logger="qfa_deploy"):

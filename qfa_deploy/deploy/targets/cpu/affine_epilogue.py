@@ -28,7 +28,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-__all__ = ["AffineCodes", "affine_codes", "fold_affine_epilogues"]
+__all__ = [
+    "AffineCodes", "Y_BOUND", "affine_codes", "bounds_argument", "broadcast_units", "constant_value", "feature_shape",
+    "fold_affine_epilogues", "fma_float32", "is_integer_conv", "producer", "step_points",
+]
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +76,7 @@ class AffineCodes:
     high: np.ndarray
 
     def codes(self, y: np.ndarray, channel: slice | np.ndarray = slice(None)) -> np.ndarray:
-        value = _fma_float32(y, self.a[channel, None], self.b[channel, None])
+        value = fma_float32(y, self.a[channel, None], self.b[channel, None])
         return np.clip(np.rint(value), self.low[channel, None], self.high[channel, None])
 
 
@@ -88,30 +91,32 @@ def affine_codes(epilogue: Epilogue) -> tuple[AffineCodes, np.ndarray]:
     form = AffineCodes(a, b, low, high)
     # the proof needs both sides monotone non-decreasing: m >= 0 (then A >= 0 too)
     provable = (epilogue.multiplier >= 0) & np.isfinite(a) & np.isfinite(b)
-    steps = _steps(epilogue, low, high)  # [channels, levels]: first y of each code above low
+    steps = step_points(lambda y, rows: epilogue.codes(y, rows.reshape(-1)), np.full(channels, -Y_BOUND, np.float64),
+                        low, high)  # [channels, levels]: first y of each code above low
     points = np.concatenate([steps - 1, steps, np.tile([[-Y_BOUND, Y_BOUND]], (channels, 1))], axis=1)
     points = np.clip(points, -Y_BOUND, Y_BOUND)
     return form, provable & np.all(epilogue.codes(points) == form.codes(points), axis=1)
 
 
-def _steps(epilogue: Epilogue, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """[channels, levels]: for each code v in low+1 .. low+levels, the least y in [-2^24, 2^24] whose code
-    is >= v (2^24 + 1 where none: clipped later); bisection, vectorised over channels and codes."""
-    levels = max(int((high - low).max()), 1)
-    targets = low[:, None] + np.arange(1, levels + 1)[None, :]
-    below = np.full(targets.shape, -Y_BOUND - 1, np.float64)  # code(below) < target (or out of range)
+def step_points(codes, start: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """[units, levels]: for each code v in first+1 .. last, the least integer y in [start, 2^24] where the
+    non-decreasing ``codes(y, units)`` reaches v (2^24 + 1 where none: clipped later; levels: the
+    largest rise); bisection, vectorised over units and codes."""
+    levels = max(int((last - first).max()), 1)
+    targets = first[:, None] + np.arange(1, levels + 1)[None, :]
+    below = np.broadcast_to(start[:, None] - 1, targets.shape).astype(np.float64)  # code(below) < target
     above = np.full(targets.shape, Y_BOUND + 1, np.float64)  # code(above) >= target (or out of range)
     rows = np.repeat(np.arange(targets.shape[0])[:, None], levels, axis=1)
     while np.any(above - below > 1):
         mid = np.floor((below + above) / 2)
-        reached = epilogue.codes(mid.reshape(-1, 1), rows.reshape(-1)).reshape(mid.shape) >= targets
+        reached = codes(mid.reshape(-1, 1), rows.reshape(-1, 1)).reshape(mid.shape) >= targets
         above, below = np.where(reached, mid, above), np.where(reached, below, mid)
     return above
 
 
-def _fma_float32(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """float32 fma(x, y, z), correctly rounded: x an integer below 2^25, y, z float32 (so x*y is exact in
-    float64); the sum exact as TwoSum's (high, low), rounded once to float32."""
+def fma_float32(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """float32 fma(x, y, z), correctly rounded, for float32 y, z and x an integer below 2^25 or a float32
+    (either way x*y is exact in float64); the sum exact as TwoSum's (high, low), rounded once to float32."""
     product = x.astype(np.float64) * y.astype(np.float64)
     addend = np.broadcast_to(z.astype(np.float64), product.shape)
     high = product + addend
@@ -150,7 +155,8 @@ def fold_affine_epilogues(mod):
             return None
         a = form.a.reshape(unit_shape[0], -1)[:, 0]  # the multiplier does not vary over positions
         return "affine", builder.call_te(_affine_te, conv, relax.const(a), relax.const(form.b.reshape(unit_shape)),
-                                         _bounds(form.low, unit_shape), _bounds(form.high, unit_shape), out_dtype,
+                                         bounds_argument(form.low, unit_shape),
+                                         bounds_argument(form.high, unit_shape), out_dtype,
                                          primfunc_name_hint="affine_codes")
 
     mod, counts = rewrite_calls(mod, rewrite, ("relax.quantize",), ELEMWISE)
@@ -170,7 +176,7 @@ def _proven_form(epilogue: Epilogue) -> tuple[AffineCodes, np.ndarray]:
     return AffineCodes(*(v[inverse] for v in (form.a, form.b, form.low, form.high))), proven[inverse]
 
 
-def _bounds(values: np.ndarray, unit_shape: tuple[int, ...]):
+def bounds_argument(values: np.ndarray, unit_shape: tuple[int, ...]):
     """One immediate if every unit has the same bound, else the constant of ``unit_shape``."""
     from tvm import relax
 
@@ -201,14 +207,14 @@ def _match(call, lookup_binding, uses: dict):
     by constants, every step read by the next only (else the conv's epilogue is needed anyway), else None."""
     data, scale, zero_point = call.args
     out_dtype = str(call.attrs.out_dtype)
-    s, z = _value(scale, lookup_binding), _value(zero_point, lookup_binding)
-    shape = _feature_shape(data)
+    s, z = constant_value(scale, lookup_binding), constant_value(zero_point, lookup_binding)
+    shape = feature_shape(data)
     if (out_dtype not in ("uint8", "int8") or s is None or s.size != 1 or not s.item() > 0 or z is None
             or shape is None or z.size not in (1, shape[0])):
         return None
     steps, x = [], data  # (kind, constant operand's value), walking from the quantize back to the conv
     while len(steps) < 6 and not (steps and steps[-1][0] == "multiplier"):
-        kind, operand, x_in = _producer(x, lookup_binding)
+        kind, operand, x_in = producer(x, lookup_binding)
         if kind is None or uses.get(x_in, 0) != 1:
             return None
         steps.append((kind, operand))
@@ -216,13 +222,13 @@ def _match(call, lookup_binding, uses: dict):
     clip = {kind: operand for kind, operand in steps if kind in ("maximum", "minimum")}
     kinds = [kind for kind, _ in steps[len(clip):]]
     names = _CHAINS.get(tuple(kinds))
-    if names is None or not _is_integer_conv(lookup_binding(x)):
+    if names is None or not is_integer_conv(lookup_binding(x)):
         return None
     operands = dict(zip(names, (operand for _, operand in steps[len(clip):]), strict=True))
     # every constant as [C, H*W] (ONNX broadcasting); the bias may vary over positions (a depthwise
     # conv's border correction), the multiplier may not (A is one value per channel)
-    units = {name: _broadcast(operand, shape) for name, operand in {**operands, **clip}.items() if name != "relu"}
-    if any(v is None for v in units.values()):
+    units = broadcast_units({name: v for name, v in {**operands, **clip}.items() if name != "relu"}, shape)
+    if units is None:
         return None
     low, high = units.get("maximum", np.array([[-np.inf]])), units.get("minimum", np.array([[np.inf]]))
     if not (np.all(low == low.flat[0]) and np.all(high == high.flat[0])):
@@ -257,7 +263,7 @@ _CHAINS = {
 _ELEMENTWISE_OPS = {"relax.multiply": "multiplier", "relax.add": "bias", "relax.nn.relu": "relu"}
 
 
-def _producer(x, lookup_binding):
+def producer(x, lookup_binding):
     """(kind, constant operand's value, the other input) of the binding of ``x``: kind "multiplier"
     (multiply), "bias" (add), "relu", "maximum" / "minimum" (the clip's PrimFuncs); else (None, None, None)."""
     from tvm import ir
@@ -279,20 +285,20 @@ def _producer(x, lookup_binding):
     if kind is not None:
         first, second = value.args
         for constant, other in ((second, first), (first, second)):
-            constant_value = _value(constant, lookup_binding)
-            if constant_value is not None:
-                return kind, constant_value, other
+            found = constant_value(constant, lookup_binding)
+            if found is not None:
+                return kind, found, other
     return None, None, None
 
 
-def _is_integer_conv(value) -> bool:
+def is_integer_conv(value) -> bool:
     from tvm import ir
 
     return (isinstance(value, ir.expr.Call) and getattr(value.op, "name", None) == "relax.call_tir"
             and bool(_INTEGER_CONV.match(getattr(value.args[0], "name_hint", ""))))
 
 
-def _feature_shape(data) -> tuple[int, int, int] | None:
+def feature_shape(data) -> tuple[int, int, int] | None:
     """(C, H, W) of a static float32 NCHW tensor of batch 1, else None."""
     from tvm import tirx
 
@@ -305,7 +311,7 @@ def _feature_shape(data) -> tuple[int, int, int] | None:
     return tuple(int(d) for d in dims[1:])
 
 
-def _value(expr, lookup_binding) -> np.ndarray | None:
+def constant_value(expr, lookup_binding) -> np.ndarray | None:
     from tvm import ir
 
     if isinstance(expr, ir.expr.Var):
@@ -313,7 +319,13 @@ def _value(expr, lookup_binding) -> np.ndarray | None:
     return expr.value.numpy() if isinstance(expr, ir.expr.Constant) else None
 
 
-def _broadcast(value: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray | None:
+def broadcast_units(operands: dict, shape: tuple[int, int, int]) -> dict | None:
+    """Each float32 constant of ``operands`` as [C, H*W] (``broadcast``), None if one is not such a constant."""
+    units = {name: broadcast(value, shape) for name, value in operands.items()}
+    return None if any(v is None for v in units.values()) else units
+
+
+def broadcast(value: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray | None:
     """A float32 constant broadcast (as ONNX does) onto [1, C, H, W], as [C, H*W]; None if it is not one."""
     if value.dtype != np.float32:
         return None

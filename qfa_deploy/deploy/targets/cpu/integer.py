@@ -161,14 +161,17 @@ def lower_integer_convs(mod, plan: IntegerPlan):
 def integer_rewrite(mod, plan: IntegerPlan, gemv_lanes: int):
     """An integer schedule's whole rewrite before legalization: the integer convs (``lower_integer_convs``),
     squeeze-excite weights transposed for ``gemv_lanes``-wide tiles, the epilogues that allow it as one
-    FMA (``affine_epilogue``), divisions by constants without a division and clip bounds as immediates
-    (the other epilogues' cost: ``exact_division``, ``clip_immediates``)."""
+    FMA (``affine_epilogue``) or, with a hard-swish, three (``hardswish_epilogue``), divisions by
+    constants without a division and clip bounds as immediates (the other epilogues' cost:
+    ``exact_division``, ``clip_immediates``)."""
     from qfa_deploy.deploy.targets.cpu.affine_epilogue import fold_affine_epilogues
     from qfa_deploy.deploy.targets.cpu.clip_immediates import clip_bounds_as_immediates
     from qfa_deploy.deploy.targets.cpu.exact_division import divide_by_reciprocal
     from qfa_deploy.deploy.targets.cpu.gemv import transpose_gemv_weights
+    from qfa_deploy.deploy.targets.cpu.hardswish_epilogue import fold_hardswish_epilogues
 
-    mod = fold_affine_epilogues(transpose_gemv_weights(lower_integer_convs(mod, plan), gemv_lanes))
+    mod = transpose_gemv_weights(lower_integer_convs(mod, plan), gemv_lanes)
+    mod = fold_hardswish_epilogues(fold_affine_epilogues(mod))
     return clip_bounds_as_immediates(divide_by_reciprocal(mod))
 
 
