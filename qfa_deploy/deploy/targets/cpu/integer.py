@@ -22,6 +22,7 @@ Pi 5 on ``sdot``, the Pi 4 brings its own lowering (``targets.arm.pairwise``: ``
   dot instruction), the packed dot product into int32 tiles of ``lanes`` output channels (weights
   pre-packed at compile time to ``[O/lanes, C/g, lanes, g]``), and the conversion back to an NCHW
   float tensor, onto which the conv's epilogue then fuses.
+- k x k, one group, few taps (the stem: 3 x 3 x 3): its patches as the channels of a 1x1 conv as above.
 - depthwise (channels a multiple of the smallest block): the same float sums, but dequantizing the
   codes in its own padding stage, so that the tensor between the producer and the conv is uint8
   instead of float (a quarter of the bytes), into planes of ``lanes`` channels side by side: every
@@ -50,6 +51,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# a k x k conv of one group with at most this many taps per output (C*k*k: the stem's 3 x 3 x 3 = 27) runs as a
+# 1x1 integer conv of its patches (``_as_patches``), where the float conv gathered its strided inputs lane by lane
+MAX_PATCH_TAPS = 64
+_OPAQUE = 8  # Relax op pattern: fuses with nothing
 
 INT8_BLOCKS = ("int8_pack", "int8_dot", "int8_out")  # the stages' block names, found again by the schedule
 DEPTHWISE_BLOCKS = ("dw_pad", "dw_conv", "dw_out")
@@ -115,6 +121,9 @@ def lower_integer_convs(mod, plan: IntegerPlan):
         codes, weight, zero_point = operands
         attrs = call.attrs
         strides, padding = [int(v) for v in attrs.strides], [int(v) for v in attrs.padding]
+        if int(attrs.groups) == 1 and weight.shape[2:] != (1, 1) and weight[0].size <= MAX_PATCH_TAPS:
+            codes, weight, zero_point = _as_patches(builder, codes, weight, zero_point, strides, padding)
+            strides, padding = [1, 1], [0, 0, 0, 0]
         if int(attrs.groups) == 1 and weight.shape[2:] == (1, 1) and strides == [1, 1] and not any(padding):
             own = None
             if plan.pointwise_lowering is not None:
@@ -203,6 +212,40 @@ def _integer_operands(call, lookup_binding, dequantize):
     if zero_point is None or zero_point.size not in (1, channels):
         return None
     return codes, w, np.broadcast_to(zero_point.astype(np.int64).reshape(-1), (channels,))
+
+
+def _as_patches(builder, codes, weight: np.ndarray, zero_point: np.ndarray, strides, padding):
+    """A k x k conv (one group) as a 1x1 conv of its patches: (codes var [N, C*k*k, OH, OW] uint8, weight
+    [O, C*k*k, 1, 1], zero points [C*k*k]). Padding is the zero point's code (the graph pads q - Z with 0),
+    and every partial sum is an integer below 2^24 whatever its order, so the sums are the graph's."""
+    from tvm import relax
+
+    out_ch, in_ch, kh, kw = weight.shape
+    call = builder.call_te(_patches, codes, relax.const(zero_point.astype(np.uint8)), kh, kw, strides, padding,
+                           primfunc_name_hint="conv2d_patches")
+    # opaque to fusion: the codes' producer (the input's quantize) runs once per code, not once per tap
+    gvar = call.args[0]
+    builder.update_func(gvar, builder.get()[gvar].with_attr("op_pattern", _OPAQUE))
+    return builder.emit(call), weight.reshape(out_ch, in_ch * kh * kw, 1, 1), np.repeat(zero_point, kh * kw)
+
+
+def _patches(codes, zero_point, kh: int, kw: int, strides, padding):
+    """TE: codes [N, C, H, W] -> [N, C*kh*kw, OH, OW], channel c*kh*kw + ky*kw + kx the tap (ky, kx) of c."""
+    from tvm import te, tirx
+
+    n, channels, height, width = codes.shape
+    top, left, bottom, right = padding
+    sh, sw = strides
+    out_h = (height + top + bottom - kh) // sh + 1
+    out_w = (width + left + right - kw) // sw + 1
+
+    def tap(i, k, y, x):
+        c, ky, kx = k // (kh * kw), k // kw % kh, k % kw
+        row, col = y * sh + ky - top, x * sw + kx - left
+        inside = tirx.all(row >= 0, row < height, col >= 0, col < width)
+        return tirx.if_then_else(inside, codes[i, c, row, col], zero_point[c])
+
+    return te.compute((n, channels * kh * kw, out_h, out_w), tap, name="patches")
 
 
 def _constant(expr):
