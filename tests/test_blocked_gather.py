@@ -78,3 +78,30 @@ def test_the_a72_pairwise_packing_gathers_whole_tiles_not_bytes():
     sch = Schedule(_relaid(te.create_prim_func([q, pk, cp, out]), INT8_BLOCKS[0], 8))
     assert pairwise.schedule_pairwise_pointwise(sch, sch.get_child_blocks(sch.get_sblock("root")))
     assert _byte_lane_loads(sch.mod) == 0
+
+
+def test_the_a76_sdot_packing_reads_whole_pixels_not_bytes():
+    """A 1x1 conv after a depthwise conv on the A76: 4-channel groups shifted by 128 out of 8-channel
+    blocks, each pixel's 4 codes one load (LLVM's own vectorization gathered 16 bytes lane by lane)."""
+    from tvm import te
+    from tvm.s_tir import Schedule
+
+    from qfa_deploy.deploy.targets.arm.neon import DOTPROD, register_intrinsics
+    from qfa_deploy.deploy.targets.cpu.integer import _pointwise_int8, pack_weight
+    from qfa_deploy.deploy.targets.cpu.integer_schedule import schedule_int8_pointwise
+
+    register_intrinsics()
+    channels, out_channels, size = 16, 16, 56  # a long row: LLVM vectorized the copy over 16 of its pixels
+    w = np.random.default_rng(0).integers(-8, 8, (out_channels, channels)).astype(np.int8)
+    packed, comp = pack_weight(w, np.zeros(channels, np.int64), 16, DOTPROD.group, DOTPROD.code_offset)
+    q = te.placeholder((1, channels, size, size), "uint8", "codes")
+    pk, cp = te.placeholder(packed.shape, "int8", "packed"), te.placeholder(comp.shape, "int32", "comp")
+    out = _pointwise_int8(q, pk, cp, out_channels, DOTPROD.code_offset)
+    sch = Schedule(_relaid(te.create_prim_func([q, pk, cp, out]), INT8_BLOCKS[0], 8))
+    assert schedule_int8_pointwise(sch, sch.get_child_blocks(sch.get_sblock("root")), DOTPROD)
+    a76 = {**A72, "mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod"]}
+    import tvm
+
+    asm = tvm.tirx.build(sch.mod, target=tvm.target.Target(a76)).inspect_source("asm")
+    assert "sdot" in asm
+    assert len(re.findall(r"ld1\s+\{\s*v\d+\.b\s*\}\[\d+\]", asm)) == 0

@@ -100,6 +100,8 @@ def schedule_int8_pointwise(sch, blocks, plan: IntegerPlan) -> bool:
     if not packed_in_place:
         pack_loops = sch.get_loops(pack)
         sch.parallel(sch.fuse(*pack_loops[:3]))
+        if len(sch.get(pack).reads[0].source.shape) == 5:  # blocked codes: a pixel's channels contiguous
+            vectorize_gather(sch, pack)  # (NCHW codes: LLVM's own vectorization over pixels, st4, is better)
     return True
 
 
