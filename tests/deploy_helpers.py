@@ -165,3 +165,24 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subpro
         pytest.fail("the qfa-deploy console script is not installed (pip install -e .)")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run([exe, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
+
+
+def compile_x86_beside_onnxruntime(folder: Path, onnx_path: Path, image: np.ndarray, caplog,
+                                   log_marker: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """(the x86 artifact's output, onnxruntime's (no graph optimisation), the one compile log line holding
+    ``log_marker``) for a one-input model: compiled into ``folder`` with a short protocol."""
+    import logging
+
+    from qfa_deploy.deploy import compile_artifact, load_device
+    from qfa_deploy.deploy.parity import onnxruntime_outputs
+    from qfa_deploy.deploy.runner import open_session
+
+    fast_x86 = device_file(folder, "x86", name="x86-fast", protocol=FAST_PROTOCOL)
+    art = artifact_dir(folder / "art", onnx_path)
+    with caplog.at_level(logging.INFO, logger="qfa_deploy"):
+        compile_artifact(art / "model.onnx", str(fast_x86), art)
+    (line,) = [r.getMessage() for r in caplog.records if log_marker in r.getMessage()]
+    with open_session(load_device(str(fast_x86))) as session:
+        got = session.run(session.load(art / "model.so"), [image])[0]
+    want = onnxruntime_outputs(onnx_path, [{"name": "input"}], [image])[0]
+    return got, want, line

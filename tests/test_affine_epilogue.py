@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import re
 from fractions import Fraction
 
 import numpy as np
 import pytest
-from deploy_helpers import FAST_PROTOCOL, artifact_dir, device_file
+from deploy_helpers import compile_x86_beside_onnxruntime
 from epilogue_models import one_conv_model
 
 from qfa_deploy.deploy.targets.cpu.affine_epilogue import Epilogue, affine_codes, fma_float32
@@ -78,24 +77,9 @@ def test_a_negative_multiplier_is_not_proven():
 def test_compiled_fma_epilogue_equals_onnxruntime_on_every_code(tmp_path, caplog):
     """The integer schedule folds the epilogue (log) and its codes equal onnxruntime's for every input
     code, ties of round-half-to-even included."""
-    import onnxruntime as ort
-
-    from qfa_deploy.deploy import compile_artifact, load_device
-    from qfa_deploy.deploy.runner import open_session
-
     onnx_path, image = one_conv_model(tmp_path / "affine.onnx", "relu")
-    fast_x86 = device_file(tmp_path, "x86", name="x86-fast", protocol=FAST_PROTOCOL)
-    folder = artifact_dir(tmp_path / "art", onnx_path)
-    with caplog.at_level(logging.INFO, logger="qfa_deploy"):
-        compile_artifact(folder / "model.onnx", str(fast_x86), folder)
-    (line,) = [r.getMessage() for r in caplog.records if "affine epilogues" in r.getMessage()]
+    got, want, line = compile_x86_beside_onnxruntime(tmp_path, onnx_path, image, caplog, "affine epilogues")
     assert re.search(r"(\d+) integer convs", line).group(1) == "1", line
-    with open_session(load_device(str(fast_x86))) as session:
-        got = session.run(session.load(folder / "model.so"), [image])[0]
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    want = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"]).run(
-        None, {"input": image})[0]
     np.testing.assert_array_equal(got, want)
     y = (np.arange(256) - 7).astype(np.float64)
     assert np.array_equal(want[0, 0].reshape(-1), np.clip(np.rint(y * 0.5 + 0.0625), 0, 15))  # ties at odd y

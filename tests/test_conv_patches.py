@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import re
 
 import numpy as np
 import pytest
-from deploy_helpers import FAST_PROTOCOL, artifact_dir, device_file
+from deploy_helpers import compile_x86_beside_onnxruntime
 
 F32 = np.float32
 
@@ -51,23 +50,8 @@ def _stem_model(path, size: int, stride: int, zero: int):
 def test_patches_conv_equals_onnxruntime(tmp_path, caplog, size, stride, zero):
     """The stem runs as a 1x1 integer conv (log) and its sums equal onnxruntime's exactly: odd sizes (the
     last patch half outside), the padding as the zero point's code, strides 1 and 2."""
-    import onnxruntime as ort
-
-    from qfa_deploy.deploy import compile_artifact, load_device
-    from qfa_deploy.deploy.runner import open_session
-
     onnx_path = _stem_model(tmp_path / "stem.onnx", size, stride, zero)
-    fast_x86 = device_file(tmp_path, "x86", name="x86-fast", protocol=FAST_PROTOCOL)
-    folder = artifact_dir(tmp_path / "art", onnx_path)
-    with caplog.at_level(logging.INFO, logger="qfa_deploy"):
-        compile_artifact(folder / "model.onnx", str(fast_x86), folder)
-    (line,) = [r.getMessage() for r in caplog.records if "integer convs (" in r.getMessage()]
-    assert re.search(r": (\d+) 1x1 convs", line).group(1) == "1", line
     image = np.random.default_rng(size).uniform(-3, 3, (1, 3, size, size)).astype(F32)
-    with open_session(load_device(str(fast_x86))) as session:
-        got = session.run(session.load(folder / "model.so"), [image])[0]
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    want = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"]).run(
-        None, {"input": image})[0]
+    got, want, line = compile_x86_beside_onnxruntime(tmp_path, onnx_path, image, caplog, "integer convs (")
+    assert re.search(r": (\d+) 1x1 convs", line).group(1) == "1", line
     np.testing.assert_array_equal(got, want)

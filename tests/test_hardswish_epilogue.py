@@ -3,12 +3,11 @@ compiled codes."""
 
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import replace
 
 import numpy as np
-from deploy_helpers import FAST_PROTOCOL, artifact_dir, device_file
+from deploy_helpers import compile_x86_beside_onnxruntime
 from epilogue_models import one_conv_model
 
 from qfa_deploy.deploy.targets.cpu.hardswish_epilogue import HardSwishEpilogue, _proven, hardswish_codes
@@ -63,23 +62,8 @@ def test_negative_multipliers_and_long_dips_are_not_proven():
 def test_compiled_hardswish_epilogue_equals_onnxruntime_on_every_code(tmp_path, caplog):
     """The integer schedule folds the hard-swish epilogue (log) and its codes equal onnxruntime's for
     every input code."""
-    import onnxruntime as ort
-
-    from qfa_deploy.deploy import compile_artifact, load_device
-    from qfa_deploy.deploy.runner import open_session
-
     onnx_path, image = one_conv_model(tmp_path / "hardswish.onnx", "hardswish")
-    fast_x86 = device_file(tmp_path, "x86", name="x86-fast", protocol=FAST_PROTOCOL)
-    folder = artifact_dir(tmp_path / "art", onnx_path)
-    with caplog.at_level(logging.INFO, logger="qfa_deploy"):
-        compile_artifact(folder / "model.onnx", str(fast_x86), folder)
-    (line,) = [r.getMessage() for r in caplog.records if "hard-swish epilogues" in r.getMessage()]
+    got, want, line = compile_x86_beside_onnxruntime(tmp_path, onnx_path, image, caplog, "hard-swish epilogues")
     assert re.search(r"(\d+) integer convs", line).group(1) == "1", line
-    with open_session(load_device(str(fast_x86))) as session:
-        got = session.run(session.load(folder / "model.so"), [image])[0]
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    want = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"]).run(
-        None, {"input": image})[0]
     np.testing.assert_array_equal(got, want)
     assert len(np.unique(want)) > 40  # the dip, the ramp and the line all met

@@ -29,8 +29,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 __all__ = [
-    "AffineCodes", "Y_BOUND", "affine_codes", "bounds_argument", "broadcast_units", "constant_value", "feature_shape",
-    "fold_affine_epilogues", "fma_float32", "is_integer_conv", "producer", "step_points",
+    "AffineCodes", "Y_BOUND", "affine_codes", "bounds_argument", "broadcast_units", "constant_value",
+    "distinct_units", "feature_shape", "first_true", "fma_float32", "fold_affine_epilogues",
+    "fold_quantize_epilogues", "is_integer_conv", "producer", "quantize_operands", "spread_units", "step_points",
+    "unit_value",
 ]
 
 log = logging.getLogger(__name__)
@@ -104,12 +106,19 @@ def step_points(codes, start: np.ndarray, first: np.ndarray, last: np.ndarray) -
     largest rise); bisection, vectorised over units and codes."""
     levels = max(int((last - first).max()), 1)
     targets = first[:, None] + np.arange(1, levels + 1)[None, :]
-    below = np.broadcast_to(start[:, None] - 1, targets.shape).astype(np.float64)  # code(below) < target
-    above = np.full(targets.shape, Y_BOUND + 1, np.float64)  # code(above) >= target (or out of range)
     rows = np.repeat(np.arange(targets.shape[0])[:, None], levels, axis=1)
+    return first_true(lambda y: codes(y.reshape(-1, 1), rows.reshape(-1, 1)).reshape(y.shape) >= targets,
+                      np.broadcast_to(start[:, None] - 1, targets.shape).astype(np.float64))
+
+
+def first_true(holds, below: np.ndarray) -> np.ndarray:
+    """Elementwise, the least integer y above ``below`` and up to 2^24 where ``holds(y)`` (monotone: false,
+    then true) is true, 2^24 + 1 where it never is: bisection, vectorised over ``below``'s shape."""
+    below = below.astype(np.float64)
+    above = np.full(below.shape, Y_BOUND + 1, np.float64)  # holds (or above the range)
     while np.any(above - below > 1):
         mid = np.floor((below + above) / 2)
-        reached = codes(mid.reshape(-1, 1), rows.reshape(-1, 1)).reshape(mid.shape) >= targets
+        reached = holds(mid)
         above, below = np.where(reached, mid, above), np.where(reached, below, mid)
     return above
 
@@ -137,43 +146,60 @@ def fold_affine_epilogues(mod):
     integer conv's epilogue of the form above computed as ``AffineCodes``, where proven equal."""
     from tvm import relax
 
+    def emit(builder, conv, form, out_dtype, unit_shape):
+        a = form.a.reshape(unit_shape[0], -1)[:, 0]  # the multiplier does not vary over positions
+        return builder.call_te(_affine_te, conv, relax.const(a), relax.const(form.b.reshape(unit_shape)),
+                               bounds_argument(form.low, unit_shape), bounds_argument(form.high, unit_shape),
+                               out_dtype, primfunc_name_hint="affine_codes")
+
+    return fold_quantize_epilogues(mod, _match, _proven_form, emit, "affine epilogues: %d integer convs quantize "
+                                   "by one FMA (%d refused: a channel differs)")
+
+
+def _proven_form(epilogue: Epilogue) -> tuple[AffineCodes, np.ndarray]:
+    """``affine_codes`` over the distinct units of ``epilogue`` only, spread back to every unit."""
+    distinct, inverse = distinct_units(epilogue)
+    form, proven = affine_codes(distinct)
+    return AffineCodes(*(v[inverse] for v in (form.a, form.b, form.low, form.high))), proven[inverse]
+
+
+def fold_quantize_epilogues(mod, match, proven_form, emit, message: str):
+    """``mod`` with each quantize that ``match(call, lookup_binding, uses)`` recognises as the end of an
+    integer conv's epilogue -> (conv, epilogue, out dtype, unit shape) computed by ``emit(builder, conv,
+    form, out dtype, unit shape)`` where ``proven_form(epilogue)`` -> (form, proven per unit) proves every
+    unit; logs ``message`` % (folded, refused)."""
+    from tvm import relax
+
     from qfa_deploy.deploy.targets.cpu.conv_rewrite import ELEMWISE, rewrite_calls, use_counts
 
     mod = relax.transform.FoldConstant()(mod)  # the clip bounds, computed from initializers at run time
     uses = use_counts(mod["main"])
-    refused = {"channels differ": 0}
+    refused = []
 
     def rewrite(builder, call, lookup_binding):
-        found = _match(call, lookup_binding, uses)
+        found = match(call, lookup_binding, uses)
         if found is None:
             return None
         conv, epilogue, out_dtype, unit_shape = found
-        form, proven = _proven_form(epilogue)
+        form, proven = proven_form(epilogue)
         if not proven.all():
-            refused["channels differ"] += 1
-            log.debug("affine epilogue refused: %d of %d units differ", int((~proven).sum()), proven.size)
+            refused.append(call)
+            log.debug("epilogue refused: %d of %d units differ", int((~proven).sum()), proven.size)
             return None
-        a = form.a.reshape(unit_shape[0], -1)[:, 0]  # the multiplier does not vary over positions
-        return "affine", builder.call_te(_affine_te, conv, relax.const(a), relax.const(form.b.reshape(unit_shape)),
-                                         bounds_argument(form.low, unit_shape),
-                                         bounds_argument(form.high, unit_shape), out_dtype,
-                                         primfunc_name_hint="affine_codes")
+        return "folded", emit(builder, conv, form, out_dtype, unit_shape)
 
     mod, counts = rewrite_calls(mod, rewrite, ("relax.quantize",), ELEMWISE)
-    log.info("affine epilogues: %d integer convs quantize by one FMA (%d refused: a channel differs)",
-             counts["affine"], refused["channels differ"])
+    log.info(message, counts["folded"], len(refused))
     return mod
 
 
-def _proven_form(epilogue: Epilogue) -> tuple[AffineCodes, np.ndarray]:
-    """``affine_codes`` over the distinct units of ``epilogue`` only (a border bias map has a few
-    values per channel over thousands of positions), spread back to every unit."""
+def distinct_units(epilogue):
+    """(``epilogue`` over its distinct units only, the index of each unit's distinct one): a border bias
+    map has a few values per channel over thousands of positions, and a proof need see each once."""
     rows = np.stack([epilogue.multiplier, epilogue.bias, epilogue.shift, epilogue.zero_point], axis=1)
     distinct, inverse = np.unique(rows, axis=0, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    form, proven = affine_codes(replace(epilogue, multiplier=distinct[:, 0], bias=distinct[:, 1],
-                                        shift=distinct[:, 2], zero_point=distinct[:, 3]))
-    return AffineCodes(*(v[inverse] for v in (form.a, form.b, form.low, form.high))), proven[inverse]
+    return (replace(epilogue, multiplier=distinct[:, 0], bias=distinct[:, 1], shift=distinct[:, 2],
+                    zero_point=distinct[:, 3]), inverse.reshape(-1))
 
 
 def bounds_argument(values: np.ndarray, unit_shape: tuple[int, ...]):
@@ -183,18 +209,22 @@ def bounds_argument(values: np.ndarray, unit_shape: tuple[int, ...]):
     return float(values[0]) if np.all(values == values[0]) else relax.const(values.reshape(unit_shape).astype(F32))
 
 
+def unit_value(value, c, h, w):
+    """TE: a constant at output (c, h, w): an immediate, per channel [C] or per position [C, H, W]."""
+    from tvm import tirx
+
+    if isinstance(value, float):
+        return tirx.const(value, "float32")
+    return value[c] if len(value.shape) == 1 else value[c, h, w]
+
+
 def _affine_te(y, a, b, low, high, out_dtype: str):
     """TE: codes = clamp(rint(fma(y, a[c], b)), low, high); b, low, high per channel [C] or position [C, H, W]."""
     from tvm import te, tirx
 
-    def at(value, c, h, w):
-        if isinstance(value, float):
-            return tirx.const(value, "float32")
-        return value[c] if len(value.shape) == 1 else value[c, h, w]
-
     def one(n, c, h, w):
-        value = tirx.call_llvm_pure_intrin("float32", "llvm.fma", y[n, c, h, w], a[c], at(b, c, h, w))
-        clamped = te.max(te.min(te.round(value), at(high, c, h, w)), at(low, c, h, w))
+        value = tirx.call_llvm_pure_intrin("float32", "llvm.fma", y[n, c, h, w], a[c], unit_value(b, c, h, w))
+        clamped = te.max(te.min(te.round(value), unit_value(high, c, h, w)), unit_value(low, c, h, w))
         return clamped.astype(out_dtype)
 
     return te.compute(y.shape, one, name="affine_codes")
@@ -205,13 +235,10 @@ def _match(call, lookup_binding, uses: dict):
     constant varies over positions) if ``call`` (a quantize) ends
     ``multiply -> add -> [relu] -> [add] -> [maximum] -> [minimum]`` of an integer conv's output, all
     by constants, every step read by the next only (else the conv's epilogue is needed anyway), else None."""
-    data, scale, zero_point = call.args
-    out_dtype = str(call.attrs.out_dtype)
-    s, z = constant_value(scale, lookup_binding), constant_value(zero_point, lookup_binding)
-    shape = feature_shape(data)
-    if (out_dtype not in ("uint8", "int8") or s is None or s.size != 1 or not s.item() > 0 or z is None
-            or shape is None or z.size not in (1, shape[0])):
+    quantize = quantize_operands(call, lookup_binding)
+    if quantize is None:
         return None
+    data, s, z, shape, out_dtype = quantize
     steps, x = [], data  # (kind, constant operand's value), walking from the quantize back to the conv
     while len(steps) < 6 and not (steps and steps[-1][0] == "multiplier"):
         kind, operand, x_in = producer(x, lookup_binding)
@@ -233,22 +260,39 @@ def _match(call, lookup_binding, uses: dict):
     low, high = units.get("maximum", np.array([[-np.inf]])), units.get("minimum", np.array([[np.inf]]))
     if not (np.all(low == low.flat[0]) and np.all(high == high.flat[0])):
         return None
-    varying = {name for name, v in units.items() if not np.all(v == v[:, :1])}
-    if "multiplier" in varying:
+    if not np.all(units["multiplier"] == units["multiplier"][:, :1]):
         return None
-    channels = shape[0]
-    zero = np.broadcast_to(z.astype(F32).reshape(-1, 1), (channels, units["multiplier"].shape[1]))
-
-    def per_unit(v):
-        return np.ascontiguousarray(v).reshape(-1) if varying else np.ascontiguousarray(v[:, 0])
-
+    units.setdefault("shift", np.zeros_like(units["multiplier"]))
+    per_unit, unit_shape = spread_units(units, z, shape)
     epilogue = Epilogue(
-        per_unit(units["multiplier"]), per_unit(units["bias"]), "relu" in operands,
-        per_unit(units.get("shift", np.zeros((channels, 1), F32)) * np.ones_like(units["multiplier"])),
-        (float(low.flat[0]), float(high.flat[0])), float(s.item()), per_unit(zero),
+        per_unit["multiplier"], per_unit["bias"], "relu" in operands, per_unit["shift"],
+        (float(low.flat[0]), float(high.flat[0])), float(s.item()), per_unit["zero_point"],
         (0, 255) if out_dtype == "uint8" else (-128, 127),
     )
-    return x, epilogue, out_dtype, (shape if varying else shape[:1])
+    return x, epilogue, out_dtype, unit_shape
+
+
+def quantize_operands(call, lookup_binding):
+    """(its float input, scale, zero points, the input's (C, H, W), out dtype) of ``call`` (a quantize) by a
+    positive constant scale into uint8/int8 with one or C constant zero points, else None."""
+    data, scale, zero_point = call.args
+    out_dtype = str(call.attrs.out_dtype)
+    s, z = constant_value(scale, lookup_binding), constant_value(zero_point, lookup_binding)
+    shape = feature_shape(data)
+    if (out_dtype not in ("uint8", "int8") or s is None or s.size != 1 or not s.item() > 0 or z is None
+            or shape is None or z.size not in (1, shape[0])):
+        return None
+    return data, s, z, shape, out_dtype
+
+
+def spread_units(units: dict, zero_point: np.ndarray, shape: tuple[int, int, int]) -> tuple[dict, tuple]:
+    """(each [C, H*W] constant of ``units`` and the zero points, per unit; the units' shape): one unit per
+    channel [C] where no constant varies over positions, else one per position [C, H, W]."""
+    varying = any(not np.all(v == v[:, :1]) for v in units.values())
+    zero = np.broadcast_to(zero_point.astype(F32).reshape(-1, 1), (shape[0], shape[1] * shape[2]))
+    spread = {name: np.ascontiguousarray(v).reshape(-1) if varying else np.ascontiguousarray(v[:, 0])
+              for name, v in {**units, "zero_point": zero}.items()}
+    return spread, (shape if varying else shape[:1])
 
 
 # the kinds met walking back from the clip to the conv -> what each add is

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from collections import Counter
 
-__all__ = ["ELEMWISE", "rewrite_calls", "rewrite_convs", "use_counts"]
+__all__ = ["ELEMWISE", "OPAQUE", "rewrite_calls", "rewrite_convs", "use_counts"]
 
 ELEMWISE = 0  # Relax op pattern: fuses with its producer and consumers
 _OUT_EWISE_FUSABLE = 4  # Relax op pattern: elementwise consumers may fuse onto the output
+OPAQUE = 8  # Relax op pattern: fuses with nothing
 
 
 def rewrite_convs(mod, rewrite):

@@ -42,11 +42,16 @@ from qfa_deploy.deploy.targets.cpu.affine_epilogue import (
     bounds_argument,
     broadcast_units,
     constant_value,
-    feature_shape,
+    distinct_units,
+    first_true,
     fma_float32,
+    fold_quantize_epilogues,
     is_integer_conv,
     producer,
+    quantize_operands,
+    spread_units,
     step_points,
+    unit_value,
 )
 
 __all__ = ["HardSwishCodes", "HardSwishEpilogue", "fold_hardswish_epilogues", "hardswish_codes"]
@@ -125,10 +130,11 @@ def hardswish_codes(epilogue: HardSwishEpilogue) -> tuple[HardSwishCodes, np.nda
         values = getattr(form, field).copy()
         values[todo] = _ulps_away(values[todo], ulps)
         candidate = replace(form, **{field: values})
-        fixed = _proven(_units(epilogue, todo), _units(candidate, todo))
-        form = replace(form, **{field: np.where(np.isin(np.arange(values.size), todo[fixed]), values,
-                                                  getattr(form, field))})
-        proven[todo[fixed]] = True
+        fixed = todo[_proven(_units(epilogue, todo), _units(candidate, todo))]
+        kept = getattr(form, field).copy()
+        kept[fixed] = values[fixed]
+        form = replace(form, **{field: kept})
+        proven[fixed] = True
     return form, proven
 
 
@@ -204,15 +210,9 @@ def _proven(e: HardSwishEpilogue, form: HardSwishCodes) -> np.ndarray:
 
 def _first(predicate, units: int) -> np.ndarray:
     """Per unit, the least integer y in [-2^24, 2^24] where the monotone ``predicate(y, unit)`` holds
-    (2^24 + 1 where it never does): bisection, vectorised over the units."""
+    (2^24 + 1 where it never does)."""
     rows = np.arange(units)
-    lo = np.full(units, -Y_BOUND - 1, np.float64)  # predicate false (or below the range)
-    hi = np.full(units, Y_BOUND + 1, np.float64)  # predicate true (or above the range)
-    while np.any(hi - lo > 1):
-        mid = np.floor((lo + hi) / 2)
-        holds = predicate(mid, rows)
-        hi, lo = np.where(holds, mid, hi), np.where(holds, lo, mid)
-    return hi
+    return first_true(lambda y: predicate(y, rows), np.full(units, -Y_BOUND - 1, np.float64))
 
 
 def fold_hardswish_epilogues(mod):
@@ -220,49 +220,26 @@ def fold_hardswish_epilogues(mod):
     integer conv's hard-swish epilogue of the form above computed as ``HardSwishCodes``, where proven equal."""
     from tvm import relax
 
-    from qfa_deploy.deploy.targets.cpu.conv_rewrite import ELEMWISE, rewrite_calls, use_counts
-
-    mod = relax.transform.FoldConstant()(mod)
-    uses = use_counts(mod["main"])
-    refused = {"refused": 0}
-
-    def rewrite(builder, call, lookup_binding):
-        found = _match(call, lookup_binding, uses)
-        if found is None:
-            return None
-        conv, epilogue, out_dtype, unit_shape = found
-        form, proven = _proven_form(epilogue)
-        if not proven.all():
-            refused["refused"] += 1
-            log.debug("hard-swish epilogue refused: %d of %d units differ", int((~proven).sum()), proven.size)
-            return None
-        per_channel = unit_shape[:1]
-
+    def emit(builder, conv, form, out_dtype, unit_shape):
         def channel_values(v):
             return relax.const(v.reshape(unit_shape[0], -1)[:, 0].astype(F32))
 
         def unit_values(v):
             return relax.const(v.reshape(unit_shape).astype(F32))
 
-        return "hardswish", builder.call_te(
+        return builder.call_te(
             _hardswish_te, conv, channel_values(form.a), unit_values(form.b), channel_values(form.c),
-            unit_values(form.d), form.ramp, unit_values(form.k), bounds_argument(form.low, per_channel),
-            bounds_argument(form.high, per_channel), out_dtype, primfunc_name_hint="hardswish_codes")
+            unit_values(form.d), form.ramp, unit_values(form.k), bounds_argument(form.low, unit_shape[:1]),
+            bounds_argument(form.high, unit_shape[:1]), out_dtype, primfunc_name_hint="hardswish_codes")
 
-    mod, counts = rewrite_calls(mod, rewrite, ("relax.quantize",), ELEMWISE)
-    log.info("hard-swish epilogues: %d integer convs quantize by three FMAs (%d refused)",
-             counts["hardswish"], refused["refused"])
-    return mod
+    return fold_quantize_epilogues(mod, _match, _proven_form, emit,
+                                   "hard-swish epilogues: %d integer convs quantize by three FMAs (%d refused)")
 
 
 def _proven_form(epilogue: HardSwishEpilogue) -> tuple[HardSwishCodes, np.ndarray]:
-    """``hardswish_codes`` over the distinct units only (a border bias map has a few values per channel
-    over thousands of positions), spread back to every unit."""
-    rows = np.stack([epilogue.multiplier, epilogue.bias, epilogue.shift, epilogue.zero_point], axis=1)
-    distinct, inverse = np.unique(rows, axis=0, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    form, proven = hardswish_codes(replace(epilogue, multiplier=distinct[:, 0], bias=distinct[:, 1],
-                                           shift=distinct[:, 2], zero_point=distinct[:, 3]))
+    """``hardswish_codes`` over the distinct units of ``epilogue`` only, spread back to every unit."""
+    distinct, inverse = distinct_units(epilogue)
+    form, proven = hardswish_codes(distinct)
     spread = (v[inverse] for v in (form.a, form.b, form.c, form.d))
     return HardSwishCodes(*spread, form.ramp, form.k[inverse], form.low[inverse], form.high[inverse]), proven[inverse]
 
@@ -271,20 +248,15 @@ def _hardswish_te(y, a, b, c, d, ramp, k, low, high, out_dtype: str):
     """TE: the codes of ``HardSwishCodes``; a, c per channel [C]; b, d, k per channel or position."""
     from tvm import te, tirx
 
-    def at(value, ch, h, w):
-        if isinstance(value, float):
-            return tirx.const(value, "float32")
-        return value[ch] if len(value.shape) == 1 else value[ch, h, w]
-
     def fma(p, q, r):
         return tirx.call_llvm_pure_intrin("float32", "llvm.fma", p, q, r)
 
     def one(n, ch, h, w):
-        u = fma(y[n, ch, h, w], a[ch], at(b, ch, h, w))
-        v = te.min(te.max(fma(y[n, ch, h, w], c[ch], at(d, ch, h, w)), tirx.const(ramp[0], "float32")),
+        u = fma(y[n, ch, h, w], a[ch], unit_value(b, ch, h, w))
+        v = te.min(te.max(fma(y[n, ch, h, w], c[ch], unit_value(d, ch, h, w)), tirx.const(ramp[0], "float32")),
                    tirx.const(ramp[1], "float32"))
-        value = te.round(fma(u, v, at(k, ch, h, w)))
-        return te.max(te.min(value, at(high, ch, h, w)), at(low, ch, h, w)).astype(out_dtype)
+        value = te.round(fma(u, v, unit_value(k, ch, h, w)))
+        return te.max(te.min(value, unit_value(high, ch, h, w)), unit_value(low, ch, h, w)).astype(out_dtype)
 
     return te.compute(y.shape, one, name="hardswish_codes")
 
@@ -295,19 +267,11 @@ def _match(call, lookup_binding, uses: dict):
     [minimum]`` of an integer conv's output, all by constants, else None."""
     from tvm import ir
 
-    data, scale, zero_point = call.args
-    out_dtype = str(call.attrs.out_dtype)
-    s, z = constant_value(scale, lookup_binding), constant_value(zero_point, lookup_binding)
-    shape = feature_shape(data)
-    if (out_dtype not in ("uint8", "int8") or s is None or s.size != 1 or not s.item() > 0 or z is None
-            or shape is None or z.size not in (1, shape[0])):
+    quantize = quantize_operands(call, lookup_binding)
+    if quantize is None:
         return None
-    clip, x = {}, data
-    while True:
-        kind, operand, x_in = producer(x, lookup_binding)
-        if kind not in ("maximum", "minimum") or kind in clip or uses.get(x_in, 0) != 1:
-            break
-        clip[kind], x = operand, x_in
+    data, s, z, shape, out_dtype = quantize
+    clip, x = _clip_before(data, lookup_binding, uses)
     kind, shift, h_div = producer(x, lookup_binding)
     if kind != "bias":  # a quantizer without a shift (adding 0 changes no code)
         shift, h_div = np.zeros((), F32), x
@@ -333,32 +297,32 @@ def _match(call, lookup_binding, uses: dict):
     units = broadcast_units({"multiplier": multiplier, "bias": bias, "shift": shift}, shape)
     if units is None or not np.all(units["multiplier"] == units["multiplier"][:, :1]):
         return None
-    varying = any(not np.all(v == v[:, :1]) for v in units.values())
-    channels = shape[0]
-    zero = np.broadcast_to(z.astype(F32).reshape(-1, 1), units["multiplier"].shape)
-
-    def per_unit(v):
-        return np.ascontiguousarray(v).reshape(-1) if varying else np.ascontiguousarray(v[:, 0])
-
+    per_unit, unit_shape = spread_units(units, z, shape)
     low, high = clip.get("maximum", F32(-np.inf)), clip.get("minimum", F32(np.inf))
     epilogue = HardSwishEpilogue(
-        per_unit(units["multiplier"]), per_unit(units["bias"]), offset, ramp, float(divisor.item()),
-        per_unit(units["shift"]), (float(low), float(high)), float(s.item()), per_unit(zero),
+        per_unit["multiplier"], per_unit["bias"], offset, ramp, float(divisor.item()), per_unit["shift"],
+        (float(low), float(high)), float(s.item()), per_unit["zero_point"],
         (0, 255) if out_dtype == "uint8" else (-128, 127),
     )
-    return conv, epilogue, out_dtype, ((channels, *shape[1:]) if varying else (channels,))
+    return conv, epilogue, out_dtype, unit_shape
+
+
+def _clip_before(x, lookup_binding, uses: dict) -> tuple[dict, object]:
+    """({"maximum": bound, "minimum": bound}, the clipped var) for the clip (one of each at most, each
+    read by the next only) that ends at ``x``; ({}, x) if none does."""
+    clip = {}
+    while True:
+        kind, operand, inner = producer(x, lookup_binding)
+        if kind not in ("maximum", "minimum") or kind in clip or uses.get(inner, 0) != 1:
+            return clip, x
+        clip[kind], x = operand, inner
 
 
 def _ramp_of(product, lookup_binding, uses: dict):
     """(x, the offset 3, the ramp's clip (0, 6)) if ``product`` is ``multiply(x, clip(x + 3, 0, 6))``
     (x read by exactly those two), else None."""
     x_var, ramp_var = product.args
-    clip = {}
-    while True:
-        kind, operand, inner = producer(ramp_var, lookup_binding)
-        if kind not in ("maximum", "minimum") or kind in clip or uses.get(inner, 0) != 1:
-            break
-        clip[kind], ramp_var = operand, inner
+    clip, ramp_var = _clip_before(ramp_var, lookup_binding, uses)
     kind, offset, x_in = producer(ramp_var, lookup_binding)
     if (kind != "bias" or set(clip) != {"maximum", "minimum"} or offset.size != 1
             or not x_in.same_as(x_var) or uses.get(x_var, 0) != 2):

@@ -55,7 +55,6 @@ log = logging.getLogger(__name__)
 # a k x k conv of one group with at most this many taps per output (C*k*k: the stem's 3 x 3 x 3 = 27) runs as a
 # 1x1 integer conv of its patches (``_as_patches``), where the float conv gathered its strided inputs lane by lane
 MAX_PATCH_TAPS = 64
-_OPAQUE = 8  # Relax op pattern: fuses with nothing
 
 INT8_BLOCKS = ("int8_pack", "int8_dot", "int8_out")  # the stages' block names, found again by the schedule
 DEPTHWISE_BLOCKS = ("dw_pad", "dw_conv", "dw_out")
@@ -220,12 +219,14 @@ def _as_patches(builder, codes, weight: np.ndarray, zero_point: np.ndarray, stri
     and every partial sum is an integer below 2^24 whatever its order, so the sums are the graph's."""
     from tvm import relax
 
+    from qfa_deploy.deploy.targets.cpu.conv_rewrite import OPAQUE
+
     out_ch, in_ch, kh, kw = weight.shape
     call = builder.call_te(_patches, codes, relax.const(zero_point.astype(np.uint8)), kh, kw, strides, padding,
                            primfunc_name_hint="conv2d_patches")
     # opaque to fusion: the codes' producer (the input's quantize) runs once per code, not once per tap
     gvar = call.args[0]
-    builder.update_func(gvar, builder.get()[gvar].with_attr("op_pattern", _OPAQUE))
+    builder.update_func(gvar, builder.get()[gvar].with_attr("op_pattern", OPAQUE))
     return builder.emit(call), weight.reshape(out_ch, in_ch * kh * kw, 1, 1), np.repeat(zero_point, kh * kw)
 
 
