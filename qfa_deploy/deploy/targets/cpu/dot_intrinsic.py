@@ -45,11 +45,13 @@ def register_dot_intrinsic(name: str, llvm_name: str, lanes: int, code_dtype: st
         with T.sblock("root"):
             T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
             T.writes(C[0:lanes])
-            a_word = T.reinterpret(A.vload([0], f"{code_dtype}x4"), dtype="int32")  # the 4 codes, to every lane
+            # the 4 codes as one word, to every lane (inline: a named scalar becomes a buffer that
+            # TVM 0.27 allocates from the workspace pool on every call)
             C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id(llvm_name),
                 C.vload([0], dtype=acc_type),
-                T.reinterpret(T.broadcast(a_word, lanes), dtype=code_type),
+                T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], f"{code_dtype}x4"), dtype="int32"), lanes),
+                              dtype=code_type),
                 B.vload([0, 0], dtype=word_type),
                 dtype=acc_type,
             )

@@ -14,7 +14,7 @@ import logging
 from functools import partial
 
 from qfa_deploy.deploy._text import one_line
-from qfa_deploy.deploy.schedule import inline_all_but, schedule_each
+from qfa_deploy.deploy.schedule import accumulator_tile, inline_all_but, schedule_each
 from qfa_deploy.deploy.targets.cpu.blocked_codes import keep_codes_blocked
 from qfa_deploy.deploy.targets.cpu.blocked_constants import block_position_constants
 from qfa_deploy.deploy.targets.cpu.integer import DEPTHWISE_BLOCKS, INT8_BLOCKS, IntegerPlan
@@ -125,7 +125,7 @@ def schedule_depthwise_blocked(sch, blocks, plan: IntegerPlan) -> bool:
     xo, xi = sch.split(x, [None, cols])
     sch.reorder(n, cb, y, xo, ry, rx, xi, lane)
     outer = sch.fuse(n, cb)
-    sch.compute_inline(sch.cache_write(conv, 0, "local"))  # the output stage reads the accumulators
+    sch.compute_inline(accumulator_tile(sch, conv))  # the output stage reads the accumulators
     sch.reverse_compute_at(out, xo, preserve_unit_loops=True)
     sch.compute_at(pad, outer, preserve_unit_loops=True)
     fill = sch.decompose_padding(pad, sch.get_loops(pad)[-3])

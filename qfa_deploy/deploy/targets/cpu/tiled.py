@@ -16,6 +16,7 @@ from functools import partial
 from qfa_deploy.deploy._text import one_line
 from qfa_deploy.deploy.registry import TargetSchedule, VectorUnit
 from qfa_deploy.deploy.schedule import (
+    accumulator_tile,
     generic_cpu_schedule,
     inline,
     iter_kinds,
@@ -96,7 +97,7 @@ def _tile_conv(sch, lanes: int, budget: int) -> bool:
         # depthwise: a channel tile's padded planes are made once; stem: the input is small
         channels_outer = co * ci > ci * oh * ow if pointwise else depthwise
         outer, tile, vec, unrolled = _cut_rows(sch, loops, cols, co_i, channels_outer)
-    acc = sch.cache_write(conv, 0, "local")
+    acc = accumulator_tile(sch, conv)
     # the epilogue runs on the tile, reading the accumulators; one that reads the conv output with
     # another shape (a squeeze-excite scale broadcast over a feature map) stays a stage of its own
     if consumers and not try_primitive(sch.reverse_compute_inline, consumers[0]):
