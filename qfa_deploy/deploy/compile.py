@@ -158,11 +158,17 @@ def _schedule(mod, target, chosen: TargetSchedule | None, database: Path | None)
 
 
 def _build(mod, target, onnx_path: Path, dev: Device):
-    """``tvm.compile`` of ``mod`` for ``target``; its failure as one line."""
+    """``tvm.compile`` of ``mod`` for ``target`` (on CPUs with scratch tiles on the stack:
+    ``targets.cpu.stack_scratch``); its failure as one line."""
     import tvm
 
+    tir_pipeline = "default"
+    if dev.target_kind != "cuda":
+        from qfa_deploy.deploy.targets.cpu.stack_scratch import register_pipeline
+
+        tir_pipeline = register_pipeline()
     try:
-        return tvm.compile(mod, target=target)
+        return tvm.compile(mod, target=target, tir_pipeline=tir_pipeline)
     except Exception as exc:
         raise QfaError(f"TVM cannot compile {onnx_path} for {dev.name}: {one_line(exc)}") from None
 
