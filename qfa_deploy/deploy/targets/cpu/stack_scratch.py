@@ -17,6 +17,7 @@ statements; every other kind is a leaf here (allocations are flat statements in 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 __all__ = ["MAX_BUFFER_BYTES", "PIPELINE", "STACK_BUDGET_BYTES", "register_pipeline", "stack_scratch"]
 
@@ -29,12 +30,24 @@ DISABLE_LOWER_BUILTIN = "disable_lower_builtin"  # tirx::transform::kDisableLowe
 def stack_scratch(func):
     """``func`` (a host PrimFunc before ``LowerTVMBuiltin``) with its small global scratch buffers marked
     to stay on the stack, in program order until the budget is spent."""
-    budget = [STACK_BUDGET_BYTES]
-    body = _rebuilt(func.body, budget)
+    body = _rebuilt(func.body, _Budget(STACK_BUDGET_BYTES))
     return func if body.same_as(func.body) else func.with_body(body)
 
 
-def _rebuilt(stmt, budget: list[int]):
+@dataclass
+class _Budget:
+    """The stack bytes a function may still give its scratch buffers."""
+
+    remaining: int
+
+    def take(self, nbytes: int) -> bool:
+        if nbytes > self.remaining:
+            return False
+        self.remaining -= nbytes
+        return True
+
+
+def _rebuilt(stmt, budget: _Budget):
     from tvm import tirx
 
     if isinstance(stmt, tirx.AllocBuffer):
@@ -62,7 +75,7 @@ def _rebuilt(stmt, budget: list[int]):
     return stmt
 
 
-def _on_stack(alloc, budget: list[int]):
+def _on_stack(alloc, budget: _Budget):
     """``alloc`` marked for the stack if it is a global buffer of constant size that fits the budget."""
     from tvm import tirx
 
@@ -70,10 +83,9 @@ def _on_stack(alloc, budget: list[int]):
     if buffer.scope() != "global" or not all(isinstance(d, tirx.IntImm) for d in buffer.shape):
         return alloc
     nbytes = math.prod(int(d) for d in buffer.shape) * buffer.dtype.bits * buffer.dtype.lanes // 8
-    padded = -(-nbytes // 64) * 64  # what the alloca takes at its 64-byte alignment
-    if nbytes > MAX_BUFFER_BYTES or padded > budget[0] or DISABLE_LOWER_BUILTIN in alloc.annotations:
+    padded = -(-nbytes // 64) * 64  # at most what the alloca takes, aligned
+    if nbytes > MAX_BUFFER_BYTES or DISABLE_LOWER_BUILTIN in alloc.annotations or not budget.take(padded):
         return alloc
-    budget[0] -= padded
     on_stack = tirx.IntImm("int32", 1)  # the lowering reads the flag as an IntImm, not a bool
     return tirx.AllocBuffer(buffer, {**alloc.annotations, DISABLE_LOWER_BUILTIN: on_stack}, alloc.span)
 
