@@ -1,5 +1,6 @@
 """The integer ARM schedules (Pi 4 ``tiled-neon``, Pi 5 ``tiled-dotprod``) on an emulated Pi: bit-identical
-to onnxruntime (graph optimisations off), codes and logits, on four CIFAR-10 configs (slow).
+to onnxruntime (graph optimisations off), codes and logits, on four CIFAR-10 configs, and the Pi 5 on
+a one-conv model of every 8-bit code (slow).
 
 Each config is exported twice from a calibrated random-weight supernet: as deployed (logits only: the
 codes pass between integer convs channel-blocked) and with every QuantizeLinear's uint8 codes as
@@ -22,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 from deploy_helpers import EXAMPLES
+from epilogue_models import one_conv_model
 
 from qfa_deploy.deploy import compile_artifact
 
@@ -117,6 +119,14 @@ def test_arm_integer_schedules_are_bit_identical_to_onnxruntime(tmp_path, cifar_
                 inputs = {str(seed): random_inputs(meta["inputs"], seed=seed)[0] for seed in range(2)}
                 np.savez(folder / "inputs.npz", **inputs)
                 artifacts.append((config, kind, schedule, onnx_path, folder, meta, inputs))
+    # 8-bit codes (every code 0..255 a pixel): the A76 shifts them to q - 128 for sdot (codes of the search
+    # space's bits, all below 128, it reads in place)
+    onnx_path, image = one_conv_model(tmp_path / "every-code.onnx", "relu")
+    folder = tmp_path / "every-code" / "deployed-tiled-dotprod"
+    meta = compile_artifact(onnx_path, SCHEDULES["tiled-dotprod"][0], folder)
+    inputs = {"0": image, "1": np.ascontiguousarray(image[..., ::-1])}
+    np.savez(folder / "inputs.npz", **inputs)
+    artifacts.append(("every-8-bit-code", "deployed", "tiled-dotprod", onnx_path, folder, meta, inputs))
     # the A76's 16-channel sdot tiles hand their codes blocked to the 4-channel depthwise blocks too
     # (codes exposed as outputs have two readers: none is re-laid out)
     for config, kind, _ in edges:

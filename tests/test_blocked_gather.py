@@ -105,3 +105,34 @@ def test_the_a76_sdot_packing_reads_whole_pixels_not_bytes():
     asm = tvm.tirx.build(sch.mod, target=tvm.target.Target(a76)).inspect_source("asm")
     assert "sdot" in asm
     assert len(re.findall(r"ld1\s+\{\s*v\d+\.b\s*\}\[\d+\]", asm)) == 0
+
+
+def test_the_a76_reads_codes_below_128_in_place():
+    """Codes of at most 7 bits (every grid of the search space) are int8s already: the A76's 1x1 conv
+    reads the blocked codes in place with ``sdot`` (no shifting pass, no copy); 8-bit codes keep the
+    shift by 128 and its compensation."""
+    import tvm
+    from tvm import te
+    from tvm.s_tir import Schedule
+
+    from qfa_deploy.deploy.targets.arm.neon import DOTPROD, register_intrinsics
+    from qfa_deploy.deploy.targets.cpu.integer import _pointwise_int8, pack_weight
+    from qfa_deploy.deploy.targets.cpu.integer_schedule import schedule_int8_pointwise
+
+    assert DOTPROD.offset_for(4) == DOTPROD.offset_for(7) == 0 and DOTPROD.offset_for(8) == 128
+    register_intrinsics()
+    channels, out_channels, size = 32, 16, 14
+    w = np.random.default_rng(1).integers(-8, 8, (out_channels, channels)).astype(np.int8)
+    blocks = {}
+    for bits in (4, 8):
+        offset = DOTPROD.offset_for(bits)
+        packed, comp = pack_weight(w, np.zeros(channels, np.int64), 16, DOTPROD.group, offset)
+        q = te.placeholder((1, channels, size, size), "uint8", "codes")
+        pk, cp = te.placeholder(packed.shape, "int8", "packed"), te.placeholder(comp.shape, "int32", "comp")
+        out = _pointwise_int8(q, pk, cp, out_channels, offset)
+        sch = Schedule(_relaid(te.create_prim_func([q, pk, cp, out]), INT8_BLOCKS[0], 16))
+        assert schedule_int8_pointwise(sch, sch.get_child_blocks(sch.get_sblock("root")), DOTPROD)
+        blocks[bits] = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
+        a76 = {**A72, "mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod"]}
+        assert "sdot" in tvm.tirx.build(sch.mod, target=tvm.target.Target(a76)).inspect_source("asm")
+    assert INT8_BLOCKS[0] not in blocks[4] and INT8_BLOCKS[0] in blocks[8], blocks

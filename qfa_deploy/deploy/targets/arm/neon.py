@@ -16,8 +16,10 @@ integer conv to the next channel-blocked.
   ``uadalp``, on both NEON pipes): the Pi 4's only kernel whose cost follows the bits.
 - ``tiled-dotprod`` (ARMv8.2 dot product): ``sdot`` sums 4 int8 x int8 products into each int32 lane,
   16 per instruction. Codes are unsigned, weights signed and ``usdot`` needs the i8mm extension the
-  A76 lacks, so the codes are shifted to ``q - 128`` (an int8, exact) and the compensation takes
-  ``128 * sum(w)`` back: sum (q - 128) w - sum (Z - 128) w = sum (q - Z) w.
+  A76 lacks. Codes of at most 7 bits (every b-bit grid of the search space) are non-negative int8s
+  already: ``sdot`` reads the uint8 codes in place, exactly. 8-bit codes are shifted to ``q - 128`` (an
+  int8, exact) in a pass of their own and the compensation takes ``128 * sum(w)`` back:
+  sum (q - 128) w - sum (Z - 128) w = sum (q - Z) w.
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ NEON = VectorUnit(bits=128, registers=32)
 _SDOT_LANES = 4  # int32 lanes of one sdot (a q register)
 
 
-def _sdot_name(lanes: int) -> str:
-    return f"qfa_sdot_{lanes}x4"
+def _sdot_name(lanes: int, codes: str) -> str:
+    """The ``sdot`` intrinsic for codes of dtype ``codes``: int8 (shifted), or uint8 proven below 128 by the
+    lowering (``IntegerPlan.offset_for``), which ``sdot`` reads as the same int8 values."""
+    return f"qfa_sdot_{'u7_' if codes == 'uint8' else ''}{lanes}x4"
 
 
 # Depthwise sums in int16 where proven to fit, on int8 planes where every |q - Z| fits one (8 channels a
@@ -64,10 +68,12 @@ DOTPROD = IntegerPlan(
 
 
 def register_intrinsics() -> None:
-    """Register the ``sdot`` tensor intrinsic in this process."""
+    """Register the ``sdot`` tensor intrinsics (int8 and small uint8 codes) in this process."""
     from qfa_deploy.deploy.targets.cpu.dot_intrinsic import register_dot_intrinsic
 
-    register_dot_intrinsic(_sdot_name(_SDOT_LANES), "llvm.aarch64.neon.sdot.v4i32.v16i8", _SDOT_LANES, "int8")
+    for codes in ("int8", "uint8"):
+        register_dot_intrinsic(_sdot_name(_SDOT_LANES, codes), "llvm.aarch64.neon.sdot.v4i32.v16i8", _SDOT_LANES,
+                               codes)
 
 
 def rewrite(mod, plan: IntegerPlan):

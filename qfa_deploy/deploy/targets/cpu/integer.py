@@ -71,8 +71,10 @@ class IntegerPlan:
     pointwise_lanes: tuple[int, ...]  # output channels of a 1x1 tile (int32 sums), preferred first
     depthwise_lanes: tuple[int, ...]  # channels of a depthwise block (float32 lanes), preferred first
     group: int = 4  # codes summed into each int32 lane by one instruction (the packing's inner axis)
-    code_offset: int = 0  # subtracted from the codes: 128 where the instruction takes signed bytes only
-    dot: Callable[[int], str] | None = None  # int32 lanes -> a registered tensor intrinsic; None: LLVM vectorizes
+    # subtracted from codes of 8 bits (``offset_for``): 128 where the instruction takes signed bytes only
+    code_offset: int = 0
+    # (int32 lanes, the codes' dtype) -> a registered tensor intrinsic; None: LLVM vectorizes
+    dot: Callable[[int, str], str] | None = None
     dot_lanes: int = 0  # the most int32 lanes one dot instruction fills (wider tiles are split to it)
     # how the depthwise weights (integers on the b-bit grid) are stored: "int8", converted to float32 where
     # the conv reads them (exact), or "float32" (the float weights themselves: no conversion per tap)
@@ -88,6 +90,11 @@ class IntegerPlan:
     # highest code) -> call or None
     pointwise_lowering: Callable | None = None
     pointwise_schedule: Callable | None = None  # (schedule, root's blocks) -> bool: schedules what it lowered
+
+    def offset_for(self, code_bits: int) -> int:
+        """The offset taken from codes of at most ``code_bits`` bits: none below 8 bits, where every code is
+        already a non-negative signed byte (the conv then reads them in place, without a shifting pass)."""
+        return self.code_offset if code_bits > 7 else 0
 
     def tile_lanes(self, channels: int) -> int:
         """Output channels per 1x1 tile: the first choice dividing ``channels`` (else the first, padded)."""
@@ -124,17 +131,18 @@ def lower_integer_convs(mod, plan: IntegerPlan):
             codes, weight, zero_point = _as_patches(builder, codes, weight, zero_point, strides, padding)
             strides, padding = [1, 1], [0, 0, 0, 0]
         if int(attrs.groups) == 1 and weight.shape[2:] == (1, 1) and strides == [1, 1] and not any(padding):
+            code_bits = int(code_range(codes, lookup_binding, int(weight.shape[1]))[1].max()).bit_length()
             own = None
             if plan.pointwise_lowering is not None:
-                code_bits = int(code_range(codes, lookup_binding, int(weight.shape[1]))[1].max()).bit_length()
                 own = plan.pointwise_lowering(builder, codes, weight[:, :, 0, 0], zero_point, code_bits)
             if own is not None:
                 return "own", own
+            offset = plan.offset_for(code_bits)
             packed, comp = pack_weight(weight[:, :, 0, 0], zero_point, plan.tile_lanes(int(weight.shape[0])),
-                                       plan.group, plan.code_offset)
+                                       plan.group, offset)
             return "pointwise", builder.call_te(
-                _pointwise_int8, codes, relax.const(packed), relax.const(comp), int(weight.shape[0]),
-                plan.code_offset, primfunc_name_hint="conv2d_int8",
+                _pointwise_int8, codes, relax.const(packed), relax.const(comp), int(weight.shape[0]), offset,
+                primfunc_name_hint="conv2d_int8",
             )
         if int(attrs.groups) != weight.shape[0] or weight.shape[0] != codes.ty.shape[1] or weight.shape[1] != 1:
             return None

@@ -70,7 +70,8 @@ def schedule_int8_pointwise(sch, blocks, plan: IntegerPlan) -> bool:
     # blocked codes hold a group's channels side by side, and a group of one is the codes themselves:
     # read in place. Shifted codes (q - 128) stay a stage: a tensor intrinsic matches plain operands.
     in_place = len(sch.get(pack).reads[0].source.shape) == 5 or plan.group == 1
-    packed_in_place = in_place and not plan.code_offset
+    code_dtype = str(sch.get(pack).writes[0].source.dtype)
+    packed_in_place = in_place and code_dtype == str(sch.get(pack).reads[0].source.dtype)
     if packed_in_place:
         sch.compute_inline(pack)
 
@@ -94,7 +95,7 @@ def schedule_int8_pointwise(sch, blocks, plan: IntegerPlan) -> bool:
         sch.vectorize(sch.get_loops(init)[-1])
         if lanes > plan.dot_lanes:  # several instructions per pixel, each on its own accumulator register
             lane = sch.split(lane, [None, plan.dot_lanes])[1]
-        sch.tensorize(lane, plan.dot(int(sch.get(lane).extent)))
+        sch.tensorize(lane, plan.dot(int(sch.get(lane).extent), code_dtype))
         sch.unroll(xi)
     vectorize_output(sch, out, blocked)
     if not packed_in_place:

@@ -23,7 +23,9 @@ AVX512 = VectorUnit(bits=512, registers=32)
 _WIDTHS = (16, 8)  # int32 lanes of a zmm, a ymm: one vpdpbusd each
 
 
-def _intrinsic_name(lanes: int) -> str:
+def _intrinsic_name(lanes: int, codes: str = "uint8") -> str:
+    if codes != "uint8":  # the plan has no code offset: vpdpbusd reads the codes as they are
+        raise ValueError(f"vpdpbusd takes uint8 codes, not {codes}")
     return f"qfa_vnni_dot_{lanes}x4"
 
 
