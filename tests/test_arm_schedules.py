@@ -121,10 +121,10 @@ def test_arm_integer_schedules_are_bit_identical_to_onnxruntime(tmp_path, cifar_
                 artifacts.append((config, kind, schedule, onnx_path, folder, meta, inputs))
     # 8-bit codes (every code 0..255 a pixel): the A76 shifts them to q - 128 for sdot (codes of the search
     # space's bits, all below 128, it reads in place)
-    onnx_path, image = one_conv_model(tmp_path / "every-code.onnx", "relu")
+    onnx_path, every_code = one_conv_model(tmp_path / "every-code.onnx", "relu")
     folder = tmp_path / "every-code" / "deployed-tiled-dotprod"
     meta = compile_artifact(onnx_path, SCHEDULES["tiled-dotprod"][0], folder)
-    inputs = {"0": image, "1": np.ascontiguousarray(image[..., ::-1])}
+    inputs = {"0": every_code, "1": np.ascontiguousarray(every_code[..., ::-1])}
     np.savez(folder / "inputs.npz", **inputs)
     artifacts.append(("every-8-bit-code", "deployed", "tiled-dotprod", onnx_path, folder, meta, inputs))
     # the A76's 16-channel sdot tiles hand their codes blocked to the 4-channel depthwise blocks too

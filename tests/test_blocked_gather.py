@@ -107,10 +107,11 @@ def test_the_a76_sdot_packing_reads_whole_pixels_not_bytes():
     assert len(re.findall(r"ld1\s+\{\s*v\d+\.b\s*\}\[\d+\]", asm)) == 0
 
 
-def test_the_a76_reads_codes_below_128_in_place():
+def test_the_a76_reads_codes_below_128_in_place_two_words_a_load():
     """Codes of at most 7 bits (every grid of the search space) are int8s already: the A76's 1x1 conv
-    reads the blocked codes in place with ``sdot`` (no shifting pass, no copy); 8-bit codes keep the
-    shift by 128 and its compensation."""
+    reads the codes blocked in eights in place (no shifting pass, no copy), a pixel's two words in one
+    load and each ``sdot`` taking its word as a lane (no ``ld1r``); 8-bit codes keep the shift by 128
+    and its compensation, packed in eights for the same kernel; codes blocked in sixteens keep ``ld1r``."""
     import tvm
     from tvm import te
     from tvm.s_tir import Schedule
@@ -123,16 +124,20 @@ def test_the_a76_reads_codes_below_128_in_place():
     register_intrinsics()
     channels, out_channels, size = 32, 16, 14
     w = np.random.default_rng(1).integers(-8, 8, (out_channels, channels)).astype(np.int8)
-    blocks = {}
-    for bits in (4, 8):
+    a76 = {**A72, "mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod"]}
+    found = {}
+    for bits, block in ((4, 8), (8, 8), (4, 16)):
         offset = DOTPROD.offset_for(bits)
-        packed, comp = pack_weight(w, np.zeros(channels, np.int64), 16, DOTPROD.group, offset)
+        packed, comp = pack_weight(w, np.zeros(channels, np.int64), 8, DOTPROD.group, offset)
         q = te.placeholder((1, channels, size, size), "uint8", "codes")
         pk, cp = te.placeholder(packed.shape, "int8", "packed"), te.placeholder(comp.shape, "int32", "comp")
         out = _pointwise_int8(q, pk, cp, out_channels, offset)
-        sch = Schedule(_relaid(te.create_prim_func([q, pk, cp, out]), INT8_BLOCKS[0], 16))
+        sch = Schedule(_relaid(te.create_prim_func([q, pk, cp, out]), INT8_BLOCKS[0], block))
         assert schedule_int8_pointwise(sch, sch.get_child_blocks(sch.get_sblock("root")), DOTPROD)
-        blocks[bits] = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
-        a76 = {**A72, "mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod"]}
-        assert "sdot" in tvm.tirx.build(sch.mod, target=tvm.target.Target(a76)).inspect_source("asm")
-    assert INT8_BLOCKS[0] not in blocks[4] and INT8_BLOCKS[0] in blocks[8], blocks
+        names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
+        asm = tvm.tirx.build(sch.mod, target=tvm.target.Target(a76)).inspect_source("asm")
+        found[bits, block] = (INT8_BLOCKS[0] in names, len(re.findall(r"sdot\s+v\d+\.4s, v\d+\.16b, v\d+\.4b\[", asm)),
+                              len(re.findall(r"\bld1r\b", asm)))
+    assert found[4, 8][0] is False and found[4, 8][1] > 0 and found[4, 8][2] == 0, found
+    assert found[8, 8][0] is True and found[8, 8][1] > 0 and found[8, 8][2] == 0, found
+    assert found[4, 16][0] is False and found[4, 16][1] == 0 and found[4, 16][2] > 0, found

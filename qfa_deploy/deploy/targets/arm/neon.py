@@ -33,12 +33,18 @@ __all__ = ["DOTPROD", "NEON", "NEON_INT8", "register_intrinsics", "rewrite", "sc
 
 NEON = VectorUnit(bits=128, registers=32)
 _SDOT_LANES = 4  # int32 lanes of one sdot (a q register)
+_SDOT = "llvm.aarch64.neon.sdot.v4i32.v16i8"
 
 
 def _sdot_name(lanes: int, codes: str) -> str:
     """The ``sdot`` intrinsic for codes of dtype ``codes``: int8 (shifted), or uint8 proven below 128 by the
     lowering (``IntegerPlan.offset_for``), which ``sdot`` reads as the same int8 values."""
     return f"qfa_sdot_{'u7_' if codes == 'uint8' else ''}{lanes}x4"
+
+
+def _lane_sdot_name(lanes: int, codes: str) -> str:
+    """Two words of a pixel's codes in one load, ``sdot`` by lane (``register_lane_dot_intrinsic``)."""
+    return f"qfa_sdot_lane_{'u7_' if codes == 'uint8' else ''}{lanes}x8"
 
 
 # Depthwise sums in int16 where proven to fit, on int8 planes where every |q - Z| fits one (8 channels a
@@ -62,18 +68,20 @@ NEON_INT8 = IntegerPlan(name="tiled-neon", unit=NEON, pointwise_lanes=(8, 4), de
                         depthwise_int16_lanes=_INT16_LANES, depthwise_int8_planes=True,
                         pointwise_lowering=_lower_pointwise_a72, pointwise_schedule=_schedule_pointwise_a72)
 DOTPROD = IntegerPlan(
-    name="tiled-dotprod", unit=NEON, pointwise_lanes=(16, 8, 4), depthwise_lanes=(4,), group=4, code_offset=128,
-    dot=_sdot_name, dot_lanes=_SDOT_LANES, depthwise_int16_lanes=_INT16_LANES, depthwise_int8_planes=True,
+    name="tiled-dotprod", unit=NEON, pointwise_lanes=(8, 4), depthwise_lanes=(4,), group=4, code_offset=128,
+    dot=_sdot_name, dot_lanes=_SDOT_LANES, lane_dot=_lane_sdot_name, depthwise_int16_lanes=_INT16_LANES,
+    depthwise_int8_planes=True,
 )
 
 
 def register_intrinsics() -> None:
     """Register the ``sdot`` tensor intrinsics (int8 and small uint8 codes) in this process."""
-    from qfa_deploy.deploy.targets.cpu.dot_intrinsic import register_dot_intrinsic
+    from qfa_deploy.deploy.targets.cpu.dot_intrinsic import register_dot_intrinsic, register_lane_dot_intrinsic
 
     for codes in ("int8", "uint8"):
-        register_dot_intrinsic(_sdot_name(_SDOT_LANES, codes), "llvm.aarch64.neon.sdot.v4i32.v16i8", _SDOT_LANES,
-                               codes)
+        register_dot_intrinsic(_sdot_name(_SDOT_LANES, codes), _SDOT, _SDOT_LANES, codes)
+        for lanes in (16, 8, 4):  # every tile a lowering may have packed for
+            register_lane_dot_intrinsic(_lane_sdot_name(lanes, codes), _SDOT, lanes, codes)
 
 
 def rewrite(mod, plan: IntegerPlan):

@@ -58,3 +58,57 @@ def register_dot_intrinsic(name: str, llvm_name: str, lanes: int, code_dtype: st
 
     TensorIntrin.register(name, semantics, instruction)
     return name
+
+
+def register_lane_dot_intrinsic(name: str, llvm_name: str, lanes: int, code_dtype: str) -> str:
+    """Register ``name`` as C[lanes] int32 += the dot products of two words of 4 ``code_dtype`` bytes (A[8],
+    one load) with their own weights B[2, lanes, 4] int8: per 4 lanes and word one ``llvm_name`` taking the
+    word as a lane of the loaded vector (aarch64's indexed ``sdot v.4s, w.16b, a.4b[j]``), so that the
+    codes need no broadcast (``ld1r`` takes a vector pipe on the Cortex-A76, and its load pipe too)."""
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    if TensorIntrin.get(name, allow_missing=True) is not None:
+        return name
+
+    @T.prim_func(s_tir=True)
+    def semantics(
+        A: T.Buffer((8,), code_dtype, offset_factor=1),
+        B: T.Buffer((2, lanes, 4), "int8", offset_factor=1),
+        C: T.Buffer((lanes,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:8], B[0:2, 0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            for i, j, k in T.grid(lanes, 2, 4):
+                with T.sblock("update"):
+                    vi, vj, vk = T.axis.remap("SRR", [i, j, k])
+                    C[vi] = C[vi] + T.cast(A[vj * 4 + vk], "int32") * T.cast(B[vj, vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def instruction(
+        A: T.Buffer((8,), code_dtype, offset_factor=1),
+        B: T.Buffer((2, lanes, 4), "int8", offset_factor=1),
+        C: T.Buffer((lanes,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:8], B[0:2, 0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            # word j of the codes in every int32 lane, a lane of the one vector loaded (no broadcast load)
+            for r in T.unroll(lanes // 4):
+                C[T.ramp(r * 4, 1, 4)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(llvm_name),
+                    T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id(llvm_name), C.vload([r * 4], dtype="int32x4"),
+                        B.vload([0, r * 4, 0], dtype="int8x16"),
+                        T.reinterpret(T.Shuffle([T.reinterpret(A.vload([0], code_dtype + "x8"), dtype="int32x2")] * 2,
+                                                [0, 0, 0, 0]), dtype="int8x16"),
+                        dtype="int32x4"),
+                    B.vload([1, r * 4, 0], dtype="int8x16"),
+                    T.reinterpret(T.Shuffle([T.reinterpret(A.vload([0], code_dtype + "x8"), dtype="int32x2")] * 2,
+                                            [1, 1, 1, 1]), dtype="int8x16"),
+                    dtype="int32x4",
+                )
+
+    TensorIntrin.register(name, semantics, instruction)
+    return name

@@ -76,6 +76,9 @@ class IntegerPlan:
     # (int32 lanes, the codes' dtype) -> a registered tensor intrinsic; None: LLVM vectorizes
     dot: Callable[[int, str], str] | None = None
     dot_lanes: int = 0  # the most int32 lanes one dot instruction fills (wider tiles are split to it)
+    # (int32 lanes, the codes' dtype) -> an intrinsic taking two words of a pixel's codes in one load, each a
+    # lane of it (``dot_intrinsic.register_lane_dot_intrinsic``), where the codes allow; None: ``dot`` only
+    lane_dot: Callable[[int, str], str] | None = None
     # how the depthwise weights (integers on the b-bit grid) are stored: "int8", converted to float32 where
     # the conv reads them (exact), or "float32" (the float weights themselves: no conversion per tap)
     depthwise_weight: str = "float32"
@@ -104,10 +107,12 @@ class IntegerPlan:
         """Channels per depthwise block: the first choice dividing ``channels``; None: left to the float path."""
         return next((lanes for lanes in self.depthwise_lanes if channels % lanes == 0), None)
 
-    def tile_columns(self, lanes: int, share: int = 1, element_bits: int = 32) -> int:
+    def tile_columns(self, lanes: int, share: int = 1, element_bits: int = 32, held: int = 0) -> int:
         """Pixels of a row per tile: as many accumulators as the register file allows (``share``: the
-        tiles keep as many other registers live per accumulator, e.g. a depthwise tap's input)."""
-        return max(1, self.unit.accumulators // share // self.unit.registers_for(lanes, element_bits))
+        tiles keep as many other registers live per accumulator, e.g. a depthwise tap's input; ``held``:
+        registers the tile keeps live whatever its width, e.g. weights, beyond the unit's spare ones)."""
+        budget = min(self.unit.accumulators, self.unit.registers - held)
+        return max(1, budget // share // self.unit.registers_for(lanes, element_bits))
 
 
 def lower_integer_convs(mod, plan: IntegerPlan):

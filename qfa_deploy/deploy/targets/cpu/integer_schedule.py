@@ -72,15 +72,32 @@ def schedule_int8_pointwise(sch, blocks, plan: IntegerPlan) -> bool:
     in_place = len(sch.get(pack).reads[0].source.shape) == 5 or plan.group == 1
     code_dtype = str(sch.get(pack).writes[0].source.dtype)
     packed_in_place = in_place and code_dtype == str(sch.get(pack).reads[0].source.dtype)
+    source = sch.get(pack).reads[0].source.shape
+    # two words of a pixel's codes as one load, each sdot taking its word as a lane: the 4-channel groups
+    # even, the codes read in place where blocked in eights, else packed in eights (in sixteens, TVM does
+    # not see a pair of words as one region)
+    paired = (plan.lane_dot is not None and int(sch.get(sch.get_loops(dot)[5]).extent) % 2 == 0
+              and (not packed_in_place or (len(source) == 5 and int(source[4]) == 8)))
     if packed_in_place:
         sch.compute_inline(pack)
+    elif paired:
+        def pairs(i, g, y, x, k):
+            return i, g // 2, y, x, g % 2 * 4 + k
+
+        sch.transform_layout(pack, ("write", 0), pairs)
+        sch.transform_block_layout(pack, pairs)
 
     n, ob, y, x, lane, g, k = sch.get_loops(dot)
     width, lanes = int(sch.get(x).extent), int(sch.get(lane).extent)
-    cols = max(d for d in range(1, min(width, plan.tile_columns(lanes)) + 1) if width % d == 0)
+    # paired: two groups' weights stay in registers beside the sums, and the codes' vector
+    held = 2 * plan.unit.registers_for(lanes) + 2 if paired else 0
+    cols = max(d for d in range(1, min(width, plan.tile_columns(lanes, held=held)) + 1) if width % d == 0)
     xo, xi = sch.split(x, [None, cols])
     if plan.dot is None:  # the lanes innermost, vectorized: LLVM picks the widening multiply-accumulates
         sch.reorder(n, ob, y, xo, g, k, xi, lane)
+    elif paired:
+        g, pair = sch.split(g, [None, 2])
+        sch.reorder(n, ob, y, xo, g, xi, lane, pair, k)
     else:
         sch.reorder(n, ob, y, xo, g, xi, lane, k)
     outer = sch.fuse(n, ob, y)
@@ -93,9 +110,12 @@ def schedule_int8_pointwise(sch, blocks, plan: IntegerPlan) -> bool:
     else:
         init = sch.decompose_reduction(dot, g)
         sch.vectorize(sch.get_loops(init)[-1])
-        if lanes > plan.dot_lanes:  # several instructions per pixel, each on its own accumulator register
-            lane = sch.split(lane, [None, plan.dot_lanes])[1]
-        sch.tensorize(lane, plan.dot(int(sch.get(lane).extent), code_dtype))
+        if paired:
+            sch.tensorize(lane, plan.lane_dot(lanes, code_dtype))
+        else:
+            if lanes > plan.dot_lanes:  # several instructions per pixel, each on its own accumulator register
+                lane = sch.split(lane, [None, plan.dot_lanes])[1]
+            sch.tensorize(lane, plan.dot(int(sch.get(lane).extent), code_dtype))
         sch.unroll(xi)
     vectorize_output(sch, out, blocked)
     if not packed_in_place:
