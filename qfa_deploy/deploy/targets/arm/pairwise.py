@@ -17,8 +17,9 @@ The compute, per conv: ``int8_pack`` shifts the codes into groups of 16 channels
 (channels beyond C meet zero weights), ``int8_dot`` sums them into 4 int32 lanes per output channel
 [N, O/4, H, W, 4, 4] (lane ``j`` holds channels ``2j, 2j+1, 2j+8, 2j+9`` of each group: the lanes
 ``sadalp`` adds) and ``int8_lane_sum`` adds the 4 lanes and ``int8_out`` subtracts the compensation. The schedule
-tensorizes one (pixel, output channel, group) on ``qfa_smull_sadalp_16`` in tiles of 4 pixels x 4
-output channels (16 accumulator registers, 8 operand registers), and a pixel's lane sums on
+tensorizes one (pixel, output channel, group) on ``qfa_smull_sadalp_16`` in tiles of 4 pixels (of a
+row, or 2 x 2 where rows are 14 wide) x 4 output channels (16 accumulator registers, 8 operand
+registers; on 7 x 7 maps one pixel x up to 12 output channels), and a pixel's lane sums on
 ``qfa_addp_4x4``: three ``addp`` turn its 4 accumulators into one vector of 4 output channels, where
 LLVM's own reduction moved lanes one by one (CIFAR-10 largest on the simulated A72: -4% cycles).
 """
@@ -204,17 +205,36 @@ def schedule_pairwise_pointwise(sch, blocks) -> bool:
     blocked = iterate_blocked(sch, out)
 
     n, ob, y, x, o, lane, g, term = sch.get_loops(dot)
-    width = int(sch.get(x).extent)
+    height, width = int(sch.get(y).extent), int(sch.get(x).extent)
     pixels = max(d for d in range(1, min(width, _TILE_PIXELS) + 1) if width % d == 0)
+    rows = max(d for d in range(1, _TILE_PIXELS // pixels + 1) if height % d == 0)
+    # a tile's epilogue is one dependent chain per vector of 4 output channels: rows of 14 take 2 x 2
+    # pixels, rows of 7 one pixel x up to 3 channel tiles (12 sums and 12 weight registers), not a chain
+    # or two (simulated A72, w1.2-0: 14x14 convs 0.85-0.89x their cycles, 7x7 0.83-0.98x)
+    blocks = int(sch.get(ob).extent)
+    channel_tiles = max(d for d in range(1, 4) if blocks % d == 0) if pixels * rows == 1 else 1
     xo, xi = sch.split(x, [None, pixels])
-    sch.reorder(n, ob, y, xo, g, xi, o, lane, term)
+    inner = [xi]
+    if rows > 1:
+        y, yi = sch.split(y, [None, rows])
+        inner = [yi, xi]
+    if channel_tiles > 1:
+        ob, obi = sch.split(ob, [None, channel_tiles])
+        inner = [obi, *inner]
+    sch.reorder(n, ob, y, xo, g, *inner, o, lane, term)
+    for loop in inner[:-1]:
+        sch.unroll(loop)
     outer = sch.fuse(n, ob, y)
     sch.reverse_compute_at(lanes, xo, preserve_unit_loops=True)
     sch.reverse_compute_at(out, xo, preserve_unit_loops=True)
     # the lane sums per pixel as one vector of the tile's 4 output channels: [N, H, W, O]
     sch.transform_layout(lanes, ("write", 0), lambda i, c, y, x: (i, y, x, c))
     *_, lane_o, lane_y, lane_x, lane_lane = sch.get_loops(lanes)
-    sch.reorder(lane_x, lane_y, lane_o, lane_lane)
+    if channel_tiles > 1:  # one lane-sum intrinsic per 4 output channels
+        lane_tile, lane_o = sch.split(lane_o, [None, TILE_OUT])
+        sch.reorder(lane_x, lane_y, lane_tile, lane_o, lane_lane)
+    else:
+        sch.reorder(lane_x, lane_y, lane_o, lane_lane)
     sch.parallel(outer)
     sch.decompose_reduction(dot, g)
     sch.tensorize(lane, register_pairwise_intrinsic())
