@@ -92,7 +92,12 @@ def _blocked_edges(mod, var2val, uses: dict) -> list[tuple]:
         # narrower tiles in its padding stage; a 1x1 conv reads any multiple of its 4-byte words
         depthwise = reader == DEPTHWISE_BLOCKS[0]
         block = stages(value)[DEPTHWISE_BLOCKS[1]] if depthwise else lanes
-        if int(codes.ty.shape[1]) % lanes == 0 and block and (lanes % block == 0 or depthwise and block % lanes == 0):
+        channels = int(codes.ty.shape[1])
+        if depthwise and block and block % lanes == 0 and channels % block == 0:
+            # the producer writes its narrower tiles into the depthwise conv's blocks: the padding stage
+            # then loads a whole block a pixel (gathered out of the tiles, LLVM widened 4-byte vectors)
+            lanes = block
+        if channels % lanes == 0 and block and lanes % block == 0:
             edges.append((producer, value, reader, lanes))
     return edges
 
