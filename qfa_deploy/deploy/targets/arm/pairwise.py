@@ -211,11 +211,11 @@ def schedule_pairwise_pointwise(sch, blocks) -> bool:
     # a tile's epilogue is one dependent chain per vector of 4 output channels: rows of 14 take 2 x 2
     # pixels, rows of 7 one pixel x up to 3 channel tiles (12 sums and 12 weight registers), not a chain
     # or two (simulated A72, w1.2-0: 14x14 convs 0.85-0.89x their cycles, 7x7 0.83-0.98x)
-    blocks = int(sch.get(ob).extent)
+    channel_blocks = int(sch.get(ob).extent)
     # the tile's channels must not straddle the blocks its codes are written in (a consumer's wider block)
     out_block = int(sch.get(out).writes[0].source.shape[-1]) if blocked else TILE_OUT
     fits = [d for d in range(1, 4)
-            if blocks % d == 0 and (d * TILE_OUT % out_block == 0 or out_block % (d * TILE_OUT) == 0)]
+            if channel_blocks % d == 0 and (d * TILE_OUT % out_block == 0 or out_block % (d * TILE_OUT) == 0)]
     channel_tiles = max(fits) if pixels * rows == 1 else 1
     xo, xi = sch.split(x, [None, pixels])
     inner = [xi]

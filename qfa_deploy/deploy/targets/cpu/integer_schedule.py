@@ -69,15 +69,15 @@ def schedule_int8_pointwise(sch, blocks, plan: IntegerPlan) -> bool:
     blocked = iterate_blocked(sch, out)
     # blocked codes hold a group's channels side by side, and a group of one is the codes themselves:
     # read in place. Shifted codes (q - 128) stay a stage: a tensor intrinsic matches plain operands.
-    in_place = len(sch.get(pack).reads[0].source.shape) == 5 or plan.group == 1
+    source = sch.get(pack).reads[0].source
+    in_place = len(source.shape) == 5 or plan.group == 1
     code_dtype = str(sch.get(pack).writes[0].source.dtype)
-    packed_in_place = in_place and code_dtype == str(sch.get(pack).reads[0].source.dtype)
-    source = sch.get(pack).reads[0].source.shape
+    packed_in_place = in_place and code_dtype == str(source.dtype)
     # two words of a pixel's codes as one load, each sdot taking its word as a lane: the 4-channel groups
     # even, the codes read in place where blocked in eights, else packed in eights (in sixteens, TVM does
     # not see a pair of words as one region)
     paired = (plan.lane_dot is not None and int(sch.get(sch.get_loops(dot)[5]).extent) % 2 == 0
-              and (not packed_in_place or (len(source) == 5 and int(source[4]) == 8)))
+              and (not packed_in_place or (len(source.shape) == 5 and int(source.shape[4]) == 8)))
     if packed_in_place:
         sch.compute_inline(pack)
     elif paired:
@@ -121,7 +121,7 @@ def schedule_int8_pointwise(sch, blocks, plan: IntegerPlan) -> bool:
     if not packed_in_place:
         pack_loops = sch.get_loops(pack)
         sch.parallel(sch.fuse(*pack_loops[:3]))
-        if len(sch.get(pack).reads[0].source.shape) == 5:  # blocked codes: a pixel's channels contiguous
+        if len(source.shape) == 5:  # blocked codes: a pixel's channels contiguous
             vectorize_gather(sch, pack)  # (NCHW codes: LLVM's own vectorization over pixels, st4, is better)
     return True
 
