@@ -89,3 +89,26 @@ def test_bitserial_is_chosen_where_its_pairs_are_few_and_the_channels_many():
     assert not bitserial.prefers_bitserial(96, 2, 2)  # padded to 128 channels: no gain
     assert not bitserial.prefers_bitserial(576, 4, 4)  # 16 pairs: more than the multiplies
     assert not bitserial.prefers_bitserial(576, 3, 3)
+
+
+def test_a_tables_part_with_bits_runs_the_bit_planes_and_its_highest_bits_part_does_not(tmp_path):
+    """What ``lut build`` measures for the Pi 4 (``lut.bit_kernels``): the project conv of a part keyed
+    at W2A2 (240 input channels) compiles to the bit-serial kernel, the same part at W4A4 to the multiplies."""
+    import subprocess
+
+    from qfa_deploy.deploy.compile import compile_artifact
+    from qfa_deploy.lut.keys import LatencyKey
+    from qfa_deploy.lut.parts import PartModels
+
+    models = PartModels("qfa-mbv3-cifar10", 32)
+    found = {}
+    for bits in ((), (4, 4, 2, 4, 4, 2)):
+        key = LatencyKey("block", 2, 80, 240, 80, 3, 1, True, "hswish", bits)
+        folder = tmp_path / str(len(bits))
+        folder.mkdir()
+        (folder / "part.onnx").write_bytes(models.part(key).SerializeToString())
+        meta = compile_artifact(folder / "part.onnx", "rasp4b-sim", folder)
+        symbols = subprocess.run(["nm", "-D", "--defined-only", str(folder / meta["library"])],
+                                 capture_output=True, text=True, check=True).stdout
+        found[bits] = {name for name in ("bitserial", "pairwise") if f"conv2d_{name}" in symbols}
+    assert found == {(): {"pairwise"}, (4, 4, 2, 4, 4, 2): {"bitserial", "pairwise"}}  # the expand conv: 80 channels

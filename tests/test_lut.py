@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 
 import pytest
 
 from qfa_deploy.arch import ArchConfig, sample_arch
+from qfa_deploy.deploy.targets.arm.bitserial import runs_bitserial
 from qfa_deploy.errors import QfaError
 from qfa_deploy.lut import LatencyKey, LatencyTable, arch_keys, space_keys
+from qfa_deploy.lut.bit_kernels import BitKernels
 from qfa_deploy.lut.build import fit_correction
 from qfa_deploy.lut.journal import Journal
+from qfa_deploy.lut.keys import bits_length
+from qfa_deploy.space import create_space
 
 SPACE = "qfa-mbv3-cifar10"
 
@@ -50,7 +55,70 @@ def test_predict_is_scaled_part_sum_and_checks_resolution():
 def test_bits_do_not_change_the_default_keys_but_can():
     cfg = ArchConfig.largest(SPACE)
     assert arch_keys(cfg) == arch_keys(cfg.with_uniform_bits(2, 2))
-    assert arch_keys(cfg, bits_matter=True) != arch_keys(cfg.with_uniform_bits(2, 2), bits_matter=True)
+    kernels = BitKernels.of_schedule(runs_bitserial, space_keys(SPACE, 32), (2, 3, 4))
+    assert arch_keys(cfg, kernels) == arch_keys(cfg)  # W4A4: every conv runs its highest-bit kernel
+    assert arch_keys(cfg, kernels) != arch_keys(cfg.with_uniform_bits(2, 2), kernels)
+
+
+def test_the_pi4_keys_the_bit_serial_convs_only():
+    """tiled-neon runs W2A2 1x1 convs from ~120 input channels (W2A3, W3A2 from 384) on bit planes; a
+    part's key carries exactly those convs' bits, every other conv's at 4."""
+    kernels = BitKernels.of_schedule(runs_bitserial, space_keys(SPACE, 32), (2, 3, 4))
+    assert {(240, 2, 2), (480, 2, 3), (480, 3, 2)} <= kernels.triples
+    assert not any(ch <= 112 for ch, _, _ in kernels.triples) and (240, 3, 2) not in kernels.triples
+    assert not BitKernels.of_schedule(None, space_keys(SPACE, 32), (2, 3, 4))  # x86: the bits change nothing
+    key = LatencyKey("block", 2, 80, 240, 80, 3, 1, True, "hswish")
+    assert kernels.canonical(key, (2, 2, 2, 2, 2, 2)) == (4, 4, 2, 4, 4, 2)  # the expand conv reads 80 channels
+    assert kernels.canonical(key, (2, 3, 3, 2, 2, 3)) == ()
+    wide = LatencyKey("block", 2, 80, 480, 80, 3, 1, True, "hswish")
+    assert [k.bits for k in kernels.variants(wide, 6)] == [(4, 4, 2, 4, 4, 2), (4, 4, 2, 4, 4, 3), (4, 4, 3, 4, 4, 2)]
+    assert kernels.variants(LatencyKey("block", 8, 24, 72, 24, 3, 1, True, "relu"), 6) == []
+
+
+def test_a_bit_keyed_table_round_trips_and_checks_its_kernels(tmp_path):
+    kernels = BitKernels.of_schedule(runs_bitserial, space_keys(SPACE, 32), (2, 3, 4))
+    table = _table()
+    wide = [v for k in space_keys(SPACE, 32) for v in kernels.variants(k, bits_length(k, create_space(SPACE)))]
+    table.entries.update({str(k): 0.05 for k in wide})
+    table.bit_kernels = kernels
+    path = tmp_path / "t.json"
+    table.save(path)
+    again = LatencyTable.load(path)
+    assert again.bit_kernels == kernels and again.bits_matter
+    cfg = ArchConfig.largest(SPACE)
+    assert again.predict(cfg.with_uniform_bits(2, 2)) < again.predict(cfg)
+    data = json.loads(path.read_text())
+    del data["bit_kernels"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(QfaError, match="bits_matter is True but bit_kernels lists 0"):
+        LatencyTable.load(path)
+    data["bit_kernels"] = [[240, 2]]
+    path.write_text(json.dumps(data))
+    with pytest.raises(QfaError, match="triples"):
+        LatencyTable.load(path)
+
+
+def test_a_build_measures_the_bit_parts_and_keys_them_where_they_measure_apart():
+    from qfa_deploy.deploy.device import load_device
+    from qfa_deploy.lut import build
+
+    plan = build.BuildPlan("rasp4b-sim", SPACE, 32, fit_samples=3)
+    sp, dev = create_space(SPACE), load_device("rasp4b-sim")
+    kernels = build._bit_kernels(dev, "tiled-neon", sp, 32)
+    assert kernels.triples == BitKernels.of_schedule(runs_bitserial, space_keys(sp, 32), (2, 3, 4)).triples
+    assert not build._bit_kernels(load_device("x86-1t"), "tiled-vnni", sp, 32)
+    work = build._work_items(plan, sp, kernels)
+    assert work.bit_keys and all(k.bits for k in work.bit_keys)
+    assert {name for name, _ in work.items} >= {f"part:{k}" for k in work.keys + work.bit_keys}
+    assert not any(kernels.variants(k, 6) for k in work.probe_keys)  # probes: where bits change nothing
+    rng = random.Random(0)
+    latency = {name: rng.uniform(0.5, 1.0) for name, _ in work.items}
+    for ratio, keyed in ((1.01, False), (0.9, True)):
+        for k in work.bit_keys:
+            latency[f"part:{k}"] = ratio * latency[f"part:{replace(k, bits=())}"]
+        table = build._fitted_table(work, latency, SPACE, 32, kernels)
+        assert table.bits_matter == keyed and (len(table.entries) > len(work.keys)) == keyed
+        assert build._bits_probe(work, latency, kernels)["bit_kernels"]["keyed"] == keyed
 
 
 def test_save_load_round_trip_and_bad_files(tmp_path):

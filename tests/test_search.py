@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from qfa_deploy.arch import ArchConfig, load_arch, sample_arch
 from qfa_deploy.errors import QfaError
 from qfa_deploy.lut import LatencyTable, space_keys
+from qfa_deploy.lut.bit_kernels import BitKernels
 from qfa_deploy.lut.keys import arch_keys
 from qfa_deploy.metrics import subnet_cost
 from qfa_deploy.search.cost import CostModel
@@ -126,24 +127,36 @@ def test_cost_lower_bounds_are_the_smallest_subnet():
 # -- latency from a table -----------------------------------------------------------------------
 
 
-def _table(bits_matter: bool, cfgs=(), resolution: int = 28, seed: int = 0) -> LatencyTable:
+def _bit_kernels(space: str) -> BitKernels:
+    """Every 1x1 conv of ``space`` from 64 input channels keyed at (2, 2) and the wider ones at (2, 3),
+    (3, 2): stem, blocks and head (with the feature mix, where the space has its bits) all carry bits."""
+    sp = create_space(space)
+    rule = lambda ch, w, a: (w, a) == (2, 2) and ch >= 16 or ch >= 240 and w + a == 5
+    return BitKernels.of_schedule(rule, space_keys(sp, sp.resolutions[-1]), sp.bit_choices)
+
+
+def _table(bits_matter: bool, cfgs=(), resolution: int = 28, seed: int = 0, space: str = SPACE) -> LatencyTable:
     rng = np.random.default_rng(seed)
-    if bits_matter:
-        keys = {k for c in cfgs for k in arch_keys(c, True)}
+    kernels = _bit_kernels(space) if bits_matter else None
+    if cfgs:
+        keys = {k for c in cfgs for k in arch_keys(c, kernels)}
     else:
-        keys = space_keys(SPACE, resolution)
+        keys = space_keys(space, resolution)
     entries = {str(k): float(rng.uniform(0.05, 1.0)) for k in keys}
-    return LatencyTable(SPACE, resolution, entries, bits_matter=bits_matter, scale=1.07, offset_ms=0.25)
+    return LatencyTable(space, resolution, entries, bit_kernels=kernels, scale=1.07, offset_ms=0.25)
 
 
+@pytest.mark.parametrize("space, resolution", [(SPACE, 28), ("qfa-mbv3-w1.2", 160)])
 @pytest.mark.parametrize("bits_matter", [False, True])
-def test_latency_model_equals_table_predict(bits_matter):
-    g = GenomeSpace(SPACE)
-    cfgs = _cfgs(SPACE, 25, seed=6, resolutions=(28,))
-    table = _table(bits_matter, cfgs)
+def test_latency_model_equals_table_predict(bits_matter, space, resolution):
+    g = GenomeSpace(space)
+    cfgs = _cfgs(space, 25, seed=6, resolutions=(resolution,))
+    table = _table(bits_matter, cfgs, resolution=resolution, space=space)
     got = LatencyModel(table, g).predict(g.encode(cfgs))
     want = np.array([table.predict(c) for c in cfgs])
     np.testing.assert_allclose(got, want, rtol=1e-12)
+    if bits_matter:  # every kind of part was looked up with bits somewhere
+        assert {k.kind for c in cfgs for k in arch_keys(c, table.bit_kernels) if k.bits} == {"stem", "block", "head"}
 
 
 def test_latency_model_errors():

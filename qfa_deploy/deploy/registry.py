@@ -73,6 +73,10 @@ class TargetSchedule:
     rewrite: Callable | None = None  # (imported Relax module, before legalization) -> module
     needs: tuple[str, ...] = ()  # LLVM CPU features the target must have
     summary: str = ""
+    # (input channels, weight bits, code bits) -> whether a 1x1 conv at these bits runs a kernel of its
+    # own, cheaper than at the space's highest bits; None: the bits never change the kernels (their
+    # clamp bounds only). Latency tables key those convs' parts on their bits (``lut.bit_kernels``).
+    bit_kernel: Callable[[int, int, int], bool] | None = None
 
 
 def _package(arch: str):

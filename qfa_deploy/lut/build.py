@@ -1,8 +1,10 @@
 """lut build: measure every part of a space at one resolution on a device, fit the correction.
 
-Work items are the parts (``space_keys``), a few parts again at the lowest bitwidth (to measure
-whether bits change the kernels that run; recorded in the provenance), and ``fit_samples`` random
-whole subnets (for the linear correction). Every finished item is appended to a journal beside the
+Work items are the parts (``space_keys``), the parts again at the bits where the device's schedule
+runs kernels of their own (``lut.bit_kernels``: kept as keys with bits when they measure apart from
+the highest bits' part), a few parts again at the lowest bitwidth where the schedule says the bits
+change nothing (to check it; recorded in the provenance), and ``fit_samples`` random whole subnets
+(for the linear correction). Every finished item is appended to a journal beside the
 output, so a killed build resumes where it stopped; the table itself is written atomically once
 all items are in, and the journal is then removed. With an RPC-tracker device, ``workers`` boards
 under the key measure in parallel (compiles take turns on the host), and their results merge
@@ -15,7 +17,7 @@ import datetime
 import platform
 import random
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +26,13 @@ from tqdm import tqdm
 from qfa_deploy.arch import ArchConfig, sample_arch
 from qfa_deploy.deploy.compile import DEFAULT_SCHEDULE, resolve_schedule
 from qfa_deploy.deploy.device import Device, host_cpu, load_device
+from qfa_deploy.deploy.registry import NONE, resolve
 from qfa_deploy.deploy.runner import open_session
 from qfa_deploy.deploy.sim.estimate import simulation_provenance
 from qfa_deploy.errors import QfaError
+from qfa_deploy.lut.bit_kernels import BitKernels
 from qfa_deploy.lut.journal import Journal
-from qfa_deploy.lut.keys import space_keys
+from qfa_deploy.lut.keys import bits_length, space_keys
 from qfa_deploy.lut.measure import measure_onnx
 from qfa_deploy.lut.parts import PartModels
 from qfa_deploy.lut.table import LatencyTable
@@ -37,6 +41,7 @@ from qfa_deploy.space import create_space
 __all__ = ["BuildPlan", "build_table", "fit_correction", "sample_subnets"]
 
 FIT_SEED_BASE = 1_000_000  # fit subnets come from seeds disjoint from validation's
+BITS_NOISE = 0.03  # parts with bits within this of their highest-bits part are not worth keys
 
 
 def sample_subnets(space: str, resolution: int, n: int, seed: int) -> list[ArchConfig]:
@@ -105,7 +110,8 @@ def build_table(plan: BuildPlan, out: str | Path, workers: int = 1, progress: bo
     journal = Journal(out.with_name(out.name + ".journal"))
     header, resumed = _open_journal(journal, plan.header(dev))
     models = PartModels(sp.name, plan.resolution, plan.seed)
-    work = _work_items(plan, sp)
+    kernels = _bit_kernels(dev, header["schedule"], sp, plan.resolution)
+    work = _work_items(plan, sp, kernels)
     done = {r["item"] for r in resumed}
     todo = [(name, what) for name, what in work.items if name not in done]
     measure = _Measure(dev, journal, models, min(sp.bit_choices), header["schedule"])
@@ -120,11 +126,18 @@ def build_table(plan: BuildPlan, out: str | Path, workers: int = 1, progress: bo
     finally:
         bar.close()
     latency = {r["item"]: dev.protocol.latency(r) for r in journal.read()[1:]}  # the journal keeps every stat
-    table = _fitted_table(work, latency, sp.name, plan.resolution)
-    table.provenance = _provenance(dev, plan, _bits_probe(work, latency))
+    table = _fitted_table(work, latency, sp.name, plan.resolution, kernels)
+    table.provenance = _provenance(dev, plan, _bits_probe(work, latency, kernels))
     table.save(out)
     journal.remove()
     return table
+
+
+def _bit_kernels(dev: Device, schedule: str, sp, resolution: int) -> BitKernels:
+    """The 1x1 convs whose kernels follow their bits under ``schedule`` on ``dev`` (none for most)."""
+    chosen = None if schedule == NONE else resolve(schedule, dev)
+    rule = chosen.bit_kernel if chosen is not None else None
+    return BitKernels.of_schedule(rule, space_keys(sp, resolution), sp.bit_choices)
 
 
 def _open_journal(journal: Journal, header: dict) -> tuple[dict, list[dict]]:
@@ -143,21 +156,25 @@ def _open_journal(journal: Journal, header: dict) -> tuple[dict, list[dict]]:
 @dataclass(frozen=True)
 class _WorkItems:
     keys: list  # every part of the space (LatencyKey)
+    bit_keys: list  # parts with bits: at the bits where the schedule runs kernels of their own
     probe_keys: list  # block parts measured again at the lowest bitwidth
     fit_cfgs: list[ArchConfig]  # whole subnets for the correction
     items: list[tuple[str, object]]  # (journal item name, key or config), in measuring order
 
 
-def _work_items(plan: BuildPlan, sp) -> _WorkItems:
-    """The parts, the lowest-bitwidth probes and the fit subnets ``plan`` measures, named as in the journal."""
+def _work_items(plan: BuildPlan, sp, kernels: BitKernels) -> _WorkItems:
+    """The parts, their variants with bits, the lowest-bitwidth probes and the fit subnets ``plan``
+    measures, named as in the journal."""
     keys = space_keys(sp, plan.resolution)
-    block_keys = [k for k in keys if k.kind == "block"]
+    bit_keys = [v for k in keys for v in kernels.variants(k, bits_length(k, sp))]
+    block_keys = [k for k in keys if k.kind == "block" and not kernels.variants(k, bits_length(k, sp))]
     probe_keys = block_keys[:: max(1, len(block_keys) // max(1, plan.bits_probe))][: plan.bits_probe]
     fit_cfgs = sample_subnets(sp.name, plan.resolution, plan.fit_samples, FIT_SEED_BASE + plan.seed)
     items: list[tuple[str, object]] = [(f"part:{k}", k) for k in keys]
     items += [(f"bits2:{k}", k) for k in probe_keys]
+    items += [(f"part:{k}", k) for k in bit_keys]
     items += [(f"subnet:{c.digest()}", c) for c in fit_cfgs]
-    return _WorkItems(keys, probe_keys, fit_cfgs, items)
+    return _WorkItems(keys, bit_keys, probe_keys, fit_cfgs, items)
 
 
 @dataclass(frozen=True)
@@ -195,21 +212,50 @@ class _Measure:
                 future.result()
 
 
-def _fitted_table(work: _WorkItems, latency: dict[str, float], space: str, resolution: int) -> LatencyTable:
-    """The table of the measured parts, its correction fitted on the measured subnets."""
-    entries = {str(k): latency[f"part:{k}"] for k in work.keys}
-    table = LatencyTable(space=space, resolution=resolution, entries=entries)
+def _fitted_table(work: _WorkItems, latency: dict[str, float], space: str, resolution: int,
+                  kernels: BitKernels) -> LatencyTable:
+    """The table of the measured parts (with bits where they measure apart), its correction fitted
+    on the measured subnets."""
+    keyed = _bits_measure_apart(work, latency)
+    entries = {str(k): latency[f"part:{k}"] for k in work.keys + (work.bit_keys if keyed else [])}
+    table = LatencyTable(space=space, resolution=resolution, entries=entries,
+                         bit_kernels=kernels if keyed else None)
     part_sums = [table.part_sum(c) for c in work.fit_cfgs]
     measured = [latency[f"subnet:{c.digest()}"] for c in work.fit_cfgs]
     table.scale, table.offset_ms = fit_correction(part_sums, measured)
     return table
 
 
-def _bits_probe(work: _WorkItems, latency: dict[str, float]) -> dict:
-    """The provenance's record of the parts measured again at the lowest bitwidth."""
+def _bit_ratios(work: _WorkItems, latency: dict[str, float]) -> list[float]:
+    """Each part with bits measured against the same part at the highest bits."""
+    return [latency[f"part:{k}"] / latency[f"part:{replace(k, bits=())}"] for k in work.bit_keys]
+
+
+def _bits_measure_apart(work: _WorkItems, latency: dict[str, float]) -> bool:
+    """Whether the parts with bits are worth keys of their own: one of them differs from its
+    highest-bits part by more than this build's noise (else the keys would only chase noise)."""
+    return any(abs(r - 1) > BITS_NOISE for r in _bit_ratios(work, latency))
+
+
+def _bits_probe(work: _WorkItems, latency: dict[str, float], kernels: BitKernels) -> dict:
+    """The provenance's record of the parts measured at other bits: the lowest-bitwidth probes (parts
+    whose kernels the schedule says the bits do not change) and the parts with bits."""
     ratios = [latency[f"bits2:{k}"] / latency[f"part:{k}"] for k in work.probe_keys]
-    return {
+    record = {
         "parts": [str(k) for k in work.probe_keys],
         "latency_ratio_lowest_vs_highest_bits": [round(r, 4) for r in ratios],
-        "note": "bits are not in the keys when these ratios are within measurement noise",
+        "note": "parts whose kernels the schedule says the bits do not change, measured at the lowest bits",
     }
+    if work.bit_keys:
+        bit_ratios = _bit_ratios(work, latency)
+        record["bit_kernels"] = {
+            "convs": kernels.to_list(),
+            "parts": len(work.bit_keys),
+            "latency_ratio_to_highest_bits": {"min": round(min(bit_ratios), 4),
+                                              "median": round(float(np.median(bit_ratios)), 4),
+                                              "max": round(max(bit_ratios), 4)},
+            "keyed": _bits_measure_apart(work, latency),
+            "note": f"parts keyed on their bits when one differs from its highest-bits part by more than "
+                    f"{BITS_NOISE:.0%}",
+        }
+    return record

@@ -4,19 +4,23 @@ A subnet is cut into parts that are measured on their own: the *stem* (stem conv
 block), every active MBConv *block*, and the *head* (final expand, pool, feature mix, classifier).
 A part's key holds its input shape and everything that changes the kernels that run: channels,
 kernel, stride, squeeze-excite, activation, and the bits when the table says they matter on its
-target (``bits_matter``: on TVM's float QDQ path the bitwidth only changes clip bounds, so the
-default is that they don't; ``lut build`` measures it).
+target: on most targets the bits only change clamp bounds; where a schedule runs some 1x1 convs on
+kernels of their own at few bits, the parts holding them carry their bits (``lut.bit_kernels``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-from qfa_deploy.arch import ArchConfig
+from qfa_deploy.arch import CONVS_PER_BLOCK, FIRST_BLOCK_CONVS, ArchConfig
 from qfa_deploy.nn.supernet import block_channels
 from qfa_deploy.space import SearchSpace, create_space, spatial_sizes  # spatial_sizes: re-exported
 
-__all__ = ["LatencyKey", "arch_keys", "block_key", "space_keys", "spatial_sizes"]
+if TYPE_CHECKING:
+    from qfa_deploy.lut.bit_kernels import BitKernels
+
+__all__ = ["LatencyKey", "arch_keys", "bits_length", "block_key", "space_keys", "spatial_sizes"]
 
 
 @dataclass(frozen=True, order=True)
@@ -69,19 +73,29 @@ def head_key(space: SearchSpace, size: int, bits: tuple[int, ...] = ()) -> Laten
     )
 
 
-def arch_keys(cfg: ArchConfig, bits_matter: bool = False) -> list[LatencyKey]:
-    """The parts of ``cfg``, in execution order."""
+def arch_keys(cfg: ArchConfig, bit_kernels: BitKernels | None = None) -> list[LatencyKey]:
+    """The parts of ``cfg``, in execution order; their bits where ``bit_kernels`` says the target's
+    kernels follow them (``BitKernels.canonical``), else none."""
     sp = create_space(cfg.space)
     _, sizes, head_size = spatial_sizes(sp, cfg.resolution)
+
+    def keyed(key: LatencyKey, bits: tuple[int, ...]) -> LatencyKey:
+        return replace(key, bits=bit_kernels.canonical(key, bits)) if bit_kernels else key
+
     # A stage's first block may be skipped by no subnet (depth >= 2), so sizes at full depth hold
     # for every active block: the stride sits in the first block of each stage.
-    keys = [stem_key(sp, cfg.resolution, (*cfg.first_w_bits, *cfg.first_a_bits) if bits_matter else ())]
+    keys = [keyed(stem_key(sp, cfg.resolution), (*cfg.first_w_bits, *cfg.first_a_bits))]
     for b in cfg.active_blocks():
-        bits = (*cfg.w_bits[b], *cfg.a_bits[b]) if bits_matter else ()
-        keys.append(block_key(sp, b, sizes[b], cfg.kernel[b], cfg.expand[b], bits))
+        keys.append(keyed(block_key(sp, b, sizes[b], cfg.kernel[b], cfg.expand[b]), (*cfg.w_bits[b], *cfg.a_bits[b])))
     head_bits = (cfg.final_w_bits, cfg.final_a_bits) + ((cfg.mix_w_bits, cfg.mix_a_bits) if sp.elastic_mix else ())
-    keys.append(head_key(sp, head_size, head_bits if bits_matter else ()))
+    keys.append(keyed(head_key(sp, head_size), head_bits))
     return keys
+
+
+def bits_length(key: LatencyKey, space: SearchSpace) -> int:
+    """How many bits ``arch_keys`` gives a part of ``key``'s kind: 6 a block (its three convs' w, then
+    a), 4 the stem (the first block's two convs), 2 the head (4 with the space's feature-mix bits)."""
+    return {"block": 2 * CONVS_PER_BLOCK, "stem": 2 * FIRST_BLOCK_CONVS}.get(key.kind, 4 if space.elastic_mix else 2)
 
 
 def space_keys(space: SearchSpace | str, resolution: int) -> list[LatencyKey]:

@@ -15,13 +15,13 @@ from functools import lru_cache
 import onnx
 import torch
 
-from qfa_deploy.arch import ArchConfig
+from qfa_deploy.arch import CONVS_PER_BLOCK, FIRST_BLOCK_CONVS, ArchConfig
 from qfa_deploy.calibrate import calibrate
 from qfa_deploy.export.onnx_export import export_onnx
 from qfa_deploy.export.parts_onnx import export_part_onnx
 from qfa_deploy.extract import extract
 from qfa_deploy.fold import FoldedSubnet, fold
-from qfa_deploy.lut.keys import LatencyKey, block_key, head_key, spatial_sizes, stem_key
+from qfa_deploy.lut.keys import LatencyKey, bits_length, block_key, head_key, spatial_sizes, stem_key
 from qfa_deploy.nn.supernet import QFASupernet
 from qfa_deploy.space import create_space
 
@@ -65,20 +65,33 @@ class PartModels:
         return replace(base, resolution=self.resolution, kernel=(kernel,) * n, expand=(expand,) * n)
 
     def part(self, key: LatencyKey) -> onnx.ModelProto:
-        """The QDQ ONNX of one part at the highest bitwidth (batch 1)."""
+        """The QDQ ONNX of one part (batch 1) at its key's bits, or at the highest bitwidth for a key
+        without bits."""
+        if key.bits:
+            return self.part_with_bits(replace(key, bits=()), key.bits)
         return self.part_at_bits(key, max(self.space.bit_choices))
 
     def part_at_bits(self, key: LatencyKey, bits: int) -> onnx.ModelProto:
         """The QDQ ONNX of one part with every conv at ``bits`` (batch 1)."""
+        return self.part_with_bits(key, (bits,) * bits_length(key, self.space))
+
+    def part_with_bits(self, key: LatencyKey, bits: tuple[int, ...]) -> onnx.ModelProto:
+        """The QDQ ONNX of one bit-agnostic part with its convs at ``bits`` (``arch_keys``' order), batch 1."""
+        top = max(self.space.bit_choices)
         if key.kind == "block":
             b, k, e = self._where[str(key)]
-            cfg = self._uniform(k, e).with_uniform_bits(bits, bits)
+            cfg = self._uniform(k, e).with_uniform_bits(top, top)
+            cfg = replace(cfg, w_bits=_put(cfg.w_bits, b, bits[:CONVS_PER_BLOCK]),
+                          a_bits=_put(cfg.a_bits, b, bits[CONVS_PER_BLOCK:]))
             return export_part_onnx(self.folded(cfg), "block", index=1 + b, batch=1)
-        cfg = self._uniform(max(self.space.kernel_choices), max(self.space.expand_choices))
-        cfg = cfg.with_uniform_bits(bits, bits)
+        cfg = self._uniform(max(self.space.kernel_choices), max(self.space.expand_choices)).with_uniform_bits(top, top)
         if key.kind == "stem" and key == stem_key(self.space, self.resolution):
+            cfg = replace(cfg, first_w_bits=bits[:FIRST_BLOCK_CONVS], first_a_bits=bits[FIRST_BLOCK_CONVS:])
             return export_part_onnx(self.folded(cfg), "stem", batch=1)
         if key.kind == "head" and key == head_key(self.space, self.head_size):
+            cfg = replace(cfg, final_w_bits=bits[0], final_a_bits=bits[1])
+            if self.space.elastic_mix:
+                cfg = replace(cfg, mix_w_bits=bits[2], mix_a_bits=bits[3])
             return export_part_onnx(self.folded(cfg), "head", batch=1)
         raise KeyError(f"no part {key} in space {self.space.name} at resolution {self.resolution}")
 
@@ -90,3 +103,8 @@ class PartModels:
 @lru_cache(maxsize=12)
 def _fold_cached(models: PartModels, cfg: ArchConfig) -> FoldedSubnet:
     return models._fold(cfg)
+
+
+def _put(per_block: tuple, index: int, value: tuple) -> tuple:
+    """``per_block`` with entry ``index`` replaced by ``value``."""
+    return (*per_block[:index], tuple(value), *per_block[index + 1 :])

@@ -5,10 +5,12 @@ absorbs what summing parts misses (fusion across parts, runtime overhead per cal
 end-to-end measurements of random subnets when the table is built. File format (JSON)::
 
     {"format": "qfa-lut", "version": 1, "space": ..., "resolution": 224, "bits_matter": false,
+     "bit_kernels": [[240, 2, 2], ...],  # with bits_matter: see lut.bit_kernels
      "provenance": {"device": ..., "tvm_target": ..., "tvm_version": ..., "tuning_db": ...,
                     "protocol": {...}, "schedule": "tiled-vnni", "host_cpu": ..., "date": ...},
      "fit": {"scale": 1.0, "offset_ms": 0.0},
-     "entries": {"block|56|24-144-24|k5|s1|se0|relu": 0.123, ...}}
+     "entries": {"block|56|24-144-24|k5|s1|se0|relu": 0.123, ...,
+                 "block|2|80-240-80|k3|s1|se1|hswish|b442442": 0.101}}
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from pathlib import Path
 from qfa_deploy.arch import ArchConfig
 from qfa_deploy.checkpoint import atomic_write_bytes
 from qfa_deploy.errors import QfaError
+from qfa_deploy.lut.bit_kernels import BitKernels
 from qfa_deploy.lut.keys import LatencyKey, arch_keys
 from qfa_deploy.resources import packaged_table
+from qfa_deploy.space import create_space
 from qfa_deploy.strict_json import check_number, check_type, read_json
 
 __all__ = ["LUT_VERSION", "LatencyTable"]
@@ -34,7 +38,7 @@ class LatencyTable:
     space: str
     resolution: int
     entries: dict[str, float]
-    bits_matter: bool = False
+    bit_kernels: BitKernels | None = None  # the 1x1 convs whose parts are keyed on their bits
     scale: float = 1.0
     offset_ms: float = 0.0
     provenance: dict = field(default_factory=dict)
@@ -46,7 +50,7 @@ class LatencyTable:
         if cfg.resolution != self.resolution:
             raise QfaError(f"arch resolution {cfg.resolution} but the table is for {self.resolution}")
         total = 0.0
-        for key in arch_keys(cfg, self.bits_matter):
+        for key in arch_keys(cfg, self.bit_kernels):
             try:
                 total += self.entries[str(key)]
             except KeyError:
@@ -63,6 +67,11 @@ class LatencyTable:
         return {"arch": cfg.short(), "digest": cfg.digest(), "predicted_ms": self.predict(cfg),
                 "part_sum_ms": self.part_sum(cfg), "device": self.provenance.get("device"),
                 "emulated": self.provenance.get("emulated", False)}
+
+    @property
+    def bits_matter(self) -> bool:
+        """Whether some parts' latencies depend on their bits (their keys carry them)."""
+        return bool(self.bit_kernels)
 
     @property
     def schedule(self) -> str:
@@ -98,6 +107,7 @@ class LatencyTable:
             "space": self.space,
             "resolution": self.resolution,
             "bits_matter": self.bits_matter,
+            **({"bit_kernels": self.bit_kernels.to_list()} if self.bits_matter else {}),
             "provenance": self.provenance,
             "fit": {"scale": self.scale, "offset_ms": self.offset_ms},
             "entries": dict(sorted(self.entries.items())),
@@ -126,10 +136,26 @@ class LatencyTable:
                 resolution=check_number(data["resolution"], f"{path}: resolution", low=1, high=65536, integer=True),
                 # a latency is a finite, non-negative number of milliseconds
                 entries={str(k): float(check_number(v, f"{path}: entries[{k!r}]", low=0)) for k, v in entries.items()},
-                bits_matter=bool(data.get("bits_matter", False)),
+                bit_kernels=_bit_kernels(data, path),
                 scale=float(check_number(fit["scale"], f"{path}: fit.scale", low=0)),
                 offset_ms=float(check_number(fit["offset_ms"], f"{path}: fit.offset_ms")),
                 provenance=dict(check_type(data.get("provenance", {}), dict, f"{path}: provenance")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise QfaError(f"{path}: malformed latency table ({exc.__class__.__name__}: {exc})") from None
+
+
+def _bit_kernels(data: dict, path: Path) -> BitKernels | None:
+    """A table file's ``bit_kernels`` ([input channels, weight bits, code bits] triples), None without."""
+    triples = check_type(data.get("bit_kernels", []), list, f"{path}: bit_kernels")
+    if bool(data.get("bits_matter", False)) != bool(triples):
+        raise QfaError(f"{path}: bits_matter is {bool(data.get('bits_matter'))} but bit_kernels lists "
+                       f"{len(triples)} convs (tables keyed on every bit are no longer read: rebuild it)")
+    if not triples:
+        return None
+    rows = [tuple(check_number(v, f"{path}: bit_kernels", low=1, high=65536, integer=True) for v in
+                  check_type(t, list, f"{path}: bit_kernels")) for t in triples]
+    if any(len(r) != 3 for r in rows):
+        raise QfaError(f"{path}: bit_kernels holds [input channels, weight bits, code bits] triples")
+    space = create_space(check_type(data["space"], str, f"{path}: space"))
+    return BitKernels(frozenset(rows), max(space.bit_choices))

@@ -8,11 +8,12 @@ or a key per subnet. A table is for one resolution, so only genomes at that reso
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 
 from qfa_deploy.errors import QfaError
-from qfa_deploy.lut.keys import block_key, head_key, spatial_sizes, stem_key
+from qfa_deploy.lut.keys import LatencyKey, block_key, head_key, spatial_sizes, stem_key
 from qfa_deploy.lut.table import LatencyTable
 from qfa_deploy.search.genome import BLOCK_BITS, FIRST_BITS, GenomeSpace
 
@@ -31,42 +32,51 @@ class LatencyModel:
         self.table, self.genome = table, genome
         self.resolution_index = sp.resolutions.index(table.resolution)
         _, sizes, head_size = spatial_sizes(sp, table.resolution)
-        nb, bm = len(sp.bit_choices), table.bits_matter
         B, nK, nE = sp.num_blocks, len(sp.kernel_choices), len(sp.expand_choices)
-        self.stem = np.full(nb**FIRST_BITS if bm else 1, np.nan)
-        self.head = np.full(nb**2 if bm else 1, np.nan)
-        self.blocks = np.full((B, nK, nE, nb**BLOCK_BITS if bm else 1), np.nan)
-        # Where each bit-agnostic key lands; one key can serve several blocks (same shapes).
-        slots: dict[str, list[tuple[np.ndarray, tuple, int]]] = {}
-        add = lambda key, *slot: slots.setdefault(str(key), []).append(slot)
-        add(stem_key(sp, table.resolution), self.stem, (), FIRST_BITS)
-        add(head_key(sp, head_size), self.head, (), 2)
+        # The bit genes a part's key reads (``arch_keys``' order), as (gene part, count) groups.
+        self._genes = {"stem": [("first_bits", FIRST_BITS)], "block": [("block_bits", BLOCK_BITS)],
+                       "head": [("final_bits", 2)] + ([("mix_bits", 2)] if sp.elastic_mix else [])}
+        self.stem = self._entries(stem_key(sp, table.resolution))
+        self.head = self._entries(head_key(sp, head_size))
+        self.blocks = np.full((B, nK, nE, self._combos("block")), np.nan)
         for b in range(B):
             for (ki, k), (ei, e) in itertools.product(enumerate(sp.kernel_choices), enumerate(sp.expand_choices)):
-                add(block_key(sp, b, sizes[b], k, e), self.blocks, (b, ki, ei), BLOCK_BITS)
-        bit_index = {str(b): i for i, b in enumerate(sp.bit_choices)}
-        # One pass over the table's entries (not over every possible key: 131k of them with bits).
-        for text, ms in table.entries.items():
-            base, _, bits = text.partition("|b") if bm else (text, "", "")
-            for array, index, n_bits in slots.get(base, ()):
-                combo = 0
-                if bm:
-                    if len(bits) != n_bits or any(c not in bit_index for c in bits):
-                        continue
-                    for c in bits:
-                        combo = combo * nb + bit_index[c]
-                array[(*index, combo)] = ms
-        # Mixed-radix weights turning a row of bit indices into its combo index.
-        self._radix = lambda n: nb ** np.arange(n - 1, -1, -1)
+                self.blocks[b, ki, ei] = self._entries(block_key(sp, b, sizes[b], k, e))
+
+    def _choices(self, kind: str) -> list[tuple[int, ...]]:
+        """The bit choices of each of a ``kind`` part's bit genes, in key order."""
+        g = self.genome
+        return [g.choices[g.slices[name].start] for name, count in self._genes[kind] for _ in range(count)]
+
+    def _combos(self, kind: str) -> int:
+        """How many bit choices a ``kind`` part's entries hold: 1 when the table keys on no bits."""
+        return int(np.prod([len(c) for c in self._choices(kind)])) if self.bits_matter else 1
+
+    def _entries(self, key: LatencyKey) -> np.ndarray:
+        """``key``'s part latency at every choice of its bit genes (mixed radix, the first gene most
+        significant), NaN where the table lacks the entry; one value when the table keys on no bits."""
+        table = self.table
+        base = table.entries.get(str(key), np.nan)
+        if not table.bits_matter:
+            return np.array([base])
+        choices = self._choices(key.kind)
+        if not table.bit_kernels.variants(key, len(choices)):
+            return np.full(self._combos(key.kind), base)
+        canonical = lambda bits: replace(key, bits=table.bit_kernels.canonical(key, bits))
+        return np.array([table.entries.get(str(canonical(bits)), np.nan) for bits in itertools.product(*choices)])
 
     @property
     def bits_matter(self) -> bool:
         return self.table.bits_matter
 
-    def _combo(self, G: np.ndarray, name: str, group: int) -> np.ndarray:
-        """(n, parts): index into the bit combos of each group of ``group`` bit genes of ``name``."""
-        bits = self.genome.part(G, name)
-        return (bits.reshape(len(G), -1, group) @ self._radix(group)).reshape(len(G), -1)
+    def _combo(self, G: np.ndarray, kind: str) -> np.ndarray:
+        """(n, parts of ``kind``): each part's index into its bit combos (0 when the table keys on none)."""
+        if not self.bits_matter:
+            return np.zeros((len(G), self.genome.space.num_blocks if kind == "block" else 1), dtype=np.int64)
+        genes = np.concatenate([self.genome.part(G, name).reshape(len(G), -1, count)
+                                for name, count in self._genes[kind]], axis=2)
+        radix = np.cumprod([1] + [len(c) for c in self._choices(kind)[:0:-1]])[::-1]
+        return genes @ radix
 
     def part_sum(self, G: np.ndarray) -> np.ndarray:
         """Sum of part latencies (ms) of every row, before the table's fitted correction."""
@@ -76,18 +86,11 @@ class LatencyModel:
         if (res != self.resolution_index).any():
             bad = g.space.resolutions[int(res[res != self.resolution_index][0])]
             raise QfaError(f"arch resolution {bad} but the table is for {self.table.resolution}")
-        n, B = len(G), g.space.num_blocks
-        blocks = np.arange(B)[None, :]
-        if self.bits_matter:
-            stem_i = self._combo(G, "first_bits", FIRST_BITS)[:, 0]
-            head_i = self._combo(G, "final_bits", 2)[:, 0]
-            block_i = self._combo(G, "block_bits", BLOCK_BITS)
-        else:
-            stem_i = head_i = np.zeros(n, dtype=np.int64)
-            block_i = np.zeros((n, B), dtype=np.int64)
-        part = self.blocks[blocks, g.part(G, "kernel"), g.part(G, "expand"), block_i]
+        blocks = np.arange(g.space.num_blocks)[None, :]
+        part = self.blocks[blocks, g.part(G, "kernel"), g.part(G, "expand"), self._combo(G, "block")]
         active = g.active(G)
-        total = self.stem[stem_i] + self.head[head_i] + np.where(active, part, 0.0).sum(1)
+        total = self.stem[self._combo(G, "stem")[:, 0]] + self.head[self._combo(G, "head")[:, 0]]
+        total = total + np.where(active, part, 0.0).sum(1)
         if np.isnan(total).any():
             row = int(np.flatnonzero(np.isnan(total))[0])
             self._raise_missing(g.decode(G[row]))

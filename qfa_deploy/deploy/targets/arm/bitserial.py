@@ -39,7 +39,8 @@ from qfa_deploy.deploy.targets.cpu.integer import BITSERIAL_BLOCKS, INT8_BLOCKS
 
 __all__ = [
     "GROUP_BYTES", "GROUP_CHANNELS", "bits_of_weights", "channel_of", "lower_bitserial",
-    "pack_weight_planes", "prefers_bitserial", "register_bitserial_intrinsic", "schedule_bitserial_pointwise",
+    "pack_weight_planes", "prefers_bitserial", "register_bitserial_intrinsic", "runs_bitserial",
+    "schedule_bitserial_pointwise",
 ]
 
 GROUP_BYTES = 16  # a q register: 128 channels of one bit plane
@@ -67,6 +68,14 @@ def prefers_bitserial(channels: int, code_bits: int, weight_bits: int) -> bool:
     planes = 1.5 * code_bits * weight_bits * (math.ceil(channels / GROUP_CHANNELS) + 1)
     multiplies = 2 * math.ceil(channels / 16)
     return planes <= 0.8 * multiplies
+
+
+def runs_bitserial(channels: int, weight_bits: int, code_bits: int) -> bool:
+    """Whether ``tiled-neon`` runs a 1x1 conv of ``channels`` inputs on bit planes: they are cheaper
+    (``prefers_bitserial``) and the pairs' int16 sums cannot overflow. Its schedule's ``bit_kernel``:
+    the convs whose latency follows their bits, which a latency table keys on."""
+    fits = int16_bound(channels, code_bits, weight_bits) <= 32767
+    return fits and prefers_bitserial(channels, code_bits, weight_bits)
 
 
 def pack_weight_planes(w: np.ndarray, bits: int, tile: int) -> np.ndarray:
@@ -102,7 +111,7 @@ def lower_bitserial(builder, codes, weight: np.ndarray, zero_point: np.ndarray, 
 
     out_ch, in_ch = weight.shape
     code_bits, weight_bits = max(1, code_bits), bits_of_weights(weight)
-    if not prefers_bitserial(in_ch, code_bits, weight_bits) or int16_bound(in_ch, code_bits, weight_bits) > 32767:
+    if not runs_bitserial(in_ch, weight_bits, code_bits):
         return None
     tile = tile_outputs(code_bits, weight_bits)
     planes = pack_weight_planes(weight, weight_bits, tile)
