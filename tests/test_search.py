@@ -15,7 +15,7 @@ from qfa_deploy.arch import ArchConfig, load_arch, sample_arch
 from qfa_deploy.errors import QfaError
 from qfa_deploy.lut import LatencyTable, space_keys
 from qfa_deploy.lut.bit_kernels import BitKernels
-from qfa_deploy.lut.keys import arch_keys
+from qfa_deploy.lut.keys import arch_keys, bits_length
 from qfa_deploy.metrics import subnet_cost
 from qfa_deploy.search.cost import CostModel
 from qfa_deploy.search.encoding import OneHotEncoder
@@ -210,6 +210,25 @@ def test_nsga_pareto_members_satisfy_every_budget(tiny_predictor):
     assert not any((lat <= lat[i]).__and__(acc >= acc[i]).sum() > 1 for i in range(len(lat)))
     again = run_nsga(g, tiny_predictor, costs, "latency", budget, pop_size=30, generations=8, seed=0)
     assert np.array_equal(again.genomes, res.genomes)  # seeded
+
+
+def test_a_uniform_bit_search_keeps_every_active_conv_at_its_bits(tiny_predictor):
+    """``--bits 4``: the baseline a mixed-bit search under a bit-keyed table is compared with."""
+    g = GenomeSpace(SPACE)
+    kernels, keys = _bit_kernels(SPACE), space_keys(SPACE, 28)
+    entries = {str(k): 0.1 for k in keys}
+    entries |= {str(v): 0.05 for k in keys for v in kernels.variants(k, bits_length(k, create_space(SPACE)))}
+    table = LatencyTable(SPACE, 28, entries, bit_kernels=kernels)
+    costs = CostEvaluator(g, LatencyModel(table, g))
+    for bits in (4, 2):
+        res = run_nsga(g, tiny_predictor, costs, "latency", None, pop_size=20, generations=4, seed=0, bits=bits)
+        for cfg in res.configs():
+            active = [(*cfg.w_bits[b], *cfg.a_bits[b]) for b in cfg.active_blocks()]
+            used = {*cfg.first_w_bits, *cfg.first_a_bits, cfg.final_w_bits, cfg.final_a_bits, *sum(active, ())}
+            assert used == {bits}
+        assert res.settings["bits"] == bits
+    with pytest.raises(QfaError, match="--bits must be one of 2, 3, 4"):
+        run_nsga(g, tiny_predictor, costs, "latency", None, pop_size=20, generations=1, bits=8)
 
 
 def test_nsga_infeasible_budget_is_one_line_error(tiny_predictor):

@@ -119,6 +119,8 @@ def fit(as_json, threads, **options):
 @click.option("--max-latency-ms", type=POSITIVE_FLOAT, default=None, help="Latency budget (needs --table).")
 @click.option("--max-flops", type=POSITIVE_FLOAT, default=None, help="MACs budget, in millions.")
 @click.option("--max-bitops", type=POSITIVE_FLOAT, default=None, help="BitOPs budget, in billions.")
+@click.option("--bits", type=click.IntRange(1, 8), default=None,
+              help="Every conv's weights and activations at this width only (default: mixed, per conv).")
 @click.option("--pop", "pop_size", type=click.IntRange(2, 100_000), default=100, show_default=True)
 @click.option("--gen", "generations", type=click.IntRange(1, 100_000), default=100, show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True)

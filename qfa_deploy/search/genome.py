@@ -25,6 +25,7 @@ __all__ = ["GenomeSpace"]
 
 BLOCK_BITS = 2 * CONVS_PER_BLOCK
 FIRST_BITS = 2 * FIRST_BLOCK_CONVS
+BIT_GENES = ("first_bits", "block_bits", "final_bits", "mix_bits")  # the parts holding bitwidths
 
 
 class GenomeSpace:

@@ -27,7 +27,7 @@ from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
 from qfa_deploy.arch import ArchConfig
 from qfa_deploy.errors import QfaError
-from qfa_deploy.search.genome import GenomeSpace
+from qfa_deploy.search.genome import BIT_GENES, GenomeSpace
 from qfa_deploy.search.objectives import Constraints, CostEvaluator, Objective
 from qfa_deploy.search.pymoo_arrays import NSGA2Arrays
 
@@ -166,9 +166,13 @@ def run_nsga(
     generations: int = 100,
     seed: int = 0,
     *,
+    bits: int | None = None,
     pymoo_stock: bool = False,
 ) -> SearchResult:
     """Run NSGA-II; raise a one-line QfaError if no subnet meets the budgets.
+
+    ``bits``: every conv's weights and activations at this width only (a uniform-bit search, the
+    baseline a mixed-bit one is measured against); default: every bit choice of every conv.
 
     ``pymoo_stock``: pymoo's own per-individual evaluator, tournament and survival instead of the
     array-based ones of ``search.pymoo_arrays`` - same result, slower; tests compare the two.
@@ -176,7 +180,7 @@ def run_nsga(
     objective = Objective(objective)
     constraints = constraints or Constraints()
     _check_problem(genome, predictor, costs, objective, constraints, pop_size, generations)
-    xl, xu = _bounds(genome, costs)
+    xl, xu = _bounds(genome, costs, bits)
     init = _initial_population(genome, xl, xu, pop_size, seed)
     problem = _SubnetProblem(genome, predictor, costs, objective, constraints, xl, xu)
     algorithm = _algorithm(genome, init, pymoo_stock)
@@ -209,6 +213,7 @@ def run_nsga(
             "seed": seed,
             "objective": objective.value,
             "constraints": {m: b for m, b in constraints.items()},
+            "bits": bits if bits is not None else "mixed",
         },
     )
 
@@ -224,12 +229,22 @@ def _check_problem(genome, predictor, costs, objective, constraints, pop_size, g
     costs.check_feasible(constraints)
 
 
-def _bounds(genome: GenomeSpace, costs: CostEvaluator) -> tuple[np.ndarray, np.ndarray]:
-    """Inclusive gene bounds; with a latency table the resolution gene is pinned to the table's."""
+def _bounds(genome: GenomeSpace, costs: CostEvaluator, bits: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Inclusive gene bounds; with a latency table the resolution gene is pinned to the table's, with
+    ``bits`` every bit gene to that width."""
     xl = np.zeros(genome.length, dtype=np.int64)
     xu = genome.sizes - 1
     if costs.latency is not None:
         xl[0] = xu[0] = costs.latency.resolution_index
+    for name in BIT_GENES if bits is not None else ():
+        genes = genome.slices.get(name)
+        if genes is None:
+            continue
+        choices = genome.choices[genes.start]
+        if bits not in choices:
+            raise QfaError(f"--bits must be one of {', '.join(map(str, choices))} in space {genome.space.name}, "
+                           f"not {bits}")
+        xl[genes] = xu[genes] = choices.index(bits)
     return xl, xu
 
 
@@ -238,7 +253,7 @@ def _initial_population(genome: GenomeSpace, xl: np.ndarray, xu: np.ndarray, pop
     rng = np.random.default_rng(seed)
     init = rng.integers(xl, xu + 1, size=(pop_size, genome.length))
     anchors = genome.encode([ArchConfig.smallest(genome.space.name), ArchConfig.largest(genome.space.name)])
-    anchors[:, 0] = np.clip(anchors[:, 0], xl[0], xu[0])
+    anchors = np.clip(anchors, xl, xu)
     init[: min(2, pop_size)] = anchors[: min(2, pop_size)]
     return genome.canonical(init)
 

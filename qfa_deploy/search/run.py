@@ -52,6 +52,7 @@ class SearchConfig:
     max_latency_ms: float | None = None
     max_flops: float | None = None  # millions of MACs
     max_bitops: float | None = None  # billions of BitOPs
+    bits: int | None = None  # every conv at this width only (a uniform-bit search); default: mixed
     pop_size: int = 100
     generations: int = 100
     seed: int = 0
@@ -124,7 +125,7 @@ def run_search(config: SearchConfig, warn: Callable[[str], None] | None = None) 
     objective, constraints = config.resolved_objective(), config.constraints
     costs = CostEvaluator(inputs.genome, inputs.latency)
     result = run_nsga(inputs.genome, inputs.predictor, costs, objective, constraints,
-                      config.pop_size, config.generations, config.seed)
+                      config.pop_size, config.generations, config.seed, bits=config.bits)
     _write_outputs(result, config)
     best, best_rec = result.configs()[result.best_index()], result.records()[result.best_index()]
     summary = _summary(config, result, best_rec)
@@ -185,6 +186,7 @@ def _summary(config: SearchConfig, result: SearchResult, best_rec: dict) -> dict
         "space": result.genome.space.name,
         "objective": result.objective.value,
         "constraints": dict(result.constraints.items()),
+        "bits": result.settings["bits"],
         "pareto_size": len(result.genomes),
         "seconds": round(result.seconds, 2),
         "evaluations": result.evaluations,
