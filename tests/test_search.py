@@ -139,7 +139,7 @@ def _table(bits_matter: bool, cfgs=(), resolution: int = 28, seed: int = 0, spac
     rng = np.random.default_rng(seed)
     kernels = _bit_kernels(space) if bits_matter else None
     if cfgs:
-        keys = {k for c in cfgs for k in arch_keys(c, kernels)}
+        keys = {k for c in cfgs for k in arch_keys(c, kernels.canonical if kernels else None)}
     else:
         keys = space_keys(space, resolution)
     entries = {str(k): float(rng.uniform(0.05, 1.0)) for k in keys}
@@ -156,7 +156,7 @@ def test_latency_model_equals_table_predict(bits_matter, space, resolution):
     want = np.array([table.predict(c) for c in cfgs])
     np.testing.assert_allclose(got, want, rtol=1e-12)
     if bits_matter:  # every kind of part was looked up with bits somewhere
-        assert {k.kind for c in cfgs for k in arch_keys(c, table.bit_kernels) if k.bits} == {"stem", "block", "head"}
+        assert {k.kind for c in cfgs for k in table.keys(c) if k.bits} == {"stem", "block", "head"}
 
 
 def test_latency_model_errors():

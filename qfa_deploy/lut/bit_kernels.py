@@ -16,7 +16,7 @@ import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
-from qfa_deploy.lut.keys import LatencyKey
+from qfa_deploy.lut.keys import LatencyKey  # keys.py knows nothing of this module: arch_keys takes canonical
 
 __all__ = ["BitKernels", "pointwise_convs"]
 

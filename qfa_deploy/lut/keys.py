@@ -10,15 +10,12 @@ kernels of their own at few bits, the parts holding them carry their bits (``lut
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 from qfa_deploy.arch import CONVS_PER_BLOCK, FIRST_BLOCK_CONVS, ArchConfig
 from qfa_deploy.nn.supernet import block_channels
 from qfa_deploy.space import SearchSpace, create_space, spatial_sizes  # spatial_sizes: re-exported
-
-if TYPE_CHECKING:
-    from qfa_deploy.lut.bit_kernels import BitKernels
 
 __all__ = ["LatencyKey", "arch_keys", "bits_length", "block_key", "space_keys", "spatial_sizes"]
 
@@ -54,6 +51,10 @@ class LatencyKey:
         return cls(kind, int(size), in_ch, mid_ch, out_ch, int(k[1:]), int(s[1:]), se == "se1", act, bits)
 
 
+# (bit-agnostic key, the part's bits in ``arch_keys``' order) -> the bits its key carries (``()``: none)
+KeyedBits = Callable[[LatencyKey, tuple[int, ...]], tuple[int, ...]]
+
+
 def block_key(space: SearchSpace, block: int, size: int, kernel: int, expand: int,
               bits: tuple[int, ...] = ()) -> LatencyKey:
     in_ch, mid, out_ch, stride = block_channels(space, block, expand)
@@ -73,14 +74,14 @@ def head_key(space: SearchSpace, size: int, bits: tuple[int, ...] = ()) -> Laten
     )
 
 
-def arch_keys(cfg: ArchConfig, bit_kernels: BitKernels | None = None) -> list[LatencyKey]:
-    """The parts of ``cfg``, in execution order; their bits where ``bit_kernels`` says the target's
-    kernels follow them (``BitKernels.canonical``), else none."""
+def arch_keys(cfg: ArchConfig, keyed_bits: KeyedBits | None = None) -> list[LatencyKey]:
+    """The parts of ``cfg``, in execution order; with ``keyed_bits`` (a table's
+    ``BitKernels.canonical``), each with the bits its key carries, else none."""
     sp = create_space(cfg.space)
     _, sizes, head_size = spatial_sizes(sp, cfg.resolution)
 
     def keyed(key: LatencyKey, bits: tuple[int, ...]) -> LatencyKey:
-        return replace(key, bits=bit_kernels.canonical(key, bits)) if bit_kernels else key
+        return replace(key, bits=keyed_bits(key, bits)) if keyed_bits else key
 
     # A stage's first block may be skipped by no subnet (depth >= 2), so sizes at full depth hold
     # for every active block: the stride sits in the first block of each stage.

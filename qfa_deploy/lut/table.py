@@ -50,12 +50,16 @@ class LatencyTable:
         if cfg.resolution != self.resolution:
             raise QfaError(f"arch resolution {cfg.resolution} but the table is for {self.resolution}")
         total = 0.0
-        for key in arch_keys(cfg, self.bit_kernels):
+        for key in self.keys(cfg):
             try:
                 total += self.entries[str(key)]
             except KeyError:
                 raise QfaError(f"table has no entry {key} (built for another space or resolution?)") from None
         return total
+
+    def keys(self, cfg: ArchConfig) -> list[LatencyKey]:
+        """The keys of ``cfg``'s parts in this table (with bits where its ``bit_kernels`` say so)."""
+        return arch_keys(cfg, self.bit_kernels.canonical if self.bit_kernels else None)
 
     def predict(self, cfg: ArchConfig) -> float:
         """Predicted end-to-end latency of ``cfg`` in ms."""
