@@ -2,7 +2,7 @@
 
 On most targets a conv's bits only change its clamp bounds, and a table's keys hold no bits. Where a
 schedule runs some 1x1 convs on a kernel of its own at few bits (``TargetSchedule.bit_kernel``: the
-Pi 4's bit planes, W2A2 from 128 input channels), the table records those convs as
+Pi 4's bit planes, W2A2 from ~120 input channels), the table records those convs as
 ``bit_kernels``, (input channels, weight bits, code bits) triples, and a part's key carries bits
 exactly where one of its 1x1 convs is such a triple: its *canonical* bits, that conv's pair as given
 and every other conv's at the space's highest bits (their kernels are those of the highest bits). A
