@@ -3,7 +3,8 @@
 For each budget, two searches under the same (bit-keyed) latency table: over every bit choice of
 every conv, and at 4 bits only (``search --bits 4``). Each pick is measured: test top-1 of its
 quantized subnet (the reference numerics, calibrated as ``search --evaluate`` does) and its latency
-on the table's device, beside the table's prediction and the predictor's top-1. The mixed pick's
+on the table's device, beside the table's prediction, the predictor's top-1 and the latency of the
+same architecture built as the table's models are (random weights). The mixed pick's
 architecture is measured again at uniform W4A4 too: what its lower bits bought in latency and cost
 in accuracy. Settings, commit and table go into the JSON.
 
@@ -52,7 +53,23 @@ def measure(args, net, splits, cfg: ArchConfig, record: dict, folder: Path, sche
     predicted = {k: v for k, v in record.items() if k not in ("arch", "digest")}
     out = evaluate_choice(net, cfg, splits, predicted, calib_batches=args.calib_batches, test_limit=args.test_limit,
                           device=args.device, artifact_dir=folder / cfg.digest()[:12], schedule=schedule)
-    return {**out, "bits": bit_counts(cfg), "arch_json": cfg.to_dict()}
+    return {**out, "table_models_ms": table_models_latency(args, cfg, schedule), "bits": bit_counts(cfg),
+            "arch_json": cfg.to_dict()}
+
+
+def table_models_latency(args, cfg: ArchConfig, schedule: str) -> float:
+    """``cfg`` as the table's builds measure a subnet (``lut.parts``: random weights, calibrated on random
+    data), on the same device: where it differs from the deployed subnet's latency, the kernels depend
+    on the trained weights or the calibration, which the table cannot see."""
+    from qfa_deploy.deploy.device import load_device
+    from qfa_deploy.deploy.runner import open_session
+    from qfa_deploy.lut.measure import measure_onnx
+    from qfa_deploy.lut.parts import PartModels
+
+    dev = load_device(args.device)
+    with open_session(dev) as session:
+        stats = measure_onnx(PartModels(cfg.space, cfg.resolution).subnet(cfg), dev, session, schedule)
+    return dev.protocol.latency(stats)
 
 
 def main() -> None:
@@ -95,7 +112,8 @@ def main() -> None:
                 top1 = f"{p['predicted_top1']:.4f}" if p.get("predicted_top1") is not None else "-"
                 measured_ms = m["latency_ms"][m["statistic"]]  # the statistic the table stands for
                 print(f"{budget:6.2f} ms  {name:20s} predicted top-1 {top1:>6s}  measured {m['top1']:.4f}  "
-                      f"table {p['latency_ms']:.3f} ms  measured {measured_ms:.3f} ms  {got['bits']}", flush=True)
+                      f"table {p['latency_ms']:.3f} ms  table's models {got['table_models_ms']:.3f} ms  "
+                      f"measured {measured_ms:.3f} ms  {got['bits']}", flush=True)
     if args.json:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=Path(__file__).parent).stdout.strip()
