@@ -49,7 +49,7 @@ class BitKernels:
         parts) at every pair of ``bit_choices`` but the highest."""
         choices = sorted(bit_choices)
         top = choices[-1]
-        channels = {ch for k in keys for ch, _, _ in pointwise_convs(k, 4)}
+        channels = {ch for k in keys for ch, _, _ in pointwise_convs(k, 4)}  # 4: a head's feature mix included
         pairs = [(w, a) for w, a in itertools.product(choices, repeat=2) if (w, a) != (top, top)]
         triples = {(ch, w, a) for ch in channels for w, a in pairs if rule is not None and rule(ch, w, a)}
         return cls(frozenset(triples), top)
