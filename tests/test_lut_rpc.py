@@ -41,7 +41,8 @@ RESOLUTION = 24
 FIT_SAMPLES = 3
 KEY = "rasp4b-emu-lut-test"
 PARTS = 83  # distinct parts of qfa-mbv3-cifar10 at 24 px (space_keys)
-ITEMS = PARTS + 3 + FIT_SAMPLES  # + the bits probe + the fit subnets
+BIT_PARTS = 39  # parts again at the bits the Pi 4 runs on bit planes (lut.bit_kernels)
+ITEMS = PARTS + BIT_PARTS + 3 + FIT_SAMPLES  # + the bits probe + the fit subnets
 KILL_AFTER = 4  # journal items before the build is killed
 BUILD_TIMEOUT = 4 * 3600  # a generous bound for a busy machine (the resumed build took 57 min here)
 
@@ -161,13 +162,17 @@ def test_lut_build_kill_resume_predict_validate_over_rpc(tmp_path, capsys):
         # 2. Resume: the rerun continues from the journal and finishes the table.
         done = run_cli(*build_args[1:], timeout=BUILD_TIMEOUT)
         assert done.returncode == 0, done.stderr[-2000:]
-        assert f"{PARTS} parts" in done.stdout, done.stdout
         assert table.exists() and not journal.exists()
         t = lap("build resumed to the end", t)
 
         data = json.loads(table.read_text())
         entries = data["entries"]
-        assert data["space"] == SPACE and data["resolution"] == RESOLUTION and len(entries) == PARTS
+        # the parts with bits are keys where one measured more than 3% from its 4-bit part
+        parts = PARTS + (BIT_PARTS if data["bits_matter"] else 0)
+        assert f"{parts} parts" in done.stdout, done.stdout
+        assert data["space"] == SPACE and data["resolution"] == RESOLUTION and len(entries) == parts
+        assert data["bits_matter"] == bool(data.get("bit_kernels"))
+        assert data["provenance"]["bits_probe"]["bit_kernels"]["parts"] == BIT_PARTS
         assert all(ms > 0 for ms in entries.values())
         prov = data["provenance"]
         assert prov["emulated"] is True and prov["device"] == "rasp4b-emu-lut"
