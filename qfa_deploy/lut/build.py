@@ -166,8 +166,9 @@ def _work_items(plan: BuildPlan, sp, kernels: BitKernels) -> _WorkItems:
     """The parts, their variants with bits, the lowest-bitwidth probes and the fit subnets ``plan``
     measures, named as in the journal."""
     keys = space_keys(sp, plan.resolution)
-    bit_keys = [v for k in keys for v in kernels.variants(k, bits_length(k, sp))]
-    block_keys = [k for k in keys if k.kind == "block" and not kernels.variants(k, bits_length(k, sp))]
+    variants = {k: kernels.variants(k, bits_length(k, sp)) for k in keys}
+    bit_keys = [v for k in keys for v in variants[k]]
+    block_keys = [k for k in keys if k.kind == "block" and not variants[k]]
     probe_keys = block_keys[:: max(1, len(block_keys) // max(1, plan.bits_probe))][: plan.bits_probe]
     fit_cfgs = sample_subnets(sp.name, plan.resolution, plan.fit_samples, FIT_SEED_BASE + plan.seed)
     items: list[tuple[str, object]] = [(f"part:{k}", k) for k in keys]
@@ -216,7 +217,7 @@ def _fitted_table(work: _WorkItems, latency: dict[str, float], space: str, resol
                   kernels: BitKernels) -> LatencyTable:
     """The table of the measured parts (with bits where they measure apart), its correction fitted
     on the measured subnets."""
-    keyed = _bits_measure_apart(work, latency)
+    keyed = _bits_measure_apart(_bit_ratios(work, latency))
     entries = {str(k): latency[f"part:{k}"] for k in work.keys + (work.bit_keys if keyed else [])}
     table = LatencyTable(space=space, resolution=resolution, entries=entries,
                          bit_kernels=kernels if keyed else None)
@@ -231,10 +232,10 @@ def _bit_ratios(work: _WorkItems, latency: dict[str, float]) -> list[float]:
     return [latency[f"part:{k}"] / latency[f"part:{replace(k, bits=())}"] for k in work.bit_keys]
 
 
-def _bits_measure_apart(work: _WorkItems, latency: dict[str, float]) -> bool:
+def _bits_measure_apart(bit_ratios: list[float]) -> bool:
     """Whether the parts with bits are worth keys of their own: one of them differs from its
     highest-bits part by more than this build's noise (else the keys would only chase noise)."""
-    return any(abs(r - 1) > BITS_NOISE for r in _bit_ratios(work, latency))
+    return any(abs(r - 1) > BITS_NOISE for r in bit_ratios)
 
 
 def _bits_probe(work: _WorkItems, latency: dict[str, float], kernels: BitKernels) -> dict:
@@ -254,7 +255,7 @@ def _bits_probe(work: _WorkItems, latency: dict[str, float], kernels: BitKernels
             "latency_ratio_to_highest_bits": {"min": round(min(bit_ratios), 4),
                                               "median": round(float(np.median(bit_ratios)), 4),
                                               "max": round(max(bit_ratios), 4)},
-            "keyed": _bits_measure_apart(work, latency),
+            "keyed": _bits_measure_apart(bit_ratios),
             "note": f"parts keyed on their bits when one differs from its highest-bits part by more than "
                     f"{BITS_NOISE:.0%}",
         }
