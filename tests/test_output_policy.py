@@ -195,3 +195,24 @@ def test_resumable_outputs_are_kept_but_must_be_of_their_kind(tmp_path):
     with pytest.raises(QfaError, match="no such folder"):
         check_output(tmp_path / "missing" / "db", folder=True, append=True)
     assert (tmp_path / "journal.jsonl").read_text() == "{}\n"
+
+
+def test_written_files_get_the_umask_mode_or_keep_the_replaced_ones(tmp_path):
+    """A staged file is 0600 (mkstemp); what lands is what ``open`` would make (0666 less the umask),
+    or the mode of the file it replaces: a table or a predictor others read stays readable."""
+    import stat
+
+    from qfa_deploy.atomic import write_text_atomic
+
+    mask = os.umask(0o027)
+    try:
+        new = tmp_path / "table.json"
+        write_text_atomic(new, "{}")
+        assert stat.S_IMODE(new.stat().st_mode) == 0o640
+        kept = tmp_path / "kept.json"
+        kept.write_text("old")
+        os.chmod(kept, 0o604)
+        write_text_atomic(kept, "new")
+        assert kept.read_text() == "new" and stat.S_IMODE(kept.stat().st_mode) == 0o604
+    finally:
+        os.umask(mask)
