@@ -16,7 +16,8 @@ from qfa_deploy.search.collect import CollectSettings, collect, load_records, re
 from qfa_deploy.search.encoding import OneHotEncoder
 from qfa_deploy.search.fitting import fit_and_report
 from qfa_deploy.search.genome import GenomeSpace
-from qfa_deploy.search.predictor import AccuracyPredictor, fit_predictor
+from qfa_deploy.search.predictor import RIDGE_PENALTIES, AccuracyPredictor, fit_predictor
+from qfa_deploy.search.summary_features import SummaryEncoder
 
 torch.set_num_threads(1)
 SPACE = "qfa-mbv3-cifar10"
@@ -47,13 +48,80 @@ def test_predictor_learns_a_held_out_ranking():
     assert pred.info["holdout"] == h
 
 
+def _reference_summary(cfg, sp) -> list[float]:
+    """The summary features of one config, computed from the config itself (not the genome)."""
+    from qfa_deploy.metrics import subnet_cost
+
+    stages, depth = sp.num_stages, sp.max_depth
+    active = [b for s in range(stages) for b in range(s * depth, s * depth + cfg.depths[s])]
+    row = [cfg.resolution, *cfg.depths]
+    for values in (cfg.kernel, cfg.expand):
+        row += [np.mean([values[b] for b in active if b // depth == s]) for s in range(stages)]
+    row += [np.mean([(*cfg.w_bits[b], *cfg.a_bits[b])[j] for b in active]) for j in range(6)]
+    row += [*cfg.first_w_bits, *cfg.first_a_bits, cfg.final_w_bits, cfg.final_a_bits]
+    cost = subnet_cost(cfg)
+    return row + [np.log(cost.macs), np.log(cost.bitops)]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_summary_features_follow_the_configs(seed):
+    g = GenomeSpace(SPACE)
+    G = g.random(5, np.random.default_rng(seed))
+    got = SummaryEncoder(g)(G)
+    for row, cfg in zip(got, g.decode_all(G), strict=True):
+        assert np.allclose(row, _reference_summary(cfg, g.space), rtol=1e-6), cfg
+
+
+def test_ridge_ranks_held_out_subnets_of_a_summary_target():
+    """A target that is (nearly) linear in the summary features: resolution, bits and depth, plus
+    noise. The ridge predictor recovers its ranking on held-out subnets from 150 training subnets."""
+    g = GenomeSpace(SPACE)
+    G = g.random(200, np.random.default_rng(4))
+    features = SummaryEncoder(g)(G)
+    names = SummaryEncoder(g).names
+    assert features.shape == (200, len(names)) == (200, 30) and np.isfinite(features).all()
+    col = {name: features[:, i] for i, name in enumerate(names)}
+    y = (0.5 + 0.002 * col["resolution"] + 0.01 * col["block_w_project_bits"] + 0.005 * col["stage3_depth"]
+         + np.random.default_rng(5).normal(0, 0.002, 200))
+    pred, report = fit_and_report(SPACE, g.decode_all(G), y, holdout=0.25, model="ridge", seed=0)
+    assert report["model"] == pred.model == "ridge" and report["ridge_penalty"] in RIDGE_PENALTIES
+    assert report["holdout"]["spearman"] > 0.95, report["holdout"]
+    assert report["holdout"]["spearman"] > report["baseline_mflops_spearman"]
+
+
+def test_ridge_round_trip_and_a_version_1_file(tmp_path):
+    g, G, y = _synthetic(60, seed=2)
+    ridge = fit_predictor(SPACE, G, y, model="ridge", seed=0)
+    ridge.save(tmp_path / "ridge.pt")
+    payload = torch.load(tmp_path / "ridge.pt", weights_only=True)
+    assert payload["features"] == "summary" and payload["layers"] == 0 and len(payload["members"]) == 1
+    back = AccuracyPredictor.load(tmp_path / "ridge.pt", expect_space=SPACE)
+    probe = g.random(30, np.random.default_rng(3))
+    assert back.model == "ridge" and np.array_equal(back.predict_genomes(probe), ridge.predict_genomes(probe))
+    # a file of the first format (before "features"): a one-hot MLP, read as before
+    mlp = fit_predictor(SPACE, G, y, hidden=16, max_epochs=3, seed=0).to_payload()
+    del mlp["features"]
+    mlp["version"] = 1
+    torch.save(mlp, tmp_path / "v1.pt")
+    old = AccuracyPredictor.load(tmp_path / "v1.pt")
+    assert old.model == "mlp" and old.predict_genomes(probe).shape == (30,)
+    # unknown features or model: one line
+    payload["features"] = "pixels"
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(QfaError, match="unknown predictor features 'pixels'") as err:
+        AccuracyPredictor.load(tmp_path / "bad.pt")
+    assert "\n" not in str(err.value)
+    with pytest.raises(QfaError, match="unknown predictor model"):
+        fit_predictor(SPACE, G, y, model="forest")
+
+
 def test_save_load_round_trip_and_wrong_space(tmp_path):
     g, G, y = _synthetic(80, seed=1)
     pred = fit_predictor(SPACE, G, y, ensemble=2, hidden=16, max_epochs=5, seed=3)
     path = tmp_path / "pred.pt"
     pred.save(path)
     payload = torch.load(path, weights_only=True)  # plain data only
-    assert payload["space"] == SPACE and payload["version"] == 1
+    assert payload["space"] == SPACE and payload["version"] == 2 and payload["features"] == "onehot"
     back = AccuracyPredictor.load(path, expect_space=SPACE)
     probe = g.random(40, np.random.default_rng(9))
     assert np.array_equal(back.predict_genomes(probe), pred.predict_genomes(probe))

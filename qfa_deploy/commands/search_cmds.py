@@ -61,6 +61,14 @@ def predictor():
     help="Fraction of subnets held out for the reported Spearman/RMSE.",
 )
 @click.option(
+    "--model",
+    type=click.Choice(["mlp", "ridge"]),
+    default="mlp",
+    show_default=True,
+    help="mlp: the seed's MLP on one-hot choices (thousands of subnets); ridge: a linear model on ~30 summary "
+    "features, better with a few hundred (docs/search.md).",
+)
+@click.option(
     "--ensemble",
     type=click.IntRange(1, 16),
     default=1,
@@ -92,7 +100,7 @@ def fit(as_json, threads, **options):
         emit_json(report)
         return
     h, b = report["holdout"], report["baseline_mflops_spearman"]
-    click.echo(f"{space}: trained on {report['n_train']} subnets, held out {h['n']}")
+    click.echo(f"{space}: {report['model']} trained on {report['n_train']} subnets, held out {h['n']}")
     click.echo(
         f"  held-out Spearman {h['spearman']:.4f}  Kendall {h['kendall']:.4f}  "
         f"RMSE {h['rmse_points']:.3f} top-1 points  (MACs alone: Spearman {b:.4f})"

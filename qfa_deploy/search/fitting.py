@@ -11,7 +11,7 @@ from qfa_deploy.arch import ArchConfig
 from qfa_deploy.errors import QfaError
 from qfa_deploy.search.cost import CostModel
 from qfa_deploy.search.genome import GenomeSpace
-from qfa_deploy.search.predictor import AccuracyPredictor, fit_predictor, regression_metrics
+from qfa_deploy.search.predictor import MODELS, AccuracyPredictor, fit_predictor, regression_metrics
 
 __all__ = ["PredictorFitConfig", "fit_and_report", "holdout_split", "run_predictor_fit"]
 
@@ -53,11 +53,14 @@ def fit_and_report(
         "holdout": metrics,
         "train": regression_metrics(pred.predict_genomes(G[tr]), y[tr]),
         "baseline_mflops_spearman": baseline,
+        "model": pred.model,
         "ensemble": len(pred.members),
         "cost_features": pred.cost_features,
         "sources": sources or [],
         "seed": seed,
     }
+    if "ridge_penalty" in pred.info:
+        report["ridge_penalty"] = pred.info["ridge_penalty"]
     pred.info.update({"holdout": metrics, "baseline_mflops_spearman": baseline, "sources": sources or []})
     return pred, report
 
@@ -69,6 +72,7 @@ class PredictorFitConfig:
     data: tuple[str, ...]  # acc.jsonl files from ``collect``
     output: str  # the predictor file (pred.pt)
     holdout: float = 0.2  # fraction of subnets held out for the reported Spearman / RMSE
+    model: str = "mlp"  # or "ridge" (few subnets: predictor.py)
     ensemble: int = 1
     cost_features: bool = True
     hidden: int = 400
@@ -81,6 +85,8 @@ class PredictorFitConfig:
         object.__setattr__(self, "data", tuple(self.data))  # click gives a tuple; a list from Python is fine too
         if not self.data:
             raise QfaError("no accuracy files given (DATA)")
+        if self.model not in MODELS:
+            raise QfaError(f"--model must be one of {', '.join(MODELS)}, not {self.model!r}")
         if not 0.05 <= self.holdout <= 0.5:  # also false for NaN
             raise QfaError(f"--holdout must be between 0.05 and 0.5, not {self.holdout!r}")
         for name in ("ensemble", "hidden", "layers", "max_epochs"):
@@ -107,6 +113,7 @@ def run_predictor_fit(config: PredictorFitConfig) -> dict:
         top1,
         holdout=config.holdout,
         seed=config.seed,
+        model=config.model,
         ensemble=config.ensemble,
         cost_features=config.cost_features,
         hidden=config.hidden,
