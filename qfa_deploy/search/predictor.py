@@ -54,7 +54,7 @@ PREDICTOR_FORMAT = "qfa-predictor"
 PREDICTOR_VERSION = 2
 _READS = (1, PREDICTOR_VERSION)  # version 1: one-hot MLPs, no "features" key
 MODELS = ("mlp", "ridge")
-FEATURES = {"mlp": "onehot", "ridge": "summary"}
+FEATURES = {"mlp": "onehot", "ridge": "summary"}  # each model's encoder (the file records the features)
 RIDGE_PENALTIES = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)  # the grid the cross-validation picks from
 RIDGE_FOLDS = 5
 
@@ -107,7 +107,8 @@ class AccuracyPredictor:
 
     @property
     def model(self) -> str:
-        return "ridge" if self.features_kind == "summary" else "mlp"
+        """"mlp" or "ridge" (``MODELS``), told by the features it reads."""
+        return next(model for model, features in FEATURES.items() if features == self.features_kind)
 
     def features(self, G: np.ndarray) -> np.ndarray:
         if self.features_kind == "summary":
@@ -174,7 +175,7 @@ class AccuracyPredictor:
         try:
             _check_finite(payload)
             genome = GenomeSpace(space)
-            features = payload.get("features", "onehot") if payload["version"] > 1 else "onehot"
+            features = payload["features"] if payload["version"] > 1 else "onehot"
             in_features = _encoder(features, genome).num_features
             if features == "onehot":
                 in_features += 2 if payload["cost_features"] else 0
@@ -416,9 +417,9 @@ def _fit_ridge(genome: GenomeSpace, G: np.ndarray, y: np.ndarray, seed: int, inf
         linear[0].weight.copy_(torch.from_numpy(weights[None, :].astype(np.float32)))
         linear[0].bias.fill_(bias)
     meta = {"n_train": int(len(y)), "ensemble": 1, "seed": seed, "ridge_penalty": penalty, **(info or {})}
-    return AccuracyPredictor(genome.space.name, [linear], features="summary", hidden=0, layers=0, cost_features=True,
-                             feature_mean=mean.astype(np.float32), feature_std=std.astype(np.float32),
-                             target_mean=t_mean, target_std=t_std, info=meta)
+    return AccuracyPredictor(genome.space.name, [linear], features=FEATURES["ridge"], hidden=0, layers=0,
+                             cost_features=True, feature_mean=mean.astype(np.float32),
+                             feature_std=std.astype(np.float32), target_mean=t_mean, target_std=t_std, info=meta)
 
 
 def _ridge(Z: np.ndarray, y: np.ndarray, penalty: float) -> tuple[np.ndarray, float]:
