@@ -97,10 +97,13 @@ class Timing:
     seconds: tuple[float, ...]
     protocol: MeasureProtocol
     threads: int
+    # the share of the measuring CPUs' time that went to other work meanwhile (``deploy.cpu_share``):
+    # local runs on Linux; None where it is not known (remote boards, simulation)
+    foreign_cpu: float | None = None
 
     def summary_ms(self) -> dict:
         ms = np.asarray(self.seconds, dtype=np.float64) * 1e3
-        return {
+        summary = {
             "median": float(np.median(ms)),
             "p10": float(np.percentile(ms, 10)),
             "p90": float(np.percentile(ms, 90)),
@@ -108,6 +111,9 @@ class Timing:
             "min": float(ms.min()),
             "max": float(ms.max()),
         }
+        if self.foreign_cpu is not None:
+            summary["foreign_cpu"] = round(self.foreign_cpu, 4)
+        return summary
 
 
 @dataclass(frozen=True)

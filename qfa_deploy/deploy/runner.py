@@ -7,6 +7,7 @@ Connecting is bounded: an unreachable tracker or a key with no board is a one-li
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from qfa_deploy.deploy._text import one_line
+from qfa_deploy.deploy.cpu_share import CpuShare
 from qfa_deploy.deploy.device import Device, MeasureProtocol, Timing
 from qfa_deploy.deploy.elf import elf_machine
 from qfa_deploy.errors import QfaError
@@ -106,6 +108,10 @@ class Session:
         """Warm up, then ``protocol.repeat`` timed repeats of ``main`` (time_evaluator)."""
         protocol = protocol or self.device.protocol
         args = self._to_device(inputs)
+        # on this machine: whether other work shared the CPUs meanwhile (the repeats would stretch)
+        share = None
+        if self.remote is None and self.device.target_kind != "cuda":
+            share = CpuShare(int(c) for c in self._pinned_cpus) if self._pinned_cpus else CpuShare()
         try:
             for _ in range(protocol.warmup):
                 vm["main"](*args)
@@ -113,10 +119,12 @@ class Session:
                 "main", self.tvm_device(), number=protocol.number, repeat=protocol.repeat,
                 min_repeat_ms=protocol.min_repeat_ms,
             )
-            result = evaluator(*args)
+            with share or contextlib.nullcontext():
+                result = evaluator(*args)
         except Exception as exc:
             raise QfaError(f"timing the model on {self.device.name} failed: {one_line(exc)}") from None
-        return Timing(tuple(float(s) for s in result.results), protocol, self.device.threads)
+        return Timing(tuple(float(s) for s in result.results), protocol, self.device.threads,
+                      foreign_cpu=share.foreign if share else None)
 
     def close(self) -> None:
         if self.remote is None and self._pinned_cpus:

@@ -14,6 +14,7 @@ into the one journal.
 from __future__ import annotations
 
 import datetime
+import logging
 import platform
 import random
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -25,6 +26,7 @@ from tqdm import tqdm
 
 from qfa_deploy.arch import ArchConfig, sample_arch
 from qfa_deploy.deploy.compile import DEFAULT_SCHEDULE, resolve_schedule
+from qfa_deploy.deploy.cpu_share import FOREIGN_CPU_LIMIT
 from qfa_deploy.deploy.device import Device, host_cpu, load_device
 from qfa_deploy.deploy.registry import NONE, resolve
 from qfa_deploy.deploy.runner import open_session
@@ -39,6 +41,8 @@ from qfa_deploy.lut.table import LatencyTable
 from qfa_deploy.space import create_space
 
 __all__ = ["BuildPlan", "build_table", "fit_correction", "sample_subnets"]
+
+log = logging.getLogger(__name__)
 
 FIT_SEED_BASE = 1_000_000  # fit subnets come from seeds disjoint from validation's
 BITS_NOISE = 0.03  # parts with bits within this of their highest-bits part are not worth keys
@@ -97,6 +101,21 @@ def _provenance(dev: Device, plan: BuildPlan, bits_probe: dict) -> dict:
     }
 
 
+def _shared_measurements(records: list[dict]) -> dict | None:
+    """The provenance's record of how much other work shared the measuring CPUs (local devices on Linux:
+    ``deploy.cpu_share``), with a warning when some measurements stayed over the limit; None where it is
+    not known."""
+    shares = {r["item"]: r["foreign_cpu"] for r in records if r.get("foreign_cpu") is not None}
+    if not shares:
+        return None
+    over = sorted(item for item, share in shares.items() if share > FOREIGN_CPU_LIMIT)
+    if over:
+        log.warning("%d of %d measurements ran while other work took more than %.0f%% of the measuring CPUs "
+                    "(up to %.0f%%): their latencies are too high; rebuild on a core of its own",
+                    len(over), len(shares), 100 * FOREIGN_CPU_LIMIT, 100 * max(shares.values()))
+    return {"max": max(shares.values()), "limit": FOREIGN_CPU_LIMIT, "over_limit": over}
+
+
 def build_table(plan: BuildPlan, out: str | Path, workers: int = 1, progress: bool = True) -> LatencyTable:
     """Measure every work item of ``plan`` (resuming ``out``'s journal), fit the correction, write ``out``
     atomically and remove the journal; see the module docstring."""
@@ -125,9 +144,13 @@ def build_table(plan: BuildPlan, out: str | Path, workers: int = 1, progress: bo
         raise
     finally:
         bar.close()
-    latency = {r["item"]: dev.protocol.latency(r) for r in journal.read()[1:]}  # the journal keeps every stat
+    records = journal.read()[1:]
+    latency = {r["item"]: dev.protocol.latency(r) for r in records}  # the journal keeps every stat
     table = _fitted_table(work, latency, sp.name, plan.resolution, kernels)
     table.provenance = _provenance(dev, plan, _bits_probe(work, latency, kernels))
+    shared = _shared_measurements(records)
+    if shared is not None:
+        table.provenance["foreign_cpu"] = shared
     table.save(out)
     journal.remove()
     return table
