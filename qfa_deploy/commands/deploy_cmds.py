@@ -11,7 +11,7 @@ import click
 from qfa_deploy.commands.common import emit_json, schedule_option, write_text_atomic
 from qfa_deploy.commands.options import SEED, TIMEOUT
 from qfa_deploy.deploy.compile import DEBUG_SYMBOLS_HELP
-from qfa_deploy.deploy.cpu_share import FOREIGN_CPU_LIMIT
+from qfa_deploy.deploy.cpu_share import over_limit
 from qfa_deploy.errors import QfaError
 
 __all__ = ["COMMANDS"]
@@ -109,7 +109,7 @@ def profile(artifact_dir, device, tracker, key, seed, timeout, no_check, as_json
     click.echo(f"{result['timing']}: median {lat['median']:.3f} ms  p10 {lat['p10']:.3f}  p90 {lat['p90']:.3f}")
     click.echo(f"protocol warmup {proto['warmup']}, {proto['repeat']} repeats x {proto['number']} runs "
                f"(>= {proto['min_repeat_ms']} ms each), {proto['threads']} threads")
-    if lat.get("foreign_cpu", 0.0) > FOREIGN_CPU_LIMIT:
+    if over_limit(lat.get("foreign_cpu")):
         click.echo(f"warning  other work took {100 * lat['foreign_cpu']:.0f}% of the measuring CPUs meanwhile: "
                    "this latency is too high; measure on a core of its own (e.g. taskset -c N)")
     parity = result["parity"]

@@ -15,12 +15,17 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["FOREIGN_CPU_LIMIT", "CpuShare"]
+__all__ = ["FOREIGN_CPU_LIMIT", "CpuShare", "over_limit"]
 
 # a measurement during which other work took more of its CPUs than this is not trusted (``lut build``
 # measures it again); a few percent is the kernel's own housekeeping
 FOREIGN_CPU_LIMIT = 0.05
 _BUSY = (0, 1, 2, 5, 6, 7)  # user nice system irq softirq steal (guest time is inside user)
+
+
+def over_limit(foreign: float | None) -> bool:
+    """Whether a measurement that recorded ``foreign`` (None: not known) is not to be trusted."""
+    return foreign is not None and foreign > FOREIGN_CPU_LIMIT
 
 
 def _cpu_jiffies(cpus: set[int]) -> tuple[int, int] | None:

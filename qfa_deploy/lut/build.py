@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from qfa_deploy.arch import ArchConfig, sample_arch
 from qfa_deploy.deploy.compile import DEFAULT_SCHEDULE, resolve_schedule
-from qfa_deploy.deploy.cpu_share import FOREIGN_CPU_LIMIT
+from qfa_deploy.deploy.cpu_share import FOREIGN_CPU_LIMIT, over_limit
 from qfa_deploy.deploy.device import Device, host_cpu, load_device
 from qfa_deploy.deploy.registry import NONE, resolve
 from qfa_deploy.deploy.runner import open_session
@@ -108,7 +108,7 @@ def _shared_measurements(records: list[dict]) -> dict | None:
     shares = {r["item"]: r["foreign_cpu"] for r in records if r.get("foreign_cpu") is not None}
     if not shares:
         return None
-    over = sorted(item for item, share in shares.items() if share > FOREIGN_CPU_LIMIT)
+    over = sorted(item for item, share in shares.items() if over_limit(share))
     if over:
         log.warning("%d of %d measurements ran while other work took more than %.0f%% of the measuring CPUs "
                     "(up to %.0f%%): their latencies are too high; rebuild on a core of its own",

@@ -11,8 +11,8 @@ import numpy as np
 import onnx
 
 from qfa_deploy.deploy.compile import compile_artifact
-from qfa_deploy.deploy.cpu_share import FOREIGN_CPU_LIMIT
-from qfa_deploy.deploy.device import Device, Timing
+from qfa_deploy.deploy.cpu_share import over_limit
+from qfa_deploy.deploy.device import Device
 from qfa_deploy.deploy.runner import Session
 
 __all__ = ["ATTEMPTS", "measure_onnx"]
@@ -27,7 +27,7 @@ def measure_onnx(model: onnx.ModelProto, device: Device, session: Session, sched
     """Median / p10 / p90 / min ... latency (ms) of ``model`` (batch 1, float32 input) on ``session``,
     compiled with ``schedule`` (``compile_artifact``'s); on this machine also ``foreign_cpu``, the share
     of the measuring CPUs other work took meanwhile (timed again, up to ``ATTEMPTS`` times, while it is
-    over ``FOREIGN_CPU_LIMIT``; a warning when it stays so)."""
+    over ``cpu_share.FOREIGN_CPU_LIMIT``; a warning when it stays so)."""
     with tempfile.TemporaryDirectory(prefix="qfa-lut-") as tmp:
         onnx_path = Path(tmp) / "part.onnx"
         onnx_path.write_bytes(model.SerializeToString())
@@ -39,14 +39,10 @@ def measure_onnx(model: onnx.ModelProto, device: Device, session: Session, sched
         timings = [session.time(vm, [x])]
         # a timing during which other work took a share of the CPUs stretched every repeat: again,
         # keeping the least shared one (``deploy.cpu_share``)
-        while _shared(timings[-1]) and len(timings) < ATTEMPTS:
+        while over_limit(timings[-1].foreign_cpu) and len(timings) < ATTEMPTS:
             timings.append(session.time(vm, [x]))
     best = min(timings, key=lambda t: t.foreign_cpu or 0.0)
-    if _shared(best):
+    if over_limit(best.foreign_cpu):
         log.warning("measured while other work took %.0f%% of the measuring CPUs (%d tries): this latency is "
                     "too high; measure on a core of its own", 100 * best.foreign_cpu, len(timings))
     return best.summary_ms()
-
-
-def _shared(timing: Timing) -> bool:
-    return timing.foreign_cpu is not None and timing.foreign_cpu > FOREIGN_CPU_LIMIT
