@@ -22,6 +22,29 @@
 
 #define PIX_TILE 6 /* vnni: pixels x 2 zmm of outputs, 12 accumulators */
 
+/* One k4 step of a tile: each of its pixels' 4 codes at step k4, broadcast, against two zmm of
+ * 16 outputs x 4 weights. */
+static inline __attribute__((always_inline)) void tile_step(__m512i acc[PIX_TILE][2], const uint8_t *A, int p,
+                                                            int K, int k4, __m512i b0, __m512i b1) {
+    for (int t = 0; t < PIX_TILE; t++) {
+        int32_t four;
+        memcpy(&four, A + (size_t)(p + t) * K + 4 * k4, 4);
+        __m512i a = _mm512_set1_epi32(four);
+        acc[t][0] = _mm512_dpbusd_epi32(acc[t][0], a, b0);
+        acc[t][1] = _mm512_dpbusd_epi32(acc[t][1], a, b1);
+    }
+}
+
+/* A tile's sums into C [P][O], less offset * S[pixel] (S NULL: nothing taken off). */
+static inline __attribute__((always_inline)) void tile_store(int32_t *C, __m512i acc[PIX_TILE][2], int p, int O,
+                                                             int ob, const int32_t *S, int32_t offset) {
+    for (int t = 0; t < PIX_TILE; t++) {
+        __m512i correction = _mm512_set1_epi32(S ? offset * S[p + t] : 0);
+        _mm512_storeu_si512(C + (size_t)(p + t) * O + ob * 16, _mm512_sub_epi32(acc[t][0], correction));
+        _mm512_storeu_si512(C + (size_t)(p + t) * O + ob * 16 + 16, _mm512_sub_epi32(acc[t][1], correction));
+    }
+}
+
 /* A [P][K] u8 (K % 4 == 0), W [O/16][K/4][16][4] s8, C [P][O]; P % 6 == 0, O % 32 == 0. */
 void vnni(const uint8_t *A, const int8_t *W, int32_t *C, int P, int K, int O) {
     const int k4s = K / 4;
@@ -31,19 +54,9 @@ void vnni(const uint8_t *A, const int8_t *W, int32_t *C, int P, int K, int O) {
             __m512i acc[PIX_TILE][2];
             for (int t = 0; t < PIX_TILE; t++) acc[t][0] = acc[t][1] = _mm512_setzero_si512();
             for (int k4 = 0; k4 < k4s; k4++) {
-                __m512i b0 = _mm512_loadu_si512(w0 + k4 * 64), b1 = _mm512_loadu_si512(w1 + k4 * 64);
-                for (int t = 0; t < PIX_TILE; t++) {
-                    int32_t four;
-                    memcpy(&four, A + (size_t)(p + t) * K + 4 * k4, 4);
-                    __m512i a = _mm512_set1_epi32(four);
-                    acc[t][0] = _mm512_dpbusd_epi32(acc[t][0], a, b0);
-                    acc[t][1] = _mm512_dpbusd_epi32(acc[t][1], a, b1);
-                }
+                tile_step(acc, A, p, K, k4, _mm512_loadu_si512(w0 + k4 * 64), _mm512_loadu_si512(w1 + k4 * 64));
             }
-            for (int t = 0; t < PIX_TILE; t++) {
-                _mm512_storeu_si512(C + (size_t)(p + t) * O + ob * 16, acc[t][0]);
-                _mm512_storeu_si512(C + (size_t)(p + t) * O + ob * 16 + 16, acc[t][1]);
-            }
+            tile_store(C, acc, p, O, ob, NULL, 0);
         }
     }
 }
@@ -80,21 +93,10 @@ static inline void vnni_packed(const uint8_t *A, const uint8_t *W, int32_t *C, i
                 for (int f = 0; f < per_byte; f++) {
                     __m512i b0 = _mm512_and_si512(_mm512_srli_epi16(packed0, f * bits), mask);
                     __m512i b1 = _mm512_and_si512(_mm512_srli_epi16(packed1, f * bits), mask);
-                    const int k4 = g * per_byte + f;
-                    for (int t = 0; t < PIX_TILE; t++) {
-                        int32_t four;
-                        memcpy(&four, A + (size_t)(p + t) * K + 4 * k4, 4);
-                        __m512i a = _mm512_set1_epi32(four);
-                        acc[t][0] = _mm512_dpbusd_epi32(acc[t][0], a, b0);
-                        acc[t][1] = _mm512_dpbusd_epi32(acc[t][1], a, b1);
-                    }
+                    tile_step(acc, A, p, K, g * per_byte + f, b0, b1);
                 }
             }
-            for (int t = 0; t < PIX_TILE; t++) {
-                __m512i correction = _mm512_set1_epi32(offset * S[p + t]);
-                _mm512_storeu_si512(C + (size_t)(p + t) * O + ob * 16, _mm512_sub_epi32(acc[t][0], correction));
-                _mm512_storeu_si512(C + (size_t)(p + t) * O + ob * 16 + 16, _mm512_sub_epi32(acc[t][1], correction));
-            }
+            tile_store(C, acc, p, O, ob, S, offset);
         }
     }
 }
