@@ -73,6 +73,8 @@ def test_direct_server(x86_artifact, tmp_path):
         result = profile_artifact(folder, str(direct))
         assert result["runner"]["kind"] == "rpc-direct"
         assert result["parity"]["max_abs_diff"] <= TOLERANCE
+        with pytest.raises(QfaError, match="runs it over RPC, where the VM cannot call back"):
+            profile_artifact(folder, str(direct), layers=True)  # --layers: this machine or simulated only
         pids = server.all_pids()
     assert alive_pids(pids) == []
 

@@ -1,6 +1,7 @@
 """A simulated device end to end on this host: a library compiled for x86 AVX2 (what qemu-x86_64 runs)
 is profiled through a ``{"kind": "simulated", "cpu": "znver4"}`` runner; the figure is labelled
-simulated, computes no outputs, and a bad runner field is a one-line error."""
+simulated, computes no outputs, breaks down by function with ``--layers``, and a bad runner field is a
+one-line error."""
 
 from __future__ import annotations
 
@@ -28,10 +29,17 @@ def test_profile_through_a_simulated_runner(tmp_path):
     device.write_text(json.dumps(AVX2_SIM))
     folder = artifact_dir(tmp_path / "art", ort_qdq_model(tmp_path / "model.onnx", resolution=16))
     compile_artifact(folder / "model.onnx", str(device), folder)
-    result = profile_artifact(folder, str(device))
+    result = profile_artifact(folder, str(device), layers=True)
     assert result["timing"] == SIMULATED_LABEL and result["parity"] is None
     cycles_ms = result["latency_ms"]["median"]
     assert 0 < cycles_ms < 50  # a 16x16 conv net: well under a millisecond of cycles, in any case not 0
+    # --layers: the same cycles, by function (the model's own named without their library)
+    layers = result["layers"]
+    assert layers["source"].startswith("simulated cycles (znver4")
+    assert 0.5 < layers["sum_ms"] / cycles_ms < 2, (layers["sum_ms"], cycles_ms)
+    kinds = {k["kind"] for k in layers["kinds"]}
+    assert "global pooling" in kinds and kinds & {"1x1 conv, integer", "conv, float", "depthwise conv on codes"}
+    assert any(f["function"].startswith("fused_") for f in layers["functions"])
 
 
 def test_simulated_runner_needs_a_known_cpu(tmp_path):

@@ -90,13 +90,16 @@ def compile_cmd(onnx_file, device, out_dir, database, schedule, debug_symbols, a
 @click.option("--timeout", type=TIMEOUT, default=30.0, show_default=True,
               help="Seconds to reach the device and be granted a board.")
 @click.option("--no-check", is_flag=True, help="Skip the comparison with onnxruntime.")
+@click.option("--layers", is_flag=True,
+              help="Also where the time goes: per kind of layer and the slowest functions (this machine or a "
+                   "simulated device).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def profile(artifact_dir, device, tracker, key, seed, timeout, no_check, as_json):
+def profile(artifact_dir, device, tracker, key, seed, timeout, no_check, layers, as_json):
     """Measure an artifact's latency on DEVICE and check its output against onnxruntime."""
     from qfa_deploy.deploy.profile import profile_artifact
 
     result = profile_artifact(Path(artifact_dir), device, tracker=tracker, key=key, seed=seed,
-                              timeout=timeout, check=not no_check)
+                              timeout=timeout, check=not no_check, layers=layers)
     if as_json:
         emit_json(result)
         return
@@ -117,6 +120,24 @@ def profile(artifact_dir, device, tracker, key, seed, timeout, no_check, as_json
         exact = "bit-exact" if parity["bit_exact"] else f"max |diff| {parity['max_abs_diff']:.3g}"
         agree = "agrees" if parity["argmax_agree"] else "DIFFERS"
         click.echo(f"parity   vs {parity['reference']}: {exact}, argmax {agree}")
+    if result["layers"]:
+        _echo_layers(result["layers"], lat["median"])
+
+
+def _echo_layers(layers: dict, latency_ms: float, top: int = 10) -> None:
+    """The kinds of layer by time, then the ``top`` functions."""
+    floor = layers["call_floor_us"]
+    click.echo(f"layers   {layers['source']}, median of {layers['runs']} runs: {layers['sum_ms']:.3f} ms in all "
+               f"({latency_ms:.3f} ms timed above)")
+    if floor is not None:  # instrumented: small calls read high
+        click.echo(f"         a no-op call reads {floor:.1f} us: the instrument's share of each call")
+    for kind in layers["kinds"]:
+        calls = "" if kind["calls"] is None else f" {kind['calls']:6.0f} calls"
+        click.echo(f"  {kind['ms']:8.3f} ms {100 * kind['share']:5.1f}%{calls}  {kind['kind']}")
+    click.echo(f"  slowest {min(top, len(layers['functions']))} of {len(layers['functions'])} functions:")
+    for row in layers["functions"][:top]:
+        calls = "" if row["calls"] is None else f" x{row['calls']:g}"
+        click.echo(f"  {row['ms']:8.3f} ms {100 * row['share']:5.1f}%  {row['function']}{calls}")
 
 
 @click.command()

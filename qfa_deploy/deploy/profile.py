@@ -38,6 +38,7 @@ def profile_artifact(
     seed: int = 0,
     timeout: float = 30.0,
     check: bool = True,
+    layers: bool = False,
 ) -> dict:
     """Measure ``artifact_dir/model.so`` on ``device`` and check its output against onnxruntime.
 
@@ -49,10 +50,13 @@ def profile_artifact(
         seed: seed of the random input.
         timeout: bound on reaching the device and being granted a board, in seconds.
         check: compare with onnxruntime (needs model.onnx).
+        layers: also where the time goes, per compiled function and kind of layer (this machine or a
+            simulated device; ``deploy.layer_times``).
 
     Returns:
         JSON-ready dict: device, runner, timing ("latency" or "emulated (not latency)"),
-        latency_ms {median, p10, p90, mean, min, max}, protocol, parity (or None), library_sha256.
+        latency_ms {median, p10, p90, mean, min, max}, protocol, parity (or None), library_sha256,
+        layers (or None).
     """
     artifact_dir = Path(artifact_dir)
     dev = _with_overrides(load_device(device), tracker, key)
@@ -69,6 +73,7 @@ def profile_artifact(
         vm = session.load(lib_path)
         outputs = None if simulated else session.run(vm, inputs)
         timing = session.time(vm, inputs)
+        breakdown = session.layer_times(vm, inputs) if layers else None
     parity = compare_outputs(outputs, onnxruntime_outputs(onnx_path, specs, inputs)) if check else None
     return {
         "artifact": str(artifact_dir),
@@ -84,6 +89,7 @@ def profile_artifact(
         "parity": parity,
         "target": meta.get("target"),
         "library_sha256": sha,
+        "layers": breakdown,
     }
 
 

@@ -126,6 +126,24 @@ class Session:
         return Timing(tuple(float(s) for s in result.results), protocol, self.device.threads,
                       foreign_cpu=share.foreign if share else None)
 
+    def layer_times(self, vm, inputs: list[np.ndarray], runs: int = 20) -> dict:
+        """Where an inference's time goes, per compiled function and kind of layer (``deploy.layer_times``)."""
+        from qfa_deploy.deploy.layer_times import measure_vm
+
+        if self.remote is not None:
+            raise QfaError(f"per-layer times need the model in this process or a simulated device: {self.device.name} "
+                           "runs it over RPC, where the VM cannot call back (profile it without --layers)")
+        if self.device.target_kind == "cuda":
+            raise QfaError(f"per-layer times are not measured on {self.device.name}: CUDA kernels run asynchronously "
+                           "to the VM's calls (profile it without --layers)")
+        args = self._to_device(inputs)
+        try:
+            for _ in range(self.device.protocol.warmup):
+                vm["main"](*args)
+            return measure_vm(vm, args, runs)
+        except Exception as exc:
+            raise QfaError(f"per-layer timing on {self.device.name} failed: {one_line(exc)}") from None
+
     def close(self) -> None:
         if self.remote is None and self._pinned_cpus:
             self._release_threads()

@@ -18,8 +18,8 @@ from qfa_deploy.deploy.sim.estimate import SimCpu, runner_argv
 
 def function_profile(runtime: str, model_path: Path, cpu: SimCpu, *, python: list[str], env: dict,
                      rootfs: Path | None = None, runs: int = 2, shape: list[int] | None = None,
-                     top: int = 25) -> list[dict]:
-    """The ``top`` functions by simulated cycles per inference: library, symbol, cycles (core + memory,
+                     top: int | None = 25) -> list[dict]:
+    """The ``top`` functions (None: all) by simulated cycles per inference: library, symbol, cycles (core + memory,
     as ``estimate.price`` sums them), core and memory cycles, instructions."""
     with tempfile.TemporaryDirectory(prefix="qfa-simprof-") as tmp:
         maps_file = Path(tmp) / "maps"

@@ -46,6 +46,18 @@ class SimulatedSession:
         return Timing(seconds=(estimate.cycles / (self.cpu.ghz * 1e9),),
                       protocol=protocol or self.device.protocol, threads=1)
 
+    def layer_times(self, lib_path: Path, inputs: list[np.ndarray], runs: int = 2) -> dict:
+        """Where an inference's simulated cycles go, per function and kind of layer, as milliseconds at
+        the CPU's nominal clock (``deploy.layer_times``; calls are not counted here)."""
+        from qfa_deploy.deploy.layer_times import summarize
+        from qfa_deploy.deploy.sim.functions import function_profile
+
+        rows = function_profile("tvm", lib_path, self.cpu, python=self.python, env=self.env, rootfs=self.rootfs,
+                                runs=runs, shape=list(inputs[0].shape), top=None)
+        own = f"{Path(lib_path).name}:"  # the model's own functions, named without their library
+        functions = {row["function"].removeprefix(own): (row["cycles"] / (self.cpu.ghz * 1e6), None) for row in rows}
+        return summarize(functions, runs=runs, source=f"simulated cycles ({self.cpu.name} at {self.cpu.ghz} GHz)")
+
     def run(self, lib_path: Path, inputs: list[np.ndarray]) -> list[np.ndarray]:
         raise QfaError(f"{self.device.name} is simulated: it estimates time and computes no outputs "
                        "(check outputs on rasp4b-emulated)")
