@@ -126,11 +126,8 @@ def profile(artifact_dir, device, tracker, key, seed, timeout, no_check, layers,
 
 def _echo_layers(layers: dict, latency_ms: float, top: int = 10) -> None:
     """The kinds of layer by time, then the ``top`` functions."""
-    floor = layers["call_floor_us"]
-    click.echo(f"layers   {layers['source']}, median of {layers['runs']} runs: {layers['sum_ms']:.3f} ms in all "
+    click.echo(f"layers   {layers['source']}, medians: {layers['sum_ms']:.3f} ms in all "
                f"({latency_ms:.3f} ms timed above)")
-    if floor is not None:  # instrumented: small calls read high
-        click.echo(f"         a no-op call reads {floor:.1f} us: the instrument's share of each call")
     for kind in layers["kinds"]:
         calls = "" if kind["calls"] is None else f" {kind['calls']:6.0f} calls"
         click.echo(f"  {kind['ms']:8.3f} ms {100 * kind['share']:5.1f}%{calls}  {kind['kind']}")

@@ -73,7 +73,7 @@ def profile_artifact(
         vm = session.load(lib_path)
         outputs = None if simulated else session.run(vm, inputs)
         timing = session.time(vm, inputs)
-        breakdown = session.layer_times(vm, inputs) if layers else None
+        breakdown = session.layer_times(lib_path, inputs) if layers else None
     parity = compare_outputs(outputs, onnxruntime_outputs(onnx_path, specs, inputs)) if check else None
     return {
         "artifact": str(artifact_dir),

@@ -126,9 +126,9 @@ class Session:
         return Timing(tuple(float(s) for s in result.results), protocol, self.device.threads,
                       foreign_cpu=share.foreign if share else None)
 
-    def layer_times(self, vm, inputs: list[np.ndarray], runs: int = 20) -> dict:
+    def layer_times(self, lib_path: Path, inputs: list[np.ndarray]) -> dict:
         """Where an inference's time goes, per compiled function and kind of layer (``deploy.layer_times``)."""
-        from qfa_deploy.deploy.layer_times import measure_vm
+        from qfa_deploy.deploy.layer_times import measure_library
 
         if self.remote is not None:
             raise QfaError(f"per-layer times need the model in this process or a simulated device: {self.device.name} "
@@ -136,11 +136,9 @@ class Session:
         if self.device.target_kind == "cuda":
             raise QfaError(f"per-layer times are not measured on {self.device.name}: CUDA kernels run asynchronously "
                            "to the VM's calls (profile it without --layers)")
-        args = self._to_device(inputs)
+        self._pin_threads()
         try:
-            for _ in range(self.device.protocol.warmup):
-                vm["main"](*args)
-            return measure_vm(vm, args, runs)
+            return measure_library(Path(lib_path), self.tvm_device(), self._to_device(inputs))
         except Exception as exc:
             raise QfaError(f"per-layer timing on {self.device.name} failed: {one_line(exc)}") from None
 
