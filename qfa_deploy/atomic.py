@@ -14,7 +14,7 @@ import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -62,9 +62,11 @@ def clean_stale_staging(path: str | Path) -> list[Path]:
 
 
 def check_output(
-    path: str | Path, force: bool = False, *, folder: bool = False, option: str = "-o", append: bool = False
+    path: str | Path, force: bool = False, *, folder: bool = False, option: str = "-o", append: bool = False,
+    inputs: Iterable[str | Path | None] = (),
 ) -> Path:
-    """Refuse ``path`` as an output before any work: it exists (without ``force``), is the wrong kind
+    """Refuse ``path`` as an output before any work: it exists (without ``force``), is one of the
+    command's ``inputs`` (even with ``force``: the input would be lost), is the wrong kind
     (a folder for a file or the reverse, or a device, FIFO or socket even with ``force``), its parent
     folder is missing or cannot be written (tried by creating and removing a staging file there).
     With ``append`` (resumable outputs: a journal, a run folder, a database) an existing target of the
@@ -81,6 +83,8 @@ def check_output(
             raise QfaError(f"{path} is not a regular file or folder ({option}); it is never replaced")
         if exists and path.is_dir() != folder:
             raise QfaError(f"{path} exists and is {'not ' if folder else ''}a directory ({option})")
+        if exists and any(source is not None and _same_file(path, source) for source in inputs):
+            raise QfaError(f"{path} is also an input of this command ({option}): write the output elsewhere")
         if exists and not (force or append):
             raise QfaError(f"{path} already exists (use --force to replace it)")
         if path.parent.exists() and not path.parent.is_dir():
@@ -92,6 +96,13 @@ def check_output(
         raise QfaError(f"{path}: {_oserror(exc)} ({option})") from None
     clean_stale_staging(path)
     return path
+
+
+def _same_file(path: Path, source: str | Path) -> bool:
+    try:
+        return os.path.samefile(path, source)
+    except OSError:  # the input is missing (its own error comes later) or not a path (a packaged name)
+        return False
 
 
 def _try_writing_in(folder: Path, target: Path, option: str) -> None:

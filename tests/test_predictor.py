@@ -142,6 +142,32 @@ def test_save_load_round_trip_and_wrong_space(tmp_path):
         AccuracyPredictor.load(tmp_path / "ckpt.pt")
 
 
+@pytest.mark.parametrize("change, needle", [
+    (lambda p: p.update(feature_mean=p["feature_mean"][:3]), "feature_mean has shape (3,), expected (30,)"),
+    (lambda p: p.update(feature_std=torch.zeros_like(p["feature_std"])), "feature_std holds values <= 0"),
+    (lambda p: p.update(target_mean=1e308), "target_mean = 1e+308 is outside"),
+    (lambda p: p.update(target_std=-1.0), "target_std = -1.0 is outside"),
+    (lambda p: p.update(target_mean="0.5"), "target_mean must be int or float, not str"),
+    (lambda p: p.update(cost_features="yes"), "cost_features must be bool, not str"),
+    (lambda p: p["members"][0].update({k: t * 1e12 for k, t in p["members"][0].items()}), "beyond 1e+06"),
+])
+def test_a_tampered_ridge_predictor_is_refused_in_one_line(tmp_path, change, needle):
+    """Shapes, signs and magnitudes no fit produces: refused on load, not found as a broadcast error
+    or a search ranking subnets by overflow."""
+    g, G, y = _synthetic(80, seed=1)
+    payload = torch.load(_saved(fit_predictor(SPACE, G, y, model="ridge"), tmp_path), weights_only=True)
+    change(payload)
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(QfaError, match="bad.pt: ") as err:
+        AccuracyPredictor.load(tmp_path / "bad.pt")
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def _saved(pred, folder):
+    pred.save(folder / "pred.pt")
+    return folder / "pred.pt"
+
+
 def _settings(**kw) -> CollectSettings:
     base = dict(space=SPACE, seed=5, calib_batches=2, val_images=100, checkpoint="abc")
     base.update(kw)

@@ -39,3 +39,25 @@ def test_not_a_database_is_a_clear_error(tmp_path):
     onnx_path = clip_qdq_model(tmp_path / "m.onnx", bits=(4,))
     with pytest.raises(QfaError, match="is not a MetaSchedule database"):
         compile_artifact(onnx_path, "x86", tmp_path / "out", database=tmp_path)
+
+
+def test_a_corrupt_database_or_an_unknown_op_is_one_line_before_tuning(tmp_path):
+    onnx_path = clip_qdq_model(tmp_path / "m.onnx", bits=(4,))
+    db = tmp_path / "db"
+    db.mkdir()
+    (db / "database_workload.json").write_text("garbage\n")
+    (db / "database_tuning_record.json").write_text("")
+    with pytest.raises(QfaError, match="cannot read the tuning database .*db: .*garbage"):
+        tune_model(onnx_path, "x86", db, trials=1, progress=False)
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("FooBar", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "foo.onnx")
+    fresh = tmp_path / "fresh-db"
+    with pytest.raises(QfaError, match="TVM cannot import .*foo.onnx: .*FooBar"):
+        tune_model(tmp_path / "foo.onnx", "x86", fresh, trials=1, progress=False)
+    assert not fresh.exists()  # refused before the database folder is made

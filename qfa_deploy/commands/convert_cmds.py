@@ -34,7 +34,7 @@ def qfa_gene(source, index, all_dir, output, force):
     if all_dir is not None and (index is not None or output is not None):
         raise QfaError("--all writes every row: it goes without --index and -o")
     if output:
-        check_output(output, force)
+        check_output(output, force, inputs=(source,))
     genes, where = read_genes(source)
     if all_dir is not None:
         count = write_gene_folder(genes, where, all_dir, force)
@@ -57,7 +57,7 @@ def qfa_checkpoint(source, output, force):
     qfa-mbv3-w1.2 checkpoint (weights, BN, LSQ steps, BatchQuant parameters and per-bit ranges)."""
     from qfa_deploy.convert.qfa_checkpoint import SEED_SPACE, convert_file
 
-    check_output(output, force)
+    check_output(output, force, inputs=(source,))
     used = convert_file(source, output)
     click.echo(f"{output}: space {SEED_SPACE} from {used} tensors of {source} (stem conv 8-bit here, "
                "float in the seed)", err=True)
@@ -72,7 +72,7 @@ def ofa_checkpoint(source, output, force):
     seed's training initialises them (LSQ steps from the weights, BatchQuant alpha 1, offset 0)."""
     from qfa_deploy.convert.ofa_checkpoint import OFA_SPACE, convert_file
 
-    check_output(output, force)
+    check_output(output, force, inputs=(source,))
     used = convert_file(source, output)
     click.echo(f"{output}: space {OFA_SPACE} from {used} tensors of {source} (float weights; quantizers "
                "initialised as the seed's warm start)", err=True)
@@ -87,7 +87,7 @@ def qfa_samples(source, output, force):
     from qfa_deploy.commands.common import write_text_atomic
     from qfa_deploy.convert.qfa_samples import convert_samples, records_jsonl
 
-    check_output(output, force)
+    check_output(output, force, inputs=(source,))
     records = convert_samples(source)
     write_text_atomic(output, records_jsonl(records))
     click.echo(f"{output}: {len(records)} subnets of qfa-mbv3-w1.2 from {source} (top1 = acc1 / 100)", err=True)

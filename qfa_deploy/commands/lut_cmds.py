@@ -10,6 +10,7 @@ from qfa_deploy.atomic import check_output
 from qfa_deploy.commands.common import emit_json, set_threads, write_text_atomic
 from qfa_deploy.commands.options import NON_NEGATIVE_INT, PROPORTION, SEED, THREADS, FiniteFloat
 from qfa_deploy.errors import QfaError
+from qfa_deploy.plot_format import plot_format
 
 __all__ = ["COMMANDS"]
 
@@ -88,7 +89,9 @@ def validate(table_path, device, samples, seed, plot, report_path, min_within, t
     table = LatencyTable.load(table_path)
     for option, path in (("--plot", plot), ("--report", report_path)):
         if path is not None:
-            check_output(path, force, option=option)
+            check_output(path, force, option=option, inputs=(table_path,))
+    if plot is not None:
+        plot_format(plot)
     if plot is not None and report_path is not None and Path(plot).absolute() == Path(report_path).absolute():
         raise QfaError("--plot and --report are the same file")
     report = validate_table(table, device, samples, seed, plot, tolerance=tolerance / 100)

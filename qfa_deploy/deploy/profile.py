@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from qfa_deploy.deploy._text import one_line
 from qfa_deploy.deploy.compile import LIBRARY_NAME, onnx_input_specs
 from qfa_deploy.deploy.device import Device, load_device
 from qfa_deploy.deploy.parity import compare_outputs, onnxruntime_outputs, random_inputs
@@ -116,10 +117,42 @@ def _input_specs(artifact_dir: Path, meta: dict) -> list[dict]:
     if onnx_path.is_file():
         import onnx
 
-        return onnx_input_specs(onnx.load(str(onnx_path), load_external_data=False))
+        try:
+            model = onnx.load(str(onnx_path), load_external_data=False)
+        except Exception as exc:  # protobuf's DecodeError and kin: a truncated or foreign file
+            raise QfaError(f"{onnx_path} is not a readable ONNX model: {one_line(exc)}") from None
+        return _checked_specs(onnx_input_specs(model), onnx_path)
     if meta.get("inputs"):
-        return meta["inputs"]
+        return _checked_specs(meta["inputs"], artifact_dir / META_NAME)
     raise QfaError(f"{artifact_dir} has neither {ONNX_NAME} nor input shapes in {META_NAME}")
+
+
+MAX_INPUT_ELEMENTS = 1 << 28  # 1 GiB of float32: far above any image batch, far below a runaway shape
+
+
+def _checked_specs(specs, where: Path) -> list[dict]:
+    """``specs`` as a list of {"name": str, "shape": [positive ints], "dtype": a float type}, or a one-line
+    error naming ``where``."""
+    import numpy as np
+
+    if not isinstance(specs, list) or not specs:
+        raise QfaError(f"{where}: inputs must be a non-empty list of {{name, shape, dtype}}")
+    for spec in specs:
+        shape = spec.get("shape") if isinstance(spec, dict) else None
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(shape, list):
+            raise QfaError(f"{where}: each input must be {{name: str, shape: [ints], dtype}}, not {spec!r:.80}")
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+            raise QfaError(f"{where}: input {spec['name']!r} has shape {shape!r:.80}; dimensions must be positive "
+                           "integers")
+        if int(np.prod(shape, dtype=np.float64)) > MAX_INPUT_ELEMENTS:
+            raise QfaError(f"{where}: input {spec['name']!r} has shape {shape!r:.80}: over {MAX_INPUT_ELEMENTS} "
+                           "elements")
+        try:  # (random_inputs refuses the non-float ones)
+            np.dtype(spec.get("dtype", "float32"))
+        except TypeError:
+            raise QfaError(f"{where}: input {spec['name']!r} has dtype {spec.get('dtype')!r:.40}, not a data type") \
+                from None
+    return specs
 
 
 def load_meta(artifact_dir: Path) -> dict:

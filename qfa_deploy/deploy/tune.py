@@ -17,6 +17,7 @@ import logging
 import os
 from pathlib import Path
 
+from qfa_deploy.deploy._text import one_line
 from qfa_deploy.deploy.database import apply_database, database_sha256, default_database_dir  # re-exported
 from qfa_deploy.deploy.device import Device, load_device
 from qfa_deploy.errors import QfaError
@@ -45,7 +46,7 @@ def tune_model(
     from tvm import relax
     from tvm.s_tir import meta_schedule as ms
 
-    from qfa_deploy.deploy.compile import _load_onnx, onnx_input_specs
+    from qfa_deploy.deploy.compile import _import_onnx, _load_onnx, onnx_input_specs
 
     if trials < 1:
         raise QfaError("--trials must be at least 1")
@@ -54,18 +55,21 @@ def tune_model(
         raise QfaError(f"tuning runs on this machine's CPU only; device {dev.name} is not a local llvm device "
                        "(an ARM board is not tuned: its integer schedules are hand-written, see docs/deploy.md)")
     work_dir = Path(work_dir) if work_dir else default_database_dir(dev)
-    work_dir.mkdir(parents=True, exist_ok=True)
     model = _load_onnx(Path(onnx_path))
     specs = onnx_input_specs(model)
     # MetaSchedule needs the core count in the target (it sizes the parallel loops with it).
     target = tvm.target.Target({**_target_dict(dev), "num-cores": dev.threads or os.cpu_count() or 1})
     from tvm.relax.frontend.onnx import from_onnx
 
-    mod = from_onnx(model, shape_dict={s["name"]: s["shape"] for s in specs}, keep_params_in_input=False)
+    mod = _import_onnx(from_onnx, model, specs, Path(onnx_path))
     with target:
         mod = relax.get_pipeline("zero")(mod)
     tasks = ms.relax_integration.extract_tasks(mod, target)
-    database = ms.database.JSONDatabase(work_dir=str(work_dir))
+    work_dir.mkdir(parents=True, exist_ok=True)  # once the model is known to import: no empty folder left
+    try:
+        database = ms.database.JSONDatabase(work_dir=str(work_dir))
+    except Exception as exc:  # TVM's parser raises its own errors on a corrupt or foreign file
+        raise QfaError(f"cannot read the tuning database {work_dir}: {one_line(exc)}") from None
     todo = [t for t in tasks if not _in_database(database, t)]
     log.info("%d workloads, %d already tuned in %s", len(tasks), len(tasks) - len(todo), work_dir)
     bar = _progress(len(todo), progress)

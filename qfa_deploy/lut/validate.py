@@ -21,6 +21,7 @@ from qfa_deploy.lut.build import sample_subnets
 from qfa_deploy.lut.measure import measure_onnx
 from qfa_deploy.lut.parts import PartModels
 from qfa_deploy.lut.table import LatencyTable
+from qfa_deploy.plot_format import plot_format
 
 __all__ = ["check_table_device", "timing_caveat", "validate_table"]
 
@@ -108,7 +109,7 @@ def _scatter(p: np.ndarray, m: np.ndarray, report: dict, path: Path) -> None:
     )
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    fmt = Path(path).suffix.lstrip(".") or "png"
+    fmt = plot_format(path)
     try:
         atomic_write_bytes(Path(path), lambda f: fig.savefig(f, format=fmt, dpi=120))  # never half-written
     finally:

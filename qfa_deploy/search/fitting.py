@@ -102,7 +102,7 @@ def run_predictor_fit(config: PredictorFitConfig) -> dict:
     from qfa_deploy.atomic import check_output
     from qfa_deploy.search.collect import load_records, records_to_arrays
 
-    check_output(config.output, config.force)
+    check_output(config.output, config.force, inputs=config.data)
     records = []
     for path in config.data:
         records += load_records(path)

@@ -45,7 +45,7 @@ from qfa_deploy.search.cost import CostModel
 from qfa_deploy.search.encoding import OneHotEncoder
 from qfa_deploy.search.genome import GenomeSpace
 from qfa_deploy.search.summary_features import SummaryEncoder
-from qfa_deploy.strict_json import check_number
+from qfa_deploy.strict_json import check_number, check_type
 
 __all__ = ["MODELS", "PREDICTOR_VERSION", "AccuracyPredictor", "fit_predictor", "regression_metrics"]
 
@@ -179,6 +179,8 @@ class AccuracyPredictor:
             in_features = _encoder(features, genome).num_features
             if features == "onehot":
                 in_features += 2 if payload["cost_features"] else 0
+            # the normalisation: of every summary feature, or of the 2 cost columns of one-hot inputs
+            _check_normalisation(payload, in_features if features == "summary" else 2)
             members = []
             for state in payload["members"]:
                 m = _mlp(in_features, int(payload["hidden"]), int(payload["layers"]))
@@ -206,17 +208,34 @@ class AccuracyPredictor:
             raise QfaError(f"{path}: malformed predictor file ({reason})") from None
 
 
+MAX_WEIGHT = 1e6  # of normalised inputs and targets: a fit is orders of magnitude below it
+
+
 def _check_finite(payload: dict) -> None:
     """Sizes bounded, every weight and statistic finite: a NaN predictor would rank subnets by nothing."""
     check_number(payload["hidden"], "hidden", low=0, high=65536, integer=True)
     check_number(payload["layers"], "layers", low=0, high=64, integer=True)
-    for key in ("target_mean", "target_std"):
-        check_number(float(payload[key]), key)
+    # top-1 as a fraction or a percentage: a mean beyond it or a std of 0 or less is no fitted predictor
+    check_number(payload["target_mean"], "target_mean", low=-1000, high=1000)
+    check_number(payload["target_std"], "target_std", low=1e-9, high=1000)
+    check_type(payload["cost_features"], bool, "cost_features")
     named = [("feature_mean", payload["feature_mean"]), ("feature_std", payload["feature_std"])]
     named += [(f"members[{i}].{k}", t) for i, m in enumerate(payload["members"]) for k, t in m.items()]
     for name, t in named:
         if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all():
             raise QfaError(f"{name} holds non-finite values")
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel() and t.abs().max() > MAX_WEIGHT:
+            raise QfaError(f"{name} holds values beyond {MAX_WEIGHT:g}: not a fitted predictor")
+
+
+def _check_normalisation(payload: dict, width: int) -> None:
+    for key in ("feature_mean", "feature_std"):
+        t = payload[key]
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != (width,):
+            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise QfaError(f"{key} has shape {shape}, expected ({width},)")
+    if not bool((payload["feature_std"] > 0).all()):
+        raise QfaError("feature_std holds values <= 0")
 
 
 def _encoder(features: str, genome: GenomeSpace):

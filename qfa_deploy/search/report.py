@@ -9,6 +9,7 @@ import numpy as np
 
 from qfa_deploy.atomic import atomic_write_bytes, write_text_atomic
 from qfa_deploy.errors import QfaError
+from qfa_deploy.plot_format import plot_format
 from qfa_deploy.search.nsga import SearchResult
 
 __all__ = ["plot_front", "write_best", "write_pareto"]
@@ -72,7 +73,7 @@ def plot_front(result: SearchResult, path: str | Path, title: str | None = None)
         ax.legend(fontsize=8, loc="lower right")
         fig.tight_layout()
         path = Path(path)
-        fmt = path.suffix.lstrip(".") or "png"
+        fmt = plot_format(path)
         atomic_write_bytes(path, lambda f: fig.savefig(f, format=fmt))  # never a half-written image
     except OSError as exc:
         raise QfaError(f"cannot write {path}: {exc.strerror or exc}") from None

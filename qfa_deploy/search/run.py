@@ -25,6 +25,7 @@ from pathlib import Path
 from qfa_deploy.arch import ArchConfig
 from qfa_deploy.atomic import check_output, staged_directory
 from qfa_deploy.errors import QfaError
+from qfa_deploy.plot_format import plot_format
 from qfa_deploy.search.genome import GenomeSpace
 from qfa_deploy.search.latency import LatencyModel
 from qfa_deploy.search.nsga import SearchResult, run_nsga
@@ -149,7 +150,10 @@ def _load_inputs(config: SearchConfig, warn: Callable[[str], None]) -> _Inputs:
     latency = LatencyModel(lut, genome) if lut else None
     if lut and (warning := lut.stale_schedule()):  # once the table fits the search: no warning beside an error
         warn(warning)
-    check_outputs(config.force, {"-o": config.output, "--best-out": config.best_out, "--plot": config.plot})
+    check_outputs(config.force, {"-o": config.output, "--best-out": config.best_out, "--plot": config.plot},
+                  inputs=(predictor_path, config.table))
+    if config.plot is not None:
+        plot_format(config.plot)
     if config.device:  # before minutes of search: a device that cannot be measured, or not against this table
         check_device(config.device, lut)
         check_output(config.artifacts, config.force, folder=True, option="--artifacts")
@@ -218,13 +222,13 @@ def _evaluate_best(config: SearchConfig, inputs: _Inputs, best: ArchConfig, best
     return evaluation
 
 
-def check_outputs(force: bool, outputs: dict[str, str | None]) -> None:
-    """Every file the search will write, checked before it runs (and no two the same)."""
+def check_outputs(force: bool, outputs: dict[str, str | None], inputs: tuple = ()) -> None:
+    """Every file the search will write, checked before it runs (no two the same, none an input)."""
     seen: dict[Path, str] = {}
     for option, path in outputs.items():
         if path is None:
             continue
-        where = check_output(path, force, option=option)
+        where = check_output(path, force, option=option, inputs=inputs)
         if where in seen:
             raise QfaError(f"{option} and {seen[where]} are the same file ({path})")
         seen[where] = option
