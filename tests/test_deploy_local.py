@@ -341,6 +341,9 @@ def test_shipped_profiles_load():
         ('{"name": "d", "target": "llvm", "protocol": {"repeats": 3}}', "repeats"),
         ('{"name": "d", "target": "llvm", "protocol": {"statistic": "mean"}}', "protocol.statistic"),
         ('{"name": "d", "target": "llvm", "threads": -1}', "threads"),
+        ('{"name": "d", "target": "llvm", "threads": 100000000000000000}', "threads must be an integer in [0, 4096]"),
+        ('{"name": "d", "target": "llvm", "protocol": {"repeat": 100000000000000000}}', "protocol.repeat must be an "
+         "integer in [1, 10000]"),
         ('{"name": "d", "target": "llvm", "version": 9}', "version 9"),
     ],
 )

@@ -243,3 +243,20 @@ def test_part_models_export_the_ops_a_trained_subnet_exports():
         # and at most a depthwise conv's offset more (its shift and bias map): a trained offset can fold
         # to none where its fraction is zero
         assert sum((parts - trained).values()) <= 3, parts - trained
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda d: d["fit"].update(offset_ms=1e308), "fit.offset_ms = 1e+308 is outside [-100000, 100000]"),
+    (lambda d: d["fit"].update(scale=1e308), "fit.scale = 1e+308 is outside [0, 1000]"),
+    (lambda d: d["entries"].update({next(iter(d["entries"])): 1e308}), "is outside [0, 100000]"),
+])
+def test_a_table_beyond_any_measurement_is_refused(tmp_path, change, needle):
+    """Values no device measures would overflow the search's latencies (inf ms predicted before)."""
+    path = tmp_path / "t.json"
+    _table().save(path)
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(QfaError) as err:
+        LatencyTable.load(path)
+    assert needle in str(err.value) and str(path) in str(err.value)

@@ -51,6 +51,7 @@ __all__ = [
 
 DEVICE_VERSION = 1
 RUNNER_KINDS = ("local", "rpc-tracker", "rpc-direct", "simulated")
+MAX_THREADS = 4096
 # Short names the exporter's ``--target x86|arm64|cuda`` uses.
 ALIASES = {"arm64": "rasp4b", "cuda": "cuda-sm80"}
 _FIELDS = {"version", "name", "description", "target", "cc", "runner", "threads", "protocol", "emulated", "schedule"}
@@ -75,10 +76,12 @@ class MeasureProtocol:
     STATISTICS = ("median", "min")
 
     def __post_init__(self):
-        for name, low in (("warmup", 0), ("number", 1), ("repeat", 1), ("min_repeat_ms", 0)):
+        # upper bounds: a protocol past them would measure for days (an hour of repeats, a minute each)
+        for name, low, high in (("warmup", 0, 10_000), ("number", 1, 1_000_000), ("repeat", 1, 10_000),
+                                ("min_repeat_ms", 0, 60_000)):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"protocol.{name} must be an integer >= {low}, not {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise ValueError(f"protocol.{name} must be an integer in [{low}, {high}], not {value!r}")
         if self.statistic not in self.STATISTICS:
             raise ValueError(f"protocol.statistic must be one of {', '.join(self.STATISTICS)}, not {self.statistic!r}")
 
@@ -175,8 +178,8 @@ class Device:
             raise ValueError("target dict needs a 'kind'")
         if self.cc is not None and (not isinstance(self.cc, str) or not self.cc):
             raise ValueError("cc must be a compiler name or null")
-        if not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 0:
-            raise ValueError(f"threads must be an integer >= 0, not {self.threads!r}")
+        if not isinstance(self.threads, int) or isinstance(self.threads, bool) or not 0 <= self.threads <= MAX_THREADS:
+            raise ValueError(f"threads must be an integer in [0, {MAX_THREADS}], not {self.threads!r}")
         if not isinstance(self.emulated, bool):
             raise ValueError("emulated must be true or false")
         if not isinstance(self.schedule, str) or not self.schedule:

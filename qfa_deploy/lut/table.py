@@ -31,6 +31,10 @@ from qfa_deploy.strict_json import check_number, check_type, read_json
 __all__ = ["LUT_VERSION", "LatencyTable"]
 
 LUT_VERSION = 1
+# bounds no measurement reaches (a part of 100 s, a fit scaling parts 1000x): beyond them a table is
+# corrupt or forged, and its predictions would overflow into the search
+MAX_MS = 1e5
+MAX_SCALE = 1e3
 
 
 @dataclass
@@ -139,10 +143,11 @@ class LatencyTable:
                 space=check_type(data["space"], str, f"{path}: space"),
                 resolution=check_number(data["resolution"], f"{path}: resolution", low=1, high=65536, integer=True),
                 # a latency is a finite, non-negative number of milliseconds
-                entries={str(k): float(check_number(v, f"{path}: entries[{k!r}]", low=0)) for k, v in entries.items()},
+                entries={str(k): float(check_number(v, f"{path}: entries[{k!r}]", low=0, high=MAX_MS))
+                         for k, v in entries.items()},
                 bit_kernels=_bit_kernels(data, path),
-                scale=float(check_number(fit["scale"], f"{path}: fit.scale", low=0)),
-                offset_ms=float(check_number(fit["offset_ms"], f"{path}: fit.offset_ms")),
+                scale=float(check_number(fit["scale"], f"{path}: fit.scale", low=0, high=MAX_SCALE)),
+                offset_ms=float(check_number(fit["offset_ms"], f"{path}: fit.offset_ms", low=-MAX_MS, high=MAX_MS)),
                 provenance=dict(check_type(data.get("provenance", {}), dict, f"{path}: provenance")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
