@@ -32,7 +32,14 @@ from tqdm import tqdm
 
 from qfa_deploy.arch import ArchConfig, sample_arch
 from qfa_deploy.calibrate import calibrate
-from qfa_deploy.checkpoint import atomic_write_bytes, float32_model_state, load_checkpoint, save_checkpoint
+from qfa_deploy.checkpoint import (
+    atomic_write_bytes,
+    float32_model_state,
+    load_checkpoint,
+    load_model_state,
+    save_checkpoint,
+    short_repr,
+)
 from qfa_deploy.data import Splits, load_splits, resize
 from qfa_deploy.errors import QfaError
 from qfa_deploy.evaluate import accuracy, evaluate_arch
@@ -166,14 +173,23 @@ class _JsonLog:
             f.write(json.dumps(entry) + "\n")
 
 
-def _validate_resume(saved: dict, cfg: TrainConfig) -> None:
+def _same_setting(a: object, b: object) -> bool:
+    """``a == b`` for plain settings read from a checkpoint (numbers by value; a tensor is never a setting)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return False
+    numbers = (int, float)
+    if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool) and not isinstance(b, bool):
+        return a == b
+    return type(a) is type(b) and a == b
+
+
+def _validate_resume(path: Path, saved: dict, cfg: TrainConfig) -> None:
     for f in fields(TrainConfig):
         if f.name in TrainConfig.RESUMABLE:
             continue
-        if saved.get(f.name) != getattr(cfg, f.name):
-            raise QfaError(
-                f"cannot resume: {f.name} was {saved.get(f.name)!r} in the run, now {getattr(cfg, f.name)!r}"
-            )
+        if not _same_setting(saved.get(f.name), getattr(cfg, f.name)):
+            raise QfaError(f"{path}: cannot resume: {f.name} was {short_repr(saved.get(f.name))} in the run, "
+                           f"now {getattr(cfg, f.name)!r}")
 
 
 @dataclass
@@ -192,10 +208,14 @@ def _init_weights(net: QFASupernet, cfg: TrainConfig, steps_per_epoch: int) -> b
     converted one (``convert ofa-checkpoint`` writes ``warm_start``): its activation quantizers hold
     start values only, loaded when this run uses the same kind.
     """
-    payload = load_checkpoint(cfg.init_from, expect_space=cfg.space)
+    payload = load_checkpoint(cfg.init_from, expect_space=cfg.space)  # step / train_config: None or well typed
     saved = payload.get("train_config")
-    quantized = not isinstance(saved, dict) or (  # no config: a released checkpoint, the end of a full run
-        int(payload.get("step", 0)) > round(float(saved.get("fp_epochs", 0)) * steps_per_epoch))
+    if isinstance(saved, dict):
+        fp_epochs = saved.get("fp_epochs", 0)
+        if not isinstance(fp_epochs, (int, float)) or isinstance(fp_epochs, bool) or not 0 <= fp_epochs < math.inf:
+            raise QfaError(f"{cfg.init_from}: train_config fp_epochs {short_repr(fp_epochs)} is not a number of epochs")
+    # no config: a released checkpoint, the end of a full run
+    quantized = not isinstance(saved, dict) or (payload.get("step") or 0) > round(fp_epochs * steps_per_epoch)
     warm_start = not isinstance(saved, dict) and isinstance(payload.get("warm_start"), str)
     state = float32_model_state(payload)
     same_act = payload.get("act_quantizer", "batchquant") == cfg.act_quantizer
@@ -203,12 +223,9 @@ def _init_weights(net: QFASupernet, cfg: TrainConfig, steps_per_epoch: int) -> b
         if not same_act:
             raise QfaError(f"{cfg.init_from}: trained with {payload.get('act_quantizer')!r} activation quantizers, "
                            f"this run uses {cfg.act_quantizer!r}")
-        net.load_state_dict(state)
+        load_model_state(cfg.init_from, net, state)
     else:
-        state = {k: v for k, v in state.items() if ".act_quant." not in k}
-        missing, unexpected = net.load_state_dict(state, strict=False)
-        if unexpected or any(".act_quant." not in k for k in missing):
-            raise QfaError(f"{cfg.init_from}: its weights do not fit this supernet")
+        load_model_state(cfg.init_from, net, state, ignore=lambda k: ".act_quant." in k)
     log.info("initialised from %s (step %s)", cfg.init_from, payload.get("step"))
     return quantized
 
@@ -279,17 +296,70 @@ def _open_run(cfg: TrainConfig, resume: bool, splits: Splits | None) -> _Run:
 
 def _resume_from_checkpoint(run: _Run) -> int:
     """Load the run's checkpoint (model and optimiser) after checking its config; the step it reached."""
-    payload = load_checkpoint(run.ckpt_path, expect_space=run.net.space.name)
-    _validate_resume(payload.get("train_config", {}), run.cfg)
+    path = run.ckpt_path
+    payload = load_checkpoint(path, expect_space=run.net.space.name)  # step / train_config: None or well typed
+    _validate_resume(path, payload.get("train_config") or {}, run.cfg)
     if any(k.startswith("blocks.") and ".depthwise.weight_quant." in k for k in payload["model"]):
         # its optimiser state has one depthwise quantizer where the supernet now has one per kernel size
-        raise QfaError(f"{run.ckpt_path}: written before the per-kernel-size depthwise quantizers; continue it "
+        raise QfaError(f"{path}: written before the per-kernel-size depthwise quantizers; continue it "
                        "with --init-from (its weights carry over exactly, with a fresh optimiser)")
-    run.net.load_state_dict(payload["model"])
-    run.opt.load_state_dict(payload["optimizer"])
-    step = int(payload["step"])
+    step = payload.get("step")
+    if step is None:
+        raise QfaError(f"{path}: no training step recorded; continue from it with --init-from (a fresh schedule)")
+    _check_optimizer_state(path, run.opt, payload.get("optimizer"))
+    load_model_state(path, run.net, payload["model"])
+    try:
+        run.opt.load_state_dict(payload["optimizer"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # what _check_optimizer_state cannot foresee
+        raise QfaError(f"{path}: optimizer state does not fit this run ({exc.__class__.__name__})") from None
     log.info("resumed %s at step %d", run.ckpt_path, step)
     return step
+
+
+def _check_optimizer_state(path: Path, opt: torch.optim.Optimizer, saved: object) -> None:
+    """Refuse an optimiser state that ``opt.load_state_dict`` would not take, or that would break (or
+    poison) the next step: its groups and parameters must be this optimiser's, its settings this run's
+    (the learning rate is set every step), its per-parameter tensors of their parameter's shape, finite."""
+    def bad(why: str) -> QfaError:
+        return QfaError(f"{path}: optimizer state {why}; continue from it with --init-from (a fresh optimiser)")
+
+    if not isinstance(saved, dict):
+        raise bad("missing" if saved is None else f"is a {type(saved).__name__}, not a table")
+    groups, state = saved.get("param_groups"), saved.get("state")
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+        raise bad("has no list of parameter groups")
+    if not isinstance(state, dict):
+        raise bad("has no per-parameter state")
+    if len(groups) != len(opt.param_groups):
+        raise bad(f"has {len(groups)} parameter groups, this run's optimiser {len(opt.param_groups)}")
+    params: dict = {}
+    for i, (group, mine) in enumerate(zip(groups, opt.param_groups, strict=True)):
+        ids = group.get("params")
+        if not isinstance(ids, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in ids):
+            raise bad(f"group {i} lists no parameter ids")
+        if len(ids) != len(mine["params"]):
+            raise bad(f"group {i} has {len(ids)} parameters, this run's {len(mine['params'])}")
+        for key, value in group.items():
+            if key not in ("params", "lr") and key in mine and not _same_setting(value, mine[key]):
+                raise bad(f"group {i}: {short_repr(key)} is {short_repr(value)}, this run's {mine[key]!r}")
+        params.update(zip(ids, mine["params"], strict=True))
+    if len(params) != sum(len(g["params"]) for g in groups):
+        raise bad("names a parameter twice")
+    for pid, entry in state.items():
+        if pid not in params:
+            raise bad(f"holds state for parameter {short_repr(pid)}, which none of its groups lists")
+        if not isinstance(entry, dict) or not all(isinstance(k, str) for k in entry):
+            raise bad(f"for parameter {pid} is not a table")
+        for name, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                if value.dim() and (value.shape != params[pid].shape or not value.is_floating_point()):
+                    raise bad(f"{name} of parameter {pid}: {value.dtype} of shape {list(value.shape)}, "
+                              f"expected {params[pid].dtype} of shape {list(params[pid].shape)}")
+                if value.is_floating_point() and not torch.isfinite(value).all():
+                    raise bad(f"{name} of parameter {pid} holds non-finite values (NaN or infinity)")
+            elif value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                            and math.isfinite(value)):
+                raise bad(f"{name} of parameter {pid} is {short_repr(value)}")
 
 
 def _start_run_folder(run: _Run, resume: bool) -> _JsonLog | None:

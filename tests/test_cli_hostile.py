@@ -252,7 +252,7 @@ CASES = [
     ("search-plot-no-parent", [*S, "-o", "p.json", "--plot", "nodir/f.png"], "no such folder"),
     ("search-same-file", [*S, "-o", "p.json", "--best-out", "p.json"], "same file"),
     ("search-table-nan", [*S, "-o", "p.json", "--table", "table_nan.json"], "NaN"),
-    ("search-table-negative", [*S, "-o", "p.json", "--table", "table_neg.json"], "outside [0, ]"),
+    ("search-table-negative", [*S, "-o", "p.json", "--table", "table_neg.json"], "outside [0, 100000]"),
     ("search-table-bigint", [*S, "-o", "p.json", "--table", "table_bigint.json"], "40 digits"),
     ("search-table-inf", [*S, "-o", "p.json", "--table", "table_inf.json"], "out of range"),
     ("search-table-types", [*S, "-o", "p.json", "--table", "table_types.json"], "entries must be dict"),

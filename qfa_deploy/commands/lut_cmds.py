@@ -90,10 +90,10 @@ def validate(table_path, device, samples, seed, plot, report_path, min_within, t
     for option, path in (("--plot", plot), ("--report", report_path)):
         if path is not None:
             check_output(path, force, option=option, inputs=(table_path,))
-    if plot is not None:
-        plot_format(plot)
     if plot is not None and report_path is not None and Path(plot).absolute() == Path(report_path).absolute():
         raise QfaError("--plot and --report are the same file")
+    if plot is not None:
+        plot_format(plot)
     report = validate_table(table, device, samples, seed, plot, tolerance=tolerance / 100)
     if report_path:
         write_text_atomic(report_path, json.dumps(report, indent=1) + "\n")
