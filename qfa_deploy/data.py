@@ -12,6 +12,9 @@ import hashlib
 import io
 import logging
 import os
+import pickle
+import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,29 +124,65 @@ def calibration_images(space: SearchSpace, data_dir: str | Path | None = None, i
     return ArraySource(torch.from_numpy(x), torch.from_numpy(y), space.image_mean, space.image_std)
 
 
+def _read_jpeg_npz(path: Path, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(JPEG bytes, offsets, labels) of a CIFAR-10 .npz of this project's layout, checked: a truncated
+    or foreign file, offsets that do not cut the bytes into one image per label, labels that are not
+    integers in ``[0, num_classes)`` or no images at all are one-line errors naming ``path``."""
+    try:
+        with np.load(path) as z:
+            blob, offsets, labels = z["jpeg"], z["offsets"], z["y"]
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # foreign or corrupt
+        raise QfaError(f"{path}: not a CIFAR-10 .npz of this project's layout (jpeg, offsets, y): "
+                       f"{exc.__class__.__name__}") from None
+    if blob.ndim != 1 or blob.dtype != np.uint8:
+        raise QfaError(f"{path}: 'jpeg' must be a 1-D uint8 array of JPEG bytes, not {blob.dtype} {list(blob.shape)}")
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise QfaError(f"{path}: labels 'y' must be a 1-D integer array, not {labels.dtype} {list(labels.shape)}")
+    if len(labels) == 0:
+        raise QfaError(f"{path}: no images in it (the split is empty)")
+    bad = (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise QfaError(f"{path}: label {labels[i]} of image {i} is outside 0..{num_classes - 1} "
+                       f"({int(bad.sum())} such)")
+    if offsets.ndim != 1 or offsets.dtype.kind not in "iu" or len(offsets) != len(labels) + 1:
+        raise QfaError(f"{path}: 'offsets' must be {len(labels) + 1} integers (one more than the labels), "
+                       f"not {offsets.dtype} {list(offsets.shape)}")
+    offsets = offsets.astype(np.int64)
+    if offsets[0] != 0 or offsets[-1] != len(blob) or (np.diff(offsets) <= 0).any():
+        raise QfaError(f"{path}: 'offsets' do not cut the {len(blob)} JPEG bytes into one image per label "
+                       "(they must rise from 0 to the byte count)")
+    return blob, offsets, labels.astype(np.int64)
+
+
 def _decode_jpeg_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image
     from tqdm import tqdm
 
-    try:
-        with np.load(path) as z:
-            blob, offsets, labels = z["jpeg"], z["offsets"], z["y"]
-    except (KeyError, ValueError, OSError, EOFError) as exc:  # a foreign or corrupt .npz: one line
-        raise QfaError(f"{path}: not a CIFAR-10 .npz of this project's layout (jpeg, offsets, y): "
-                       f"{exc.__class__.__name__}") from None
+    blob, offsets, labels = _read_jpeg_npz(path)
     images = np.empty((len(labels), 32, 32, 3), dtype=np.uint8)
     for i in tqdm(range(len(labels)), desc=f"decoding {path.name}", unit="img", leave=False, disable=None):
-        with Image.open(io.BytesIO(blob[offsets[i] : offsets[i + 1]].tobytes())) as im:
-            images[i] = np.asarray(im.convert("RGB"))
-    return images, labels.astype(np.int64)
+        try:
+            with Image.open(io.BytesIO(blob[offsets[i] : offsets[i + 1]].tobytes())) as im:
+                image = np.asarray(im.convert("RGB"))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError
+            raise QfaError(f"{path}: image {i} is not a readable JPEG ({exc.__class__.__name__})") from None
+        if image.shape != (32, 32, 3):
+            raise QfaError(f"{path}: image {i} is {image.shape[1]}x{image.shape[0]}, CIFAR-10's are 32x32")
+        images[i] = image
+    return images, labels
 
 
 def _cached_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    _read_jpeg_npz(path)  # checked even when decoded before: a cache never hides a broken file
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     cached = cache_dir() / f"{path.stem}-{digest}.npz"
     if cached.is_file():
-        with np.load(cached) as z:
-            return z["x"], z["y"]
+        try:
+            with np.load(cached) as z:
+                return z["x"], z["y"]
+        except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error):
+            log.warning("%s: unreadable cache, decoding %s again", cached, path)
     images, labels = _decode_jpeg_npz(path)
     atomic_write_bytes(cached, lambda f: np.savez(f, x=images, y=labels))
     return images, labels
@@ -156,8 +195,16 @@ def _torchvision_cifar(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]
         raise QfaError(f"{root}: torchvision's CIFAR-10 layout needs torchvision "
                        "(pip install 'qfa-deploy[torchvision]'), or use the JPEG .npz layout") from None
 
-    ds = CIFAR10(str(root), train=train, download=False)
-    return np.asarray(ds.data, dtype=np.uint8), np.asarray(ds.targets, dtype=np.int64)
+    folder = root / "cifar-10-batches-py"
+    try:  # torchvision checks every batch file's md5 first: a missing or damaged one is a RuntimeError
+        ds = CIFAR10(str(root), train=train, download=False)
+    except (RuntimeError, OSError, EOFError, ValueError, KeyError, pickle.UnpicklingError) as exc:
+        raise QfaError(f"{folder}: torchvision's CIFAR-10 files are missing or corrupt ({exc.__class__.__name__}); "
+                       "remove the folder and download it again") from None
+    images, labels = np.asarray(ds.data, dtype=np.uint8), np.asarray(ds.targets, dtype=np.int64)
+    if len(labels) == 0:
+        raise QfaError(f"{folder}: no {'training' if train else 'test'} images in it (the split is empty)")
+    return images, labels
 
 
 def download_cifar10(root: str | Path) -> Path:

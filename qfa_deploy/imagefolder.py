@@ -108,7 +108,7 @@ def _open(path: str, draft: int | None = None):
         if draft is not None:
             im.draft("RGB", (draft, draft))  # JPEG: decode at a reduced scale that still covers `draft`
         return im.convert("RGB")
-    except (OSError, UnidentifiedImageError) as exc:
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise QfaError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
 
 

@@ -10,6 +10,7 @@ statistics, no calibration data read) and scored.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from qfa_deploy.errors import QfaError
 
@@ -62,7 +63,7 @@ def _test_split(space, config: EvalConfig):
         if space.num_classes != 10:
             raise QfaError(f"--download fetches CIFAR-10; space {space.name!r} needs its own data (--data)")
         data_dir = str(download_cifar10(data_dir if data_dir is not None else default_data_dir()))
-    try:
-        return load_splits(space, data_dir).test
-    except QfaError as exc:
-        raise QfaError(f"test-set accuracy needs the test set ({exc}; or --download)") from None
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    if not root.is_dir():  # a folder that is there but damaged: load_splits says what is wrong with it
+        raise QfaError(f"test-set accuracy needs the test set: no data folder {root} (--data DIR, or --download)")
+    return load_splits(space, root).test

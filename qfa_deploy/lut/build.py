@@ -39,6 +39,7 @@ from qfa_deploy.lut.measure import measure_onnx
 from qfa_deploy.lut.parts import PartModels
 from qfa_deploy.lut.table import LatencyTable
 from qfa_deploy.space import create_space
+from qfa_deploy.strict_json import check_number, check_type
 
 __all__ = ["BuildPlan", "build_table", "fit_correction", "sample_subnets"]
 
@@ -167,10 +168,22 @@ def _open_journal(journal: Journal, header: dict) -> tuple[dict, list[dict]]:
     """``header`` and the items a journal already holds (``header`` written first into a new one); a
     journal of another build (another header) is refused."""
     records = journal.read()
+    if records and not isinstance(records[0], dict):
+        raise QfaError(f"{journal.path}:1: not a lut build journal (its header is a JSON "
+                       f"{type(records[0]).__name__}, not an object); remove it to start over")
     if records and records[0] != header:
         changed = sorted(k for k in header.keys() | records[0].keys() if header.get(k) != records[0].get(k))
         raise QfaError(f"{journal.path} belongs to another build (differs in {', '.join(changed)}); "
                        "remove it to start over")
+    statistic = header["protocol"]["statistic"]
+    for line, rec in enumerate(records[1:], 2):  # each measurement as _Measure.run appends it
+        try:
+            check_type(rec, dict, "the record")
+            check_type(rec.get("item"), str, "'item'")
+            check_number(rec.get(statistic), f"{statistic!r}", low=0)
+        except QfaError as exc:
+            raise QfaError(f"{journal.path}:{line}: not a measurement of this build ({exc}); "
+                           "remove the journal to start over") from None
     if not records:
         journal.append(header)
     return header, records[1:]

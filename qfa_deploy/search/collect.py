@@ -145,7 +145,28 @@ def check_journal(out: str | Path) -> tuple[list[dict], int]:
     for line, rec in enumerate(records, 1):
         if not isinstance(rec.get("index"), int) or isinstance(rec.get("index"), bool):
             raise QfaError(f"{out}:{line}: record has no integer 'index' (not a collect journal)")
+        _check_record(rec, out, line)
     return records, good
+
+
+def _check_record(rec: dict, out: Path, line: int) -> None:
+    """A whole journal line that is not a record ``collect`` writes (a sample index below 0, a top-1
+    that is not a number in [0, 1], an arch that is not a config of the record's space) is refused
+    with the file and line: resuming on it would report or fit corrupt data."""
+    if rec["index"] < 0:
+        raise QfaError(f"{out}:{line}: 'index' = {rec['index']} is negative (not a collect journal)")
+    try:
+        check_number(rec.get("top1"), "'top1'", low=0, high=1)
+    except QfaError as exc:
+        raise QfaError(f"{out}:{line}: {exc} (a corrupt collect record; use another output file)") from None
+    try:
+        cfg = ArchConfig.from_dict(rec.get("arch"))
+    except QfaError as exc:
+        raise QfaError(f"{out}:{line}: 'arch' is not a subnet config ({exc}; a corrupt collect record: "
+                       "use another output file)") from None
+    if cfg.space != rec.get("space"):
+        raise QfaError(f"{out}:{line}: 'arch' is of space {cfg.space!r}, the record's space is "
+                       f"{rec.get('space')!r} (a corrupt collect record; use another output file)")
 
 
 def collect(
