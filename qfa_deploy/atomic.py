@@ -66,7 +66,7 @@ def check_output(
     inputs: Iterable[str | Path | None] = (),
 ) -> Path:
     """Refuse ``path`` as an output before any work: it exists (without ``force``), is one of the
-    command's ``inputs`` (even with ``force``: the input would be lost), is the wrong kind
+    command's ``inputs`` or (a folder) holds one (even with ``force``: the input would be lost), is the wrong kind
     (a folder for a file or the reverse, or a device, FIFO or socket even with ``force``), its parent
     folder is missing or cannot be written (tried by creating and removing a staging file there).
     With ``append`` (resumable outputs: a journal, a run folder, a database) an existing target of the
@@ -83,8 +83,9 @@ def check_output(
             raise QfaError(f"{path} is not a regular file or folder ({option}); it is never replaced")
         if exists and path.is_dir() != folder:
             raise QfaError(f"{path} exists and is {'not ' if folder else ''}a directory ({option})")
-        if exists and any(source is not None and _same_file(path, source) for source in inputs):
-            raise QfaError(f"{path} is also an input of this command ({option}): write the output elsewhere")
+        if exists and any(source is not None and _holds(path, source, folder) for source in inputs):
+            raise QfaError(f"{path} is also an input of this command, or holds one ({option}): write the output "
+                           "elsewhere")
         if exists and not (force or append):
             raise QfaError(f"{path} already exists (use --force to replace it)")
         if path.parent.exists() and not path.parent.is_dir():
@@ -98,9 +99,12 @@ def check_output(
     return path
 
 
-def _same_file(path: Path, source: str | Path) -> bool:
+def _holds(path: Path, source: str | Path, folder: bool) -> bool:
+    """``source`` is ``path``, or (an output folder) lies inside it: replacing ``path`` would lose it."""
     try:
-        return os.path.samefile(path, source)
+        if os.path.samefile(path, source):
+            return True
+        return folder and Path(source).resolve().is_relative_to(path.resolve())
     except OSError:  # the input is missing (its own error comes later) or not a path (a packaged name)
         return False
 

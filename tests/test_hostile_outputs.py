@@ -63,3 +63,27 @@ def test_convert_samples_over_its_source_is_refused(tmp_path):
 def test_an_unwritable_plot_format_is_refused_first(tmp_path, command):
     _refused(run_cli(*command(tmp_path)), "cannot write .xyz images", "png")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_folder_holding_an_input_is_refused(tmp_path):
+    """`export --out D --force` with D/cfg.json as --arch would delete its own input; `compile -o D`
+    with D as the tuning --database would replace the database by the artifact."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    arch = folder / "cfg.json"
+    arch.write_text((Path(__file__).resolve().parents[1] / "export" / "cifar10-largest-w4a4.json").read_text())
+    before = arch.read_bytes()
+    _refused(run_cli("export", "--arch", str(arch), "--target", "onnx", "--out", str(folder), "--force"),
+             "holds one (--out)")
+    assert arch.read_bytes() == before and list(folder.iterdir()) == [arch]
+    database = tmp_path / "db"
+    database.mkdir()
+    (tmp_path / "m.onnx").write_bytes(b"")
+    _refused(run_cli("compile", str(tmp_path / "m.onnx"), "--device", "x86-1t", "--database", str(database),
+                     "-o", str(database), "--force"), "is also an input")
+    assert list(database.iterdir()) == []
+
+
+def test_a_path_with_a_newline_is_still_one_line():
+    done = run_cli("info", "/nonexistent\nsecond line.json")
+    _refused(done, "/nonexistent\\nsecond line.json: no such arch config")

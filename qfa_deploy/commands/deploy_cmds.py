@@ -64,7 +64,7 @@ def compile_cmd(onnx_file, device, out_dir, database, schedule, debug_symbols, a
     if not src.is_file():
         raise QfaError(f"{src}: no such ONNX file")
     load_device(device)  # an unknown device or a taken --out: refused before the compile, not after it
-    check_output(out, force, folder=True, option="--out")
+    check_output(out, force, folder=True, option="--out", inputs=(src, database))
     with staged_directory(out, force) as folder:  # --out appears complete or not at all
         meta = compile_artifact(src, device, folder, database=Path(database) if database else None,
                                 schedule=schedule, debug_symbols=debug_symbols)

@@ -13,7 +13,8 @@ __all__ = ["fail", "user_errors"]
 
 
 def fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
+    one_line = message.replace("\r", "\\r").replace("\n", "\\n")  # a path may hold a newline
+    click.echo(f"error: {one_line}", err=True)
     sys.exit(2)
 
 

@@ -84,7 +84,8 @@ def export_subnet(config: ExportConfig) -> dict:
     load_arch(config.arch)  # missing or malformed config: fail before anything is written
     compile_fn = None if config.target == "onnx" else compiler_for(config.target, config.schedule, config.debug_symbols)
     ckpt = Path(config.checkpoint) if config.checkpoint else default_checkpoint()
-    check_output(config.out, config.force, folder=True, option="--out")  # parent exists and is writable
+    check_output(config.out, config.force, folder=True, option="--out",  # parent exists and is writable
+                 inputs=(config.arch, ckpt, config.data_dir))
     with staged_directory(config.out, config.force) as folder:
         net = load_supernet(str(ckpt))
         cfg = load_arch(config.arch, expect_space=net.space.name)
