@@ -87,3 +87,25 @@ def test_an_output_folder_holding_an_input_is_refused(tmp_path):
 def test_a_path_with_a_newline_is_still_one_line():
     done = run_cli("info", "/nonexistent\nsecond line.json")
     _refused(done, "/nonexistent\\nsecond line.json: no such arch config")
+
+
+@pytest.mark.parametrize("command", [
+    lambda d: ["emulated-pi", "build", "--cache", str(d / "missing" / "pi")],
+    lambda d: ["convert", "qfa-gene", "[" + ",".join(["3"] * 176) + "]", "--all", str(d / "missing" / "genes")],
+], ids=["emulated-pi --cache", "convert qfa-gene --all"])
+def test_an_output_folder_in_a_missing_parent_is_refused(tmp_path, command):
+    """Not made with its parents (the emulated Pi built a 700 MB image under /nonexistent)."""
+    _refused(run_cli(*command(tmp_path)), "no such folder")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_records_of_one_top1_fit_no_predictor(tmp_path):
+    """A fit on targets of zero spread reported Spearman NaN (and printed bare NaN as --json)."""
+    import json
+
+    same = tmp_path / "same.jsonl"
+    same.write_text("".join(json.dumps({**json.loads(line), "top1": 0.5}) + "\n"
+                            for line in RECORDS.read_text().splitlines()[:40]))
+    _refused(run_cli("predictor", "fit", "--model", "ridge", str(same), "-o", str(tmp_path / "p.pt"), "--json"),
+             "all 40 subnets have the same top-1 (50.00%)")
+    assert not (tmp_path / "p.pt").exists()

@@ -153,6 +153,18 @@ def test_journal_drops_a_torn_last_line_and_appends_after_it(tmp_path):
     assert [r["item"] for r in journal.read()] == ["a", "b", "c"]
 
 
+@pytest.mark.parametrize("content", [b"precious user data\n", b"precious user data",
+                                     b'{"item": "a"}\nnot ours\n{"b": 1}\n', b'{"item": "a"}\n{"torn": \n'])
+def test_a_file_that_is_not_a_journal_is_refused_never_cut(tmp_path, content):
+    """Only the last line can be torn by a kill, and every record is a JSON object: a user's file at
+    OUT.journal was truncated to nothing, then removed by the failing build."""
+    journal = Journal(tmp_path / "t.json.journal")
+    journal.path.write_bytes(content)
+    with pytest.raises(QfaError, match=r"t\.json\.journal:\d: not a journal line"):
+        journal.read()
+    assert journal.path.read_bytes() == content
+
+
 def test_fit_correction_recovers_a_linear_relation():
     sums = [1.0, 2.0, 3.0, 5.0]
     scale, offset = fit_correction(sums, [1.2 * s + 0.3 for s in sums])

@@ -35,6 +35,8 @@ def qfa_gene(source, index, all_dir, output, force):
         raise QfaError("--all writes every row: it goes without --index and -o")
     if output:
         check_output(output, force, inputs=(source,))
+    if all_dir is not None:  # (staged_directory would make its missing parents)
+        check_output(all_dir, force, folder=True, option="--all", inputs=(source,))
     genes, where = read_genes(source)
     if all_dir is not None:
         count = write_gene_folder(genes, where, all_dir, force)

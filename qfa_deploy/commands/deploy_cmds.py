@@ -199,7 +199,7 @@ def emulated_pi_build(cache):
     """Build the image once (debootstrap + aarch64 wheels; resumable)."""
     from qfa_deploy.deploy.emulated_pi import build_emulated_pi
 
-    image = build_emulated_pi(Path(cache) if cache else None)
+    image = build_emulated_pi(_cache_folder(cache))
     click.echo(f"emulated Pi ready in {image.root}")
 
 
@@ -217,7 +217,7 @@ def emulated_pi_serve(port, key, cache):
 
     if not 0 < port < 65536:
         raise QfaError(f"--port must be a TCP port, not {port}")
-    image = build_emulated_pi(Path(cache) if cache else None)
+    image = build_emulated_pi(_cache_folder(cache))
     signal.signal(signal.SIGTERM, _interrupt)  # stop qemu and the tracker on `kill` too
     click.echo("starting the emulated Pi (TVM takes ~30 s to import under qemu) ...", err=True)
     with EmulatedPi(image, key=key, tracker_port=port) as pi:
@@ -232,3 +232,12 @@ def _interrupt(*_):
 
 
 COMMANDS = [devices, compile_cmd, profile, tune, emulated_pi]
+
+
+def _cache_folder(cache: str | None) -> Path | None:
+    """``--cache``: built into or reused; its parent must exist (the default's is made)."""
+    from qfa_deploy.atomic import check_output
+
+    if cache is None:
+        return None
+    return check_output(cache, folder=True, append=True, option="--cache")

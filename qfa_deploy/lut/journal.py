@@ -12,6 +12,8 @@ import os
 import threading
 from pathlib import Path
 
+from qfa_deploy.errors import QfaError
+
 __all__ = ["Journal"]
 
 
@@ -21,18 +23,24 @@ class Journal:
         self._lock = threading.Lock()
 
     def read(self) -> list[dict]:
+        """The records, a torn last line cut off. Only the last line can be torn (it lacks its newline),
+        and every record is a JSON object: anything else means the file is not a journal, and it is
+        refused, never cut."""
         if not self.path.exists():
             return []
+        lines = self.path.read_bytes().splitlines(keepends=True)
         records, good = [], 0
-        with self.path.open("rb") as f:
-            for line in f:
-                if not line.endswith(b"\n"):
-                    break  # torn by a kill
-                try:
-                    records.append(json.loads(line))
-                except (ValueError, RecursionError):  # torn, or not JSON we wrote (an integer of >4300 digits)
-                    break
-                good += len(line)
+        for number, line in enumerate(lines, 1):
+            try:
+                record = json.loads(line) if line.endswith(b"\n") else None
+            except (ValueError, RecursionError):  # not JSON we wrote (e.g. an integer of >4300 digits)
+                record = None
+            if record is None:
+                if number == len(lines) and not line.endswith(b"\n") and line.startswith(b"{"):
+                    break  # torn by a kill: one write of a whole line, newline last, stopped part-way
+                raise QfaError(f"{self.path}:{number}: not a journal line: remove the file (or write elsewhere)")
+            records.append(record)
+            good += len(line)
         if good != self.path.stat().st_size:
             os.truncate(self.path, good)
         return records

@@ -107,6 +107,10 @@ def run_predictor_fit(config: PredictorFitConfig) -> dict:
     for path in config.data:
         records += load_records(path)
     space, cfgs, top1 = records_to_arrays(records, ", ".join(config.data))
+    # a fit would divide by a zero spread and report NaN (fewer than 4 subnets: holdout_split says so)
+    if len(top1) >= 4 and np.ptp(top1) == 0:
+        raise QfaError(f"{', '.join(config.data)}: all {len(top1)} subnets have the same top-1 "
+                       f"({100 * float(top1[0]):.2f}%): nothing to fit a predictor on")
     pred, report = fit_and_report(
         space,
         cfgs,
