@@ -167,6 +167,21 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subpro
     return subprocess.run([exe, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
 
 
+def invoke_cli(folder: Path, argv: list[str], monkeypatch):
+    """The CLI in this process (click's CliRunner) from ``folder``; torch's thread count is put back
+    (commands set it)."""
+    from click.testing import CliRunner
+
+    from qfa_deploy.cli import cli
+
+    monkeypatch.chdir(folder)
+    threads = torch.get_num_threads()
+    try:
+        return CliRunner().invoke(cli, argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def compile_x86_beside_onnxruntime(folder: Path, onnx_path: Path, image: np.ndarray, caplog,
                                    log_marker: str) -> tuple[np.ndarray, np.ndarray, str]:
     """(the x86 artifact's output, onnxruntime's (no graph optimisation), the one compile log line holding

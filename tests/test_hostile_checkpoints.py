@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
+from deploy_helpers import invoke_cli
 from train_helpers import tiny_config, tiny_splits
 
 from qfa_deploy.arch import sample_arch
@@ -239,17 +239,6 @@ def test_a_valid_resume_checkpoint_still_resumes(tmp_path, splits):
 # ---- the command line: exit 2, one line, no traceback, nothing written ----
 
 
-def _cli(folder: Path, argv: list[str], monkeypatch):
-    from qfa_deploy.cli import cli
-
-    monkeypatch.chdir(folder)
-    threads = torch.get_num_threads()
-    try:
-        return CliRunner().invoke(cli, argv)
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _check_cli_refused(result, *fragments: str) -> None:
     lines = result.stderr.splitlines()
     assert result.exit_code == 2, (result.exit_code, result.stderr, result.exception)
@@ -289,5 +278,5 @@ def test_the_command_line_refuses_in_one_line(good, tmp_path, monkeypatch, verb,
                   "--init-from", str(path)],
     }[verb]
     before = sorted(p.name for p in tmp_path.iterdir())
-    _check_cli_refused(_cli(tmp_path, argv, monkeypatch), str(path), *fragments)
+    _check_cli_refused(invoke_cli(tmp_path, argv, monkeypatch), str(path), *fragments)
     assert sorted(p.name for p in tmp_path.iterdir()) == before

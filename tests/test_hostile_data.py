@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
+from deploy_helpers import invoke_cli
 from PIL import Image
 
 from qfa_deploy.arch import sample_arch
@@ -102,16 +102,9 @@ def snapshot(folder: Path) -> dict:
 
 
 def invoke(folder: Path, argv: list[str], monkeypatch):
-    from qfa_deploy.cli import cli
-
-    monkeypatch.chdir(folder)
     monkeypatch.delenv("QFA_DATA_DIR", raising=False)
     monkeypatch.setenv("QFA_CACHE_DIR", str(folder / "cache"))
-    threads = torch.get_num_threads()
-    try:
-        return CliRunner().invoke(cli, argv)
-    finally:
-        torch.set_num_threads(threads)
+    return invoke_cli(folder, argv, monkeypatch)
 
 
 def check_refused(result, *fragments: str) -> str:
